@@ -1,0 +1,48 @@
+import type { Matrix } from '../matrix.js';
+
+/**
+ * The k nearest neighbours of every row of X under the inner-product kernel K = X·Xᵀ, self excluded.
+ * Row i's neighbours are sorted by descending K_ij. `next` holds the (k+1)-th largest value of each row, so ties at
+ * the k-th neighbour (which make the mask implementation-defined) can be detected.
+ */
+export interface KnnLists {
+  readonly n: number;
+  readonly k: number;
+  readonly indices: Int32Array; // n·k
+  readonly values: Float64Array; // n·k, K_ij for the listed neighbours
+  readonly next: Float64Array; // n, the (k+1)-th largest K_ij (j ≠ i), −Infinity when k = n−1
+  /** Half-width below which two kernel values are indistinguishable for the engine that produced them. */
+  readonly tieTolerance: number;
+}
+
+export interface EngineInfo {
+  /** `ref`, `cpu`, `webgpu`, `cuda`. */
+  readonly name: string;
+  /** Arithmetic of the Gram products; sums over many terms always accumulate in float64. */
+  readonly precision: 'float64' | 'float32';
+  /** What actually ran it, e.g. `onnxruntime-node 1.23.2 CPU EP, 2 threads`. Never claims a device it did not use. */
+  readonly device: string;
+}
+
+export interface KnnOptions {
+  onProgress?: (rowsDone: number, rowsTotal: number) => void;
+  signal?: AbortSignal;
+}
+
+/**
+ * The compute engine: the only place that touches O(n²·d) work. Everything downstream (metrics) works on the O(n·k)
+ * neighbour lists or on d×d cross products, so no engine ever needs an n×n matrix in memory.
+ */
+export interface Engine extends EngineInfo {
+  /** G[i − rowStart, j] = ⟨a_i, b_j⟩ for i ∈ [rowStart, rowEnd), j ∈ [0, b.rows): one tile of A·Bᵀ. */
+  gramTile(a: Matrix, rowStart: number, rowEnd: number, b: Matrix): Promise<Float64Array | Float32Array>;
+  /** Row top-k of X·Xᵀ with self excluded (tiled: memory O(n·(tile + k))). */
+  knn(x: Matrix, k: number, options?: KnnOptions): Promise<KnnLists>;
+  /** Aᵀ·B (dA × dB, row-major), partial sums over row blocks accumulated in float64. */
+  crossProduct(a: Matrix, b: Matrix): Promise<Float64Array>;
+  dispose(): Promise<void>;
+}
+
+export function describeEngine(e: EngineInfo): string {
+  return `${e.name} (${e.precision}; ${e.device})`;
+}
