@@ -1,0 +1,58 @@
+import { parseArgs } from 'node:util';
+import { createEngine, describeEngine } from '../src/engine/index.js';
+import { InputError } from '../src/errors.js';
+import { assertFinite } from '../src/matrix.js';
+import { computeMetric, DEFAULT_K, describePreprocess, Features, METRICS, parseMetric, parsePreprocess, preprocess } from '../src/metrics/index.js';
+import { loadMatrix } from '../src/store/load.js';
+import { intOption, numberOption } from './args.js';
+import { fmt, toJson } from './format.js';
+
+export async function run(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      metric: { type: 'string' },
+      topk: { type: 'string' },
+      preprocess: { type: 'string' },
+      q: { type: 'string' },
+      engine: { type: 'string', default: 'auto' },
+      'key-a': { type: 'string' },
+      'key-b': { type: 'string' },
+      json: { type: 'boolean', default: false },
+    },
+  });
+  if (positionals.length !== 2) throw new InputError(`expected two feature files A and B, got ${positionals.length} argument(s)`);
+  if (!values.metric) throw new InputError(`--metric is required (one of ${Object.keys(METRICS).join(', ')})`);
+  const metric = parseMetric(values.metric);
+  const k = intOption('topk', values.topk, DEFAULT_K);
+  if (!values.preprocess) throw new InputError('--preprocess is required: none, l2 or prh (results depend on it, so there is no silent default)');
+  const prep = parsePreprocess(values.preprocess);
+  const q = numberOption('q', values.q);
+  const [pathA, pathB] = positionals as [string, string];
+  const A = await loadMatrix(pathA, values['key-a'] === undefined ? {} : { key: values['key-a'] });
+  const B = await loadMatrix(pathB, values['key-b'] === undefined ? {} : { key: values['key-b'] });
+  assertFinite(A, pathA);
+  assertFinite(B, pathB);
+  const engine = await createEngine(values.engine);
+  try {
+    const opts = q === undefined ? {} : { q };
+    const a = new Features(preprocess(A, prep, opts), engine, pathA);
+    const b = new Features(preprocess(B, prep, opts), engine, pathB);
+    const r = await computeMetric(metric, a, b, k, describePreprocess(prep, opts));
+    const out = { ...r, a: pathA, b: pathB };
+    if (values.json) process.stdout.write(toJson(out));
+    else {
+      process.stdout.write(
+        `${metric}(A, B) = ${fmt(r.value, 6)}${r.undefined_reason ? `  (undefined: ${r.undefined_reason})` : ''}\n` +
+          `  A = ${pathA} (${r.n}×${r.dA}), B = ${pathB} (${r.n}×${r.dB})\n` +
+          `  k = ${r.k ?? '-'}, preprocess = ${r.preprocess}, engine = ${describeEngine(engine)}` +
+          (r.tied_rows_a || r.tied_rows_b ? `\n  warning: ties at the k-th neighbour in ${r.tied_rows_a} rows of A, ${r.tied_rows_b} rows of B` : '') +
+          '\n',
+      );
+    }
+  } finally {
+    await engine.dispose();
+  }
+  return 0;
+}

@@ -1,0 +1,59 @@
+#!/usr/bin/env node
+import { pathToFileURL } from 'node:url';
+import { InputError } from '../src/errors.js';
+import { COMMANDS } from './commands.js';
+
+/** Exit code for bad input (files, flags, manifests): the message is one line naming the file/field/row. */
+export const EXIT_INPUT = 2;
+
+function usage(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length));
+  return [
+    'viral-lens — layer-wise representation analysis for multimodal LLMs',
+    '',
+    'usage: viral-lens <command> [options]      (viral-lens <command> --help for its options)',
+    '',
+    ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`),
+    '',
+  ].join('\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(usage());
+    return name ? 0 : EXIT_INPUT;
+  }
+  const command = COMMANDS[name];
+  if (!command) {
+    process.stderr.write(`viral-lens: unknown command '${name}'\n\n${usage()}`);
+    return EXIT_INPUT;
+  }
+  try {
+    if (rest.includes('--help') || rest.includes('-h')) {
+      process.stdout.write(`usage: viral-lens ${name} ${command.usage}\n`);
+      return 0;
+    }
+    const mod = await command.load();
+    return (await mod.run(rest)) ?? 0;
+  } catch (err) {
+    if (err instanceof InputError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      process.stderr.write(`viral-lens ${name}: ${(err as Error).message.split('\n')[0]}\n`);
+      return EXIT_INPUT;
+    }
+    throw err;
+  }
+}
+
+const isEntry = process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href;
+if (isEntry) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err) => {
+      process.stderr.write(`viral-lens: internal error (please report): ${err?.stack ?? err}\n`);
+      process.exitCode = 1;
+    },
+  );
+}
