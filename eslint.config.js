@@ -2,7 +2,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['node_modules/**', 'dist/**', 'runs/**', 'notebooks/**', '**/*.py', 'fixtures/**'] },
+  { ignores: ['node_modules/**', 'dist/**', 'runs/**', 'notebooks/**', '**/*.py', 'fixtures/**/*.json', 'fixtures/**/*.safetensors', 'test-output/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

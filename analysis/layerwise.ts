@@ -13,7 +13,9 @@ import {
 import { openCapture, type Capture, type Tensor3 } from '../src/store/capture.js';
 import { readTensor } from '../src/store/safetensors.js';
 import { readNpy } from '../src/store/npy.js';
+import { rowGroups, type PermutationUnit } from '../src/stats/index.js';
 import { rowsFor, subsampleRows, tokensToMatrix, type TokenMode } from '../src/tokens.js';
+import { similarityStats, type SimilarityStats } from './stats.js';
 
 /** A target feature set: one of the capture's own (`clip`) or a file given as NAME=PATH. */
 export interface TargetSpec {
@@ -36,12 +38,20 @@ export interface LayerwiseOptions {
   /** Seeded subsample of rows (after token flattening) for large runs; the same rows on both sides. */
   maxRows?: number;
   seed?: number;
+  /** Permutation null per score (0 = none); see analysis/stats.ts. */
+  permutations?: number;
+  /** Half-sampling draws for a confidence interval per score (0 = none); see analysis/stats.ts. */
+  bootstrap?: number;
+  /** Confidence level of the interval (default 0.95). */
+  ci?: number;
+  /** Permutation unit: `row` (default) or `image` (per-token: whole images shuffled, token positions kept). */
+  permUnit?: PermutationUnit;
   onProgress?: (event: { stage: string; done: number; total: number }) => void;
   signal?: AbortSignal;
 }
 
-/** One long-form result row: the metric result plus every parameter that produced it. */
-export interface LayerwiseRow extends MetricResult {
+/** One long-form result row: the metric result plus every parameter that produced it (and its statistics, if asked). */
+export interface LayerwiseRow extends MetricResult, SimilarityStats {
   capture: string;
   model: string;
   variant: string;
@@ -76,6 +86,9 @@ export async function runLayerwise(captureOrDir: Capture | string, options: Laye
   const pick = subsampleRows(total, options.maxRows, seed);
   const progress = options.onProgress ?? (() => {});
   const needsKnn = options.metrics.some((x) => METRICS[x].needsKnn);
+  const wantStats = (options.permutations ?? 0) > 0 || (options.bootstrap ?? 0) > 0;
+  // Resampling is over images: each row's image (and token position) after flattening and subsampling.
+  const groups = wantStats ? rowGroups(m.samples.count, tokens, options.tokenMode === 'per-token', pick) : undefined;
 
   const prepare = (t: Tensor3, label: string): Features => {
     const x = tokensToMatrix(t, options.tokenMode, pick ?? undefined);
@@ -101,8 +114,20 @@ export async function runLayerwise(captureOrDir: Capture | string, options: Laye
     for (const target of targets) {
       for (const metric of options.metrics) {
         const r = await computeMetric(metric, a, target.features, options.k, prep);
+        const stats = wantStats
+          ? await similarityStats(metric, a, target.features, options.k, r, {
+              ...(options.permutations === undefined ? {} : { permutations: options.permutations }),
+              ...(options.bootstrap === undefined ? {} : { bootstrap: options.bootstrap }),
+              ...(options.ci === undefined ? {} : { ci: options.ci }),
+              ...(options.permUnit === undefined ? {} : { permUnit: options.permUnit }),
+              ...(options.signal === undefined ? {} : { signal: options.signal }),
+              seed,
+              groups: groups!,
+            })
+          : {};
         rows.push({
           ...r,
+          ...stats,
           capture: capture.dir,
           model: String(m.model?.name ?? 'unknown'),
           variant: m.variant,

@@ -26,7 +26,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   const command = COMMANDS[name];
   if (!command) {
-    process.stderr.write(`viral-lens: unknown command '${name}'\n\n${usage()}`);
+    process.stderr.write(`viral-lens: unknown command '${name}' (commands: ${Object.keys(COMMANDS).join(', ')}; see viral-lens --help)\n`);
     return EXIT_INPUT;
   }
   try {

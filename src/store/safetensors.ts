@@ -114,7 +114,7 @@ export async function parseSafetensorsHeader(fh: FileHandle, fileSize: number, p
     if (!Array.isArray(shape) || !shape.every(isCount)) {
       throw new InputError(`${where}: shape must be an array of non-negative integers, got ${JSON.stringify(shape)}`);
     }
-    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount) || offsets[0] > offsets[1]) {
+    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount) || offsets[0]! > offsets[1]!) {
       throw new InputError(`${where}: data_offsets must be [begin, end] with 0 ≤ begin ≤ end, got ${JSON.stringify(offsets)}`);
     }
     const [b, e] = offsets as [number, number];

@@ -1,0 +1,137 @@
+/** Loading a feature matrix from a single .npy / .safetensors file, and describing such files for `info`. */
+import { stat } from 'node:fs/promises';
+import { extname, join } from 'node:path';
+import { InputError } from '../errors.js';
+import { matrix, type Matrix } from '../matrix.js';
+import { openCapture } from './capture.js';
+import { describeOsError } from './atomic.js';
+import { fmtShape, readFully, withFile } from './io.js';
+import { readNpy, readNpyHeader } from './npy.js';
+import { findTensor, readSafetensorsHeader, readTensor } from './safetensors.js';
+
+export type FileFormat = 'npy' | 'safetensors';
+
+/** Picks the format from the extension, else from the first bytes. */
+export async function detectFormat(path: string): Promise<FileFormat> {
+  const ext = extname(path).toLowerCase();
+  if (ext === '.npy') return 'npy';
+  if (ext === '.safetensors') return 'safetensors';
+  return withFile(path, async (fh, size) => {
+    const head = Buffer.alloc(9);
+    const got = await readFully(fh, head, 0);
+    if (got >= 6 && head.subarray(0, 6).equals(Buffer.from([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59]))) return 'npy';
+    // safetensors: a plausible u64 header length followed by the JSON object's opening brace.
+    if (got === 9 && head[8] === 0x7b && head.readBigUInt64LE(0) <= BigInt(size - 8)) return 'safetensors';
+    throw new InputError(`${path}: unrecognized file format (expected a .npy or .safetensors file)`);
+  });
+}
+
+export interface LoadMatrixOptions {
+  /** Tensor name inside a .safetensors file (optional when the file holds one tensor). */
+  key?: string;
+}
+
+function requireTwoD(path: string, what: string, shape: readonly number[]): void {
+  if (shape.length === 2) return;
+  if (shape.length === 3) {
+    throw new InputError(
+      `${path}: ${what} is 3-D ${fmtShape(shape)}; expected a 2-D [n, d] matrix — use a capture directory with a token mode (pooled or per-token), or reshape it to [n, d]`,
+    );
+  }
+  throw new InputError(`${path}: ${what} has shape ${fmtShape(shape)}; expected a 2-D [n, d] matrix (reshape it to [n, d])`);
+}
+
+/** Loads a 2-D [n, d] array as a Matrix; the shape is checked from the header before any data is read. */
+export async function loadMatrix(path: string, options: LoadMatrixOptions = {}): Promise<Matrix> {
+  const format = await detectFormat(path);
+  if (format === 'npy') {
+    if (options.key !== undefined) throw new InputError(`${path}: a tensor key ('${options.key}') only applies to .safetensors files`);
+    const h = await readNpyHeader(path);
+    requireTwoD(path, 'the array', h.shape);
+    const a = await readNpy(path);
+    return matrix(a.shape[0]!, a.shape[1]!, a.data);
+  }
+  const header = await readSafetensorsHeader(path);
+  const t = findTensor(path, header, options.key);
+  requireTwoD(path, `tensor '${t.name}'`, t.shape);
+  const loaded = await readTensor(path, t.name);
+  return matrix(loaded.shape[0]!, loaded.shape[1]!, loaded.data);
+}
+
+export interface TensorDescription {
+  /** null for .npy (one unnamed array). */
+  name: string | null;
+  dtype: string;
+  shape: number[];
+  bytes: number;
+}
+
+export type FileDescription =
+  | { path: string; format: 'npy'; version: string; fortranOrder: boolean; bytes: number; tensors: TensorDescription[] }
+  | { path: string; format: 'safetensors'; bytes: number; metadata: Record<string, string> | null; tensors: TensorDescription[] }
+  | {
+      path: string;
+      format: 'capture';
+      bytes: number;
+      variant: string;
+      model: string;
+      samples: number;
+      tokens: number;
+      layers: { name: string; index: number; dim: number; shards: number }[];
+      targets: { name: string; dim: number; tokens: number; shards: number }[];
+      labels: string[];
+    };
+
+/**
+ * A plain JSON-able description of a .npy / .safetensors file or a capture directory (headers and manifest only;
+ * no tensor data is read).
+ */
+export async function describeFile(path: string): Promise<FileDescription> {
+  let st;
+  try {
+    st = await stat(path);
+  } catch (err) {
+    throw new InputError(`${path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'not found' : describeOsError(err)}`);
+  }
+  if (st.isDirectory()) {
+    try {
+      await stat(join(path, 'manifest.json'));
+    } catch {
+      throw new InputError(`${path}: is a directory without manifest.json (not a capture)`);
+    }
+    const c = await openCapture(path);
+    const m = c.manifest;
+    return {
+      path,
+      format: 'capture',
+      bytes: await c.sizeBytes(),
+      variant: m.variant,
+      model: m.model.name,
+      samples: m.samples.count,
+      tokens: m.token_layout.tokens,
+      layers: m.layers.map((l) => ({ name: l.name, index: l.index, dim: l.dim, shards: l.shards.length })),
+      targets: m.targets.map((t) => ({ name: t.name, dim: t.dim, tokens: t.tokens, shards: t.shards.length })),
+      labels: Object.keys(m.labels ?? {}),
+    };
+  }
+  const format = await detectFormat(path);
+  if (format === 'npy') {
+    const h = await readNpyHeader(path);
+    return {
+      path,
+      format,
+      version: h.version,
+      fortranOrder: h.fortranOrder,
+      bytes: st.size,
+      tensors: [{ name: null, dtype: h.descr, shape: h.shape, bytes: st.size - h.dataOffset }],
+    };
+  }
+  const h = await readSafetensorsHeader(path);
+  return {
+    path,
+    format,
+    bytes: st.size,
+    metadata: h.metadata,
+    tensors: h.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, bytes: t.end - t.begin })),
+  };
+}

@@ -1,0 +1,142 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { cp, mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { writeNpy } from '../src/store/npy.js';
+import { writeSafetensors } from '../src/store/safetensors.js';
+import { goldenInputs } from './helpers.js';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const golden = JSON.parse(await readFile(join(root, '..', 'shared', 'reference', 'golden.json'), 'utf8'));
+const fixture = join(root, 'fixtures', 'capture-small');
+let dir = '';
+
+async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, ['--import', 'tsx', join(root, 'cli', 'main.ts'), ...args], { cwd: root });
+    return { code: 0, stdout, stderr };
+  } catch (e) {
+    const err = e as { code: number; stdout: string; stderr: string };
+    return { code: err.code, stdout: err.stdout, stderr: err.stderr };
+  }
+}
+
+/** A bad-input run: exit 2, one line on stderr naming `what`, no stack trace, nothing on stdout. */
+async function rejects(args: string[], what: RegExp) {
+  const r = await cli(...args);
+  assert.equal(r.code, 2, `exit code for ${args.join(' ')}: ${r.stderr}`);
+  assert.match(r.stderr, what);
+  assert.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
+  assert.doesNotMatch(r.stderr, /\n\s+at /);
+  assert.equal(r.stdout, '');
+}
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'viral-lens-cli-'));
+  const c = golden.cases[0];
+  const { A, B } = goldenInputs(c.n, c.dA, c.dB);
+  await writeNpy(join(dir, 'A.npy'), [c.n, c.dA], A.data);
+  await writeNpy(join(dir, 'B.npy'), [c.n, c.dB], B.data);
+  await writeSafetensors(join(dir, 'AB.safetensors'), [
+    { name: 'a', dtype: 'F64', shape: [c.n, c.dA], data: A.data },
+    { name: 'b', dtype: 'F64', shape: [c.n, c.dB], data: B.data },
+  ]);
+  await writeNpy(join(dir, 'short.npy'), [c.n - 1, c.dB], B.data.subarray(0, (c.n - 1) * c.dB));
+  const withNaN = Float64Array.from(B.data);
+  withNaN[17 * c.dB + 3] = NaN;
+  await writeNpy(join(dir, 'nan.npy'), [c.n, c.dB], withNaN);
+  await writeNpy(join(dir, 'tiny.npy'), [3, 4], new Float64Array(12).fill(1));
+  await writeNpy(join(dir, 'trunc.npy'), [c.n, c.dB], B.data);
+  await truncate(join(dir, 'trunc.npy'), 500);
+});
+after(() => rm(dir, { recursive: true, force: true }));
+
+test('compare prints one JSON object matching the golden values (ref ≤ 1e-9, auto ≤ 2e-5)', async () => {
+  const e = golden.cases[0].expected;
+  const A = join(dir, 'A.npy');
+  const B = join(dir, 'B.npy');
+  const ref = await cli('compare', A, B, '--metric', 'cknna', '--preprocess', 'l2', '--engine', 'ref', '--json');
+  assert.equal(ref.code, 0, ref.stderr);
+  const r = JSON.parse(ref.stdout);
+  assert.equal(r.metric, 'cknna');
+  assert.equal(r.n, 64);
+  assert.equal(r.k, 10);
+  assert.equal(r.engine, 'ref');
+  assert.equal(r.preprocess, 'l2');
+  assert.ok(Math.abs(r.value - e['cknna(A,B,k)']) <= 1e-9, `${r.value}`);
+  const auto = JSON.parse((await cli('compare', B, A, '--metric', 'cknna', '--preprocess', 'l2', '--json')).stdout);
+  assert.equal(auto.engine, 'cpu');
+  assert.ok(Math.abs(auto.value - e['cknna(B,A,k)']) <= 2e-5);
+  const kAll = JSON.parse((await cli('compare', A, B, '--metric', 'cknna', '--topk', '63', '--preprocess', 'l2', '--json')).stdout);
+  assert.ok(Math.abs(kAll.value - e['cknna(A,B,k=n-1)']) <= 2e-5);
+  const cka = JSON.parse((await cli('compare', A, B, '--metric', 'cka', '--preprocess', 'l2', '--json')).stdout);
+  assert.equal(cka.k, null, 'k is ignored by metrics without neighbours');
+  assert.ok(Math.abs(cka.value - e['cka(A,B) biased, inner-product kernel']) <= 2e-5);
+});
+
+test('compare reads safetensors tensors by key and refuses an ambiguous file without one', async () => {
+  const f = join(dir, 'AB.safetensors');
+  const r = await cli('compare', f, f, '--key-a', 'a', '--key-b', 'b', '--metric', 'mutual_knn', '--preprocess', 'l2', '--json');
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok(Math.abs(JSON.parse(r.stdout).value - golden.cases[0].expected['mutual_knn(A,B,k)']) < 1e-6);
+  await rejects(['compare', f, f, '--metric', 'cka', '--preprocess', 'l2'], /AB\.safetensors.*\ba\b.*\bb\b/);
+});
+
+test('bad input: one-line errors naming the file/field/row, exit 2', async () => {
+  const A = join(dir, 'A.npy');
+  await rejects(['compare', A, join(dir, 'short.npy'), '--metric', 'cknna', '--preprocess', 'l2'], /64 rows.*63/);
+  await rejects(['compare', A, join(dir, 'nan.npy'), '--metric', 'cknna', '--preprocess', 'l2'], /nan\.npy.*row 17/);
+  await rejects(['compare', A, A, '--metric', 'cknna', '--topk', '1', '--preprocess', 'l2'], /k must be an integer ≥ 2/);
+  await rejects(['compare', A, A, '--metric', 'cknna', '--topk', '64', '--preprocess', 'l2'], /k = 64.*n = 64/);
+  await rejects(['compare', join(dir, 'tiny.npy'), join(dir, 'tiny.npy'), '--metric', 'cka', '--preprocess', 'none'], /n = 3/);
+  await rejects(['compare', A, A, '--metric', 'cknnaa', '--preprocess', 'l2'], /unknown metric 'cknnaa'/);
+  await rejects(['compare', A, A, '--metric', 'cknna'], /--preprocess is required/);
+  await rejects(['compare', A, join(dir, 'trunc.npy'), '--metric', 'cknna', '--preprocess', 'l2'], /trunc\.npy/);
+  await rejects(['compare', A, join(dir, 'missing.npy'), '--metric', 'cknna', '--preprocess', 'l2'], /missing\.npy/);
+  await rejects(['compare', A, A, '--metric', 'cknna', '--preprocess', 'l2', '--engine', 'tpu'], /unknown engine 'tpu'/);
+  await rejects(['frobnicate'], /unknown command 'frobnicate'|frobnicate/);
+});
+
+test('layerwise: every row says how it was computed; JSON and CSV; target files; bad targets', async () => {
+  const r = await cli('layerwise', fixture, '--metric', 'cknna,mutual_knn', '--tokens', 'per-token', '--preprocess', 'prh', '--json', '--quiet');
+  assert.equal(r.code, 0, r.stderr);
+  const rows = JSON.parse(r.stdout);
+  assert.equal(rows.length, 5 * 2 * 2, '5 layers × 2 targets × 2 metrics');
+  for (const row of rows) {
+    for (const key of ['metric', 'value', 'k', 'preprocess', 'token_mode', 'engine', 'n', 'layer', 'layer_index', 'target', 'variant']) {
+      assert.ok(key in row, `row lacks ${key}`);
+    }
+    assert.equal(row.n, 40 * 4, 'per-token: samples × tokens rows');
+    assert.equal(row.preprocess, 'prh(q=0.95)');
+  }
+  const csv = await cli('layerwise', fixture, '--target', 'clip', '--tokens', 'mean', '--csv', '--quiet');
+  const lines = csv.stdout.trim().split('\n');
+  assert.equal(lines.length, 1 + 5);
+  assert.match(lines[0]!, /metric.*value.*n.*k/);
+  await rejects(['layerwise', fixture, '--target', 'siglip', '--quiet'], /no target 'siglip'.*clip, dinov2/);
+  await rejects(['layerwise', fixture, '--layers', '9', '--quiet'], /no layer '9'/);
+  await rejects(['layerwise', fixture, '--target', `x=${join(dir, 'A.npy')}`, '--quiet'], /64 samples.*40/);
+});
+
+test('info describes npy, safetensors and captures; validate reports every problem', async () => {
+  assert.match((await cli('info', join(dir, 'A.npy'))).stdout, /npy v1\.0.*\n[\s\S]*<f8|float64|f8/);
+  assert.match((await cli('info', join(dir, 'AB.safetensors'))).stdout, /\ba\b.*F64.*\[64, 32\]/);
+  const info = JSON.parse((await cli('info', fixture, '--json')).stdout);
+  assert.equal(info.format, 'capture');
+  assert.equal(info.layers.length, 5);
+  assert.equal((await cli('validate', fixture)).code, 0);
+  const broken = join(dir, 'broken');
+  await cp(fixture, broken, { recursive: true });
+  const m = JSON.parse(await readFile(join(broken, 'manifest.json'), 'utf8'));
+  await rm(join(broken, m.layers[2].shards[0].file));
+  m.labels[Object.keys(m.labels)[0]!].pop();
+  await writeFile(join(broken, 'manifest.json'), JSON.stringify(m));
+  const v = await cli('validate', broken);
+  assert.equal(v.code, 1);
+  assert.match(v.stdout, /INVALID/);
+  assert.ok(v.stdout.split('\n').filter((l) => l.startsWith('  - ')).length >= 2, v.stdout);
+});
