@@ -2,7 +2,7 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { InputError } from '../src/errors.js';
-import { listRuns } from '../src/store/capture.js';
+import { listRuns, openCapture } from '../src/store/capture.js';
 import { describeFile, type FileDescription } from '../src/store/load.js';
 import { table, toJson } from './format.js';
 
@@ -12,12 +12,27 @@ export async function run(argv: string[]): Promise<number> {
   const path = positionals[0]!;
   const isRunsDir = (await stat(path).catch(() => null))?.isDirectory() && !(await stat(join(path, 'manifest.json')).catch(() => null));
   if (isRunsDir) {
-    const runs = await listRuns(path);
+    const runs = await Promise.all(
+      (await listRuns(path)).map(async (r) => {
+        if (r.error) return { ...r, samples: null, layers: null, bytes: null };
+        try {
+          const c = await openCapture(r.dir);
+          return { ...r, samples: c.sampleIds.length, layers: c.layers.length, bytes: await c.sizeBytes() };
+        } catch (err) {
+          return { ...r, error: (err as Error).message, samples: null, layers: null, bytes: null };
+        }
+      }),
+    );
     if (values.json) process.stdout.write(toJson({ path, format: 'runs', captures: runs }));
     else {
       process.stdout.write(`${path}: ${runs.length} capture(s)\n`);
       if (runs.length) {
-        process.stdout.write(table(['run', 'step', 'variant', 'dir', 'status'], runs.map((r) => [r.run, r.step ?? '-', r.variant ?? '-', r.dir, r.error ?? 'ok'])));
+        process.stdout.write(
+          table(
+            ['run', 'step', 'variant', 'samples', 'layers', 'size', 'dir', 'status'],
+            runs.map((r) => [r.run, r.step ?? '-', r.variant ?? '-', r.samples ?? '-', r.layers ?? '-', r.bytes === null ? '-' : mb(r.bytes), r.dir, r.error ?? 'ok']),
+          ),
+        );
       }
     }
     return 0;

@@ -98,12 +98,12 @@ def _write_chunks(f, chunks):
 def atomic_write(path, chunks):
     """Write ``chunks`` (bytes-like objects) to ``path`` atomically.
 
-    The data goes to ``path.tmp-<pid>`` in the same directory, is flushed and fsynced, then renamed over ``path``
+    The data goes to ``path.tmp-<pid>-<random hex>`` in the same directory, is flushed and fsynced, then renamed over ``path``
     and the directory is fsynced. On any failure the temp file is removed, ``path`` is untouched, and a
     :class:`CaptureWriteError` naming ``path`` is raised (the original OSError is its ``__cause__``).
     """
     path = os.fspath(path)
-    tmp = "%s.tmp-%d" % (path, os.getpid())
+    tmp = "%s.tmp-%d-%s" % (path, os.getpid(), os.urandom(4).hex())
     f = None
     try:
         f = open(tmp, "wb")
