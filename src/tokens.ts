@@ -1,5 +1,6 @@
 import { InputError } from './errors.js';
 import type { Matrix } from './matrix.js';
+import { mulberry32 } from './stats/rng.js';
 
 /**
  * The one place where per-token captures become per-row matrices (the shape contract):
@@ -51,19 +52,13 @@ export function tokensToMatrix(t: TokenTensor, mode: TokenMode, rows?: Int32Arra
 }
 
 /**
- * A seeded uniform subsample of `max` of `total` rows, sorted, or null when no subsampling is needed. The PRNG is
- * mulberry32: five lines, no dependency, and the same stream in every engine and process.
+ * A seeded uniform subsample of `max` of `total` rows, sorted, or null when no subsampling is needed (mulberry32:
+ * the same stream in every engine and process).
  */
 export function subsampleRows(total: number, max: number | undefined, seed: number): Int32Array | null {
   if (max === undefined || max >= total) return null;
   if (!Number.isInteger(max) || max < 4) throw new InputError(`--max-rows must be an integer ≥ 4, got ${max}`);
-  let s = seed >>> 0;
-  const rand = () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let x = Math.imul(s ^ (s >>> 15), 1 | s);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
+  const rand = mulberry32(seed);
   // Partial Fisher–Yates over an index array: exact uniform sample without replacement.
   const idx = new Int32Array(total);
   for (let i = 0; i < total; i++) idx[i] = i;
