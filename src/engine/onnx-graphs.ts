@@ -7,9 +7,10 @@ const { onnx } = onnxProto;
 const FLOAT = onnx.TensorProto.DataType.FLOAT;
 const INT64 = onnx.TensorProto.DataType.INT64;
 
-type Dim = string | number;
+export type Dim = string | number;
 
-function valueInfo(name: string, elemType: number, dims: Dim[]) {
+/** Graph-building helpers shared with gpu-graphs.ts. */
+export function valueInfo(name: string, elemType: number, dims: Dim[]) {
   return onnx.ValueInfoProto.create({
     name,
     type: {
@@ -21,11 +22,11 @@ function valueInfo(name: string, elemType: number, dims: Dim[]) {
   });
 }
 
-function intAttr(name: string, i: number) {
+export function intAttr(name: string, i: number) {
   return onnx.AttributeProto.create({ name, type: onnx.AttributeProto.AttributeType.INT, i });
 }
 
-function model(graph: InstanceType<typeof onnx.GraphProto>): Uint8Array {
+export function model(graph: InstanceType<typeof onnx.GraphProto>): Uint8Array {
   const m = onnx.ModelProto.create({
     irVersion: 8,
     producerName: 'viral-lens',

@@ -1,3 +1,4 @@
+import { knnProvenance } from '../engine/approx.js';
 import { InputError } from '../errors.js';
 import { cknnaFromKnn } from './cknna.js';
 import { cycleKnnFromKnn } from './cycle-knn.js';
@@ -50,6 +51,14 @@ export async function computeMetric(metric: MetricName, a: Features, b: Features
     const [ka, kb] = await Promise.all([a.knn(k), b.knn(k)]);
     base.tied_rows_a = countTiedRows(ka);
     base.tied_rows_b = countTiedRows(kb);
+    const [pa, pb] = [knnProvenance(ka), knnProvenance(kb)];
+    base.knn = pa.method === 'hnsw' || pb.method === 'hnsw' ? 'hnsw' : 'exact';
+    if (base.knn === 'hnsw') {
+      base.knn_recall_a = pa.recall;
+      base.knn_recall_b = pb.recall;
+      const approx = pa.method === 'hnsw' ? pa : pb;
+      base.knn_params = `${approx.params}, recall on ${approx.recall_rows} rows`;
+    }
     if (metric === 'cknna') {
       const r = cknnaFromKnn(ka, kb);
       base.value = r.value;
