@@ -1,13 +1,5 @@
-/** CSV with a header from the union of keys, quoting only where needed (RFC 4180). */
-export function toCsv(rows: Record<string, unknown>[]): string {
-  if (rows.length === 0) return '';
-  const keys = [...new Set(rows.flatMap((r) => Object.keys(r)))];
-  const cell = (v: unknown) => {
-    const s = v === null || v === undefined ? '' : typeof v === 'number' && Number.isNaN(v) ? 'NaN' : String(v);
-    return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
-  };
-  return [keys.join(','), ...rows.map((r) => keys.map((k) => cell(r[k])).join(','))].join('\n') + '\n';
-}
+/** CSV of long-form rows: the same writer the dashboard's exports use. */
+export { toCsv } from '../analysis/figures.js';
 
 /** JSON that keeps NaN visible as null plus the reason field next to it (JSON has no NaN). */
 export function toJson(value: unknown): string {

@@ -508,3 +508,22 @@ test('the fixture capture is valid, matches its description, and regenerates byt
   assert.deepEqual(await listFiles(regen), files);
   for (const f of files) assert.deepEqual(await readFile(join(regen, f)), await readFile(join(FIXTURE, f)), `${f} differs: rerun fixtures/make-fixtures.ts`);
 });
+
+test('readLayer/readTarget with a sample range read exactly those samples, across shard boundaries', async () => {
+  const { openCapture } = await import('../src/store/capture.js');
+  const { fileURLToPath } = await import('node:url');
+  const fixtureDir = fileURLToPath(new URL('../fixtures/capture-small', import.meta.url));
+  const cap = await openCapture(fixtureDir);
+  const full = await cap.readLayer('blocks.1.out');
+  const per = full.tokens * full.dim;
+  // The fixture's shards hold samples [0, 20) and [20, 40): 18..22 spans both.
+  for (const [start, count] of [[0, 1], [18, 4], [39, 1], [0, 40]] as const) {
+    const part = await cap.readLayer('blocks.1.out', { start, count });
+    assert.equal(part.samples, count);
+    assert.deepEqual(Array.from(part.data), Array.from(full.data.subarray(start * per, (start + count) * per)));
+  }
+  const t = await cap.readTarget('clip', { start: 19, count: 2 });
+  const tf = await cap.readTarget('clip');
+  assert.deepEqual(Array.from(t.data), Array.from(tf.data.subarray(19 * tf.tokens * tf.dim, 21 * tf.tokens * tf.dim)));
+  await assert.rejects(cap.readLayer('embed', { start: 39, count: 2 }), /samples \[39, 41\) are outside \[0, 40\)/);
+});

@@ -38,6 +38,12 @@ export { ManifestSchema } from './manifest.js';
 /** A [samples, tokens, dim] block of values, row-major. */
 export type Tensor3 = { samples: number; tokens: number; dim: number; data: Float32Array };
 
+/** Samples [start, start + count) of a layer or target; only the shards' bytes for those samples are read. */
+export interface SampleRange {
+  start: number;
+  count: number;
+}
+
 export interface CaptureLayerInfo {
   name: string;
   /** Hugging Face hidden_states index (0 = input embeddings). */
@@ -65,8 +71,9 @@ export interface Capture {
    * Reads one layer, all shards concatenated: by name, or by its hidden_states `index` (the manifest's `index`
    * field, not the position in the list).
    */
-  readLayer(nameOrIndex: string | number): Promise<Tensor3>;
-  readTarget(name: string): Promise<Tensor3>;
+  readLayer(nameOrIndex: string | number, samples?: SampleRange): Promise<Tensor3>;
+  /** Reads one target set (all samples, or the `samples` range only). */
+  readTarget(name: string, samples?: SampleRange): Promise<Tensor3>;
   /** Bytes on disk of manifest.json and every listed shard. */
   sizeBytes(): Promise<number>;
 }
@@ -154,28 +161,36 @@ interface ShardSet {
   dim: number;
 }
 
-/** Reads all shards of one layer/target into a single [samples, tokens, dim] tensor. */
-async function readShards(dir: string, set: ShardSet): Promise<Tensor3> {
+/** Reads the shards of one layer/target into a single [samples, tokens, dim] tensor (all samples, or a range). */
+async function readShards(dir: string, set: ShardSet, range?: SampleRange): Promise<Tensor3> {
   const { what, owner, shards, samples, tokens, dim } = set;
+  const from = range?.start ?? 0;
+  const count = range?.count ?? samples;
+  if (!Number.isInteger(from) || !Number.isInteger(count) || from < 0 || count < 0 || from + count > samples) {
+    throw new InputError(`${dir}: ${what}: samples [${from}, ${from + count}) are outside [0, ${samples})`);
+  }
   let data: Float32Array;
   try {
-    data = new Float32Array(samples * tokens * dim);
+    data = new Float32Array(count * tokens * dim);
   } catch (err) {
     if (!(err instanceof RangeError)) throw err;
-    const gib = (samples * tokens * dim * 4) / 2 ** 30;
+    const gib = (count * tokens * dim * 4) / 2 ** 30;
     throw new InputError(
-      `${dir}: ${what} needs ${samples}×${tokens}×${dim} values (${gib.toFixed(1)} GiB), more than fits in memory; capture pooled tokens or fewer samples`,
+      `${dir}: ${what} needs ${count}×${tokens}×${dim} values (${gib.toFixed(1)} GiB), more than fits in memory; capture pooled tokens or fewer samples`,
     );
   }
   for (const shard of shards) {
+    const lo = Math.max(from, shard.start);
+    const hi = Math.min(from + count, shard.start + shard.count);
+    if (lo >= hi) continue;
     const path = join(dir, shard.file);
     await withFile(path, async (fh, size) => {
       const header = await parseSafetensorsHeader(fh, size, path);
       const t = checkShardHeader(path, header, { shard, owner, tokens, dim });
-      await readTensorInto(fh, path, t, data, shard.start * tokens * dim);
+      await readTensorInto(fh, path, t, data, (lo - from) * tokens * dim, { start: lo - shard.start, count: hi - lo });
     });
   }
-  return { samples, tokens, dim, data };
+  return { samples: count, tokens, dim, data };
 }
 
 class OpenCapture implements Capture {
@@ -201,7 +216,7 @@ class OpenCapture implements Capture {
     this.tokens = manifest.token_layout.tokens;
   }
 
-  async readLayer(nameOrIndex: string | number): Promise<Tensor3> {
+  async readLayer(nameOrIndex: string | number, samples?: SampleRange): Promise<Tensor3> {
     const m = this.manifest;
     const byIndex = typeof nameOrIndex === 'number';
     const i = m.layers.findIndex((l) => (byIndex ? l.index === nameOrIndex : l.name === nameOrIndex));
@@ -218,10 +233,10 @@ class OpenCapture implements Capture {
       samples: m.samples.count,
       tokens: this.tokens,
       dim: layer.dim,
-    });
+    }, samples);
   }
 
-  async readTarget(name: string): Promise<Tensor3> {
+  async readTarget(name: string, samples?: SampleRange): Promise<Tensor3> {
     const m = this.manifest;
     const i = m.targets.findIndex((t) => t.name === name);
     const target = m.targets[i];
@@ -235,7 +250,7 @@ class OpenCapture implements Capture {
       samples: m.samples.count,
       tokens: target.tokens,
       dim: target.dim,
-    });
+    }, samples);
   }
 
   async sizeBytes(): Promise<number> {

@@ -181,22 +181,32 @@ export async function readTensorInto(
   t: SafetensorsTensorInfo,
   out: Float32Array | Float64Array,
   outOffset = 0,
+  rows?: { start: number; count: number },
 ): Promise<void> {
   const dtype = floatDtypeOf(path, t);
-  const nbytes = t.end - t.begin;
   const float = FLOAT_OF[dtype];
-  const count = shapeSize(t.shape);
+  const total = shapeSize(t.shape);
+  // `rows` selects a slice along the first dimension, so one sample of a large shard costs only its own bytes.
+  const perRow = t.shape.length ? total / Math.max(1, t.shape[0]!) : total;
+  const first = rows ? rows.start : 0;
+  const count = rows ? rows.count * perRow : total;
+  if (rows && (first < 0 || rows.count < 0 || first + rows.count > (t.shape[0] ?? 1))) {
+    throw new RangeError(`readTensorInto: rows [${first}, ${first + rows.count}) outside tensor '${t.name}' ${fmtShape(t.shape)}`);
+  }
+  const itemSize = (t.end - t.begin) / Math.max(1, total);
+  const begin = t.begin + first * perRow * itemSize;
+  const nbytes = count * itemSize;
   if (outOffset + count > out.length) throw new RangeError(`readTensorInto: tensor '${t.name}' does not fit the output`);
   const direct = (float === 'f32' && out instanceof Float32Array) || (float === 'f64' && out instanceof Float64Array);
   if (direct) {
     const slot = out.subarray(outOffset, outOffset + count);
-    const got = await readFully(fh, new Uint8Array(slot.buffer, slot.byteOffset, slot.byteLength), t.begin);
+    const got = await readFully(fh, new Uint8Array(slot.buffer, slot.byteOffset, slot.byteLength), begin);
     if (got < nbytes) throw new InputError(`${path}: tensor '${t.name}': truncated data (read ${got} of ${nbytes} bytes)`);
     toHostOrderInPlace(slot, true);
     return;
   }
   const raw = new Uint8Array(nbytes);
-  const got = await readFully(fh, raw, t.begin);
+  const got = await readFully(fh, raw, begin);
   if (got < nbytes) throw new InputError(`${path}: tensor '${t.name}': truncated data (read ${got} of ${nbytes} bytes)`);
   decodeInto(raw, float, true, out, outOffset);
 }

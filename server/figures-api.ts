@@ -1,0 +1,544 @@
+/**
+ * From a request's query to a figure: which captures (runs × steps), which analysis jobs (cached, shared, cancelled
+ * with the request), and which spec builder of analysis/figures.ts. The same function serves the page (spec as
+ * JSON) and the exports (SVG/PNG/PDF rendered in a worker, CSV/JSON of the numbers), so an export is exactly what
+ * the page shows.
+ */
+import { join } from 'node:path';
+import type { PcaGridResult, UmapRunResult } from '../analysis/embeddings.js';
+import {
+  checkpointFigure,
+  layerwiseFigure,
+  pcaGridFigure,
+  probeFigure,
+  trainingFigure,
+  umapFigure,
+  variantsFigure,
+  type AccuracyRow,
+  type ColorBy,
+  type CurvePoint,
+  type Figure,
+  type LayerMark,
+  type ProbePoint,
+  type Series,
+} from '../analysis/figures.js';
+import type { JobProgress, JobRunner } from '../analysis/jobs.js';
+import { readProbes } from '../analysis/probes.js';
+import { PCA_RGB_NORMALISATION } from '../src/embeddings/index.js';
+import { InputError } from '../src/errors.js';
+import { METRIC_NAMES, type MetricName, type Preprocess } from '../src/metrics/index.js';
+import { TOKEN_MODES, type TokenMode } from '../src/tokens.js';
+import { readJsonIfPresent, type CaptureSummary, type RunsIndex } from './runs.js';
+
+export const FIGURES = ['layerwise', 'checkpoints', 'training', 'variants', 'umap', 'pca-grid', 'probes'] as const;
+export type FigureName = (typeof FIGURES)[number];
+
+/** Query parameters every figure endpoint accepts (JSON schema; unknown parameters are refused). */
+export const figureQuerySchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    runs: { type: 'string', maxLength: 4000, description: 'comma-separated run names (default: all)' },
+    captures: { type: 'string', maxLength: 8000, description: 'comma-separated capture ids (overrides runs/step)' },
+    step: { type: 'string', pattern: '^(latest|all|[0-9]{1,12})$' },
+    metric: { type: 'string', enum: [...METRIC_NAMES] },
+    target: { type: 'string', maxLength: 200 },
+    tokens: { type: 'string', enum: [...TOKEN_MODES] },
+    k: { type: 'integer', minimum: 2, maximum: 1000 },
+    preprocess: { type: 'string', enum: ['none', 'l2', 'prh'] },
+    q: { type: 'number', exclusiveMinimum: 0, maximum: 1 },
+    max_rows: { type: 'integer', minimum: 4, maximum: 1000000 },
+    seed: { type: 'integer', minimum: 0, maximum: 2147483647 },
+    bootstrap: { type: 'integer', minimum: 0, maximum: 5000 },
+    ci: { type: 'number', minimum: 0.5, maximum: 0.999 },
+    color: { type: 'string', enum: ['variant', 'step'] },
+    baseline: { type: 'string', maxLength: 400 },
+    layer: { type: 'integer', minimum: 0, maximum: 100000 },
+    label: { type: 'string', maxLength: 200 },
+    sample: { type: 'string', maxLength: 400 },
+    layers: { type: 'string', pattern: '^[0-9]{1,6}(,[0-9]{1,6}){0,63}$' },
+    n_neighbors: { type: 'integer', minimum: 2, maximum: 200 },
+    min_dist: { type: 'number', minimum: 0, maximum: 1 },
+    epochs: { type: 'integer', minimum: 10, maximum: 2000 },
+    format: { type: 'string', enum: ['svg', 'png', 'pdf', 'csv', 'json'] },
+  },
+} as const;
+
+export interface FigureQuery {
+  runs?: string;
+  captures?: string;
+  step?: string;
+  metric?: MetricName;
+  target?: string;
+  tokens?: TokenMode;
+  k?: number;
+  preprocess?: Preprocess;
+  q?: number;
+  max_rows?: number;
+  seed?: number;
+  bootstrap?: number;
+  ci?: number;
+  color?: ColorBy;
+  baseline?: string;
+  layer?: number;
+  label?: string;
+  sample?: string;
+  layers?: string;
+  n_neighbors?: number;
+  min_dist?: number;
+  epochs?: number;
+  format?: 'svg' | 'png' | 'pdf' | 'csv' | 'json';
+}
+
+export interface FigureContext {
+  index: RunsIndex;
+  runner: JobRunner;
+  engine: string;
+}
+
+export interface CaptureError {
+  capture: string;
+  error: string;
+}
+
+export interface FigureResponse {
+  figure: FigureName;
+  spec: Record<string, unknown>;
+  provenance: Record<string, unknown>;
+  notes: string[];
+  errors: CaptureError[];
+  captures: string[];
+  rows: number;
+  data: Figure['data'];
+}
+
+/** A selected capture and the series (line/panel) it belongs to. */
+interface Selected {
+  capture: CaptureSummary;
+  series: Series;
+}
+
+const list = (s: string | undefined) => (s ?? '').split(',').map((x) => x.trim()).filter(Boolean);
+
+/** Picks captures: explicit ids, or runs × step ('latest' per run, 'all', or one step number). */
+function selectCaptures(index: RunsIndex, q: FigureQuery, defaultStep: 'latest' | 'all'): { chosen: CaptureSummary[]; errors: CaptureError[]; notes: string[] } {
+  const all = index.captures();
+  const errors: CaptureError[] = [];
+  const notes: string[] = [];
+  let chosen: CaptureSummary[];
+  if (q.captures) {
+    chosen = list(q.captures).map((id) => {
+      const c = index.get(id);
+      if (!c) throw new InputError(`captures: no capture '${id}' under RUNS_DIR`);
+      return c;
+    });
+  } else {
+    const known = new Set(all.map((c) => c.run));
+    const runs = q.runs ? list(q.runs) : [...known].sort();
+    for (const r of runs) if (!known.has(r)) throw new InputError(`runs: no run '${r}' under RUNS_DIR (runs: ${[...known].sort().join(', ') || 'none'})`);
+    const step = q.step ?? defaultStep;
+    chosen = [];
+    for (const run of runs) {
+      const caps = all.filter((c) => c.run === run).sort((a, b) => (a.step ?? -1) - (b.step ?? -1));
+      const usable = caps.filter((c) => !c.error);
+      if (step === 'all') chosen.push(...caps);
+      else if (step === 'latest') {
+        // The latest usable step; a corrupt newer one is reported, not silently skipped.
+        const latest = usable.at(-1);
+        for (const c of caps) if (c.error && (latest === undefined || (c.step ?? -1) > (latest.step ?? -1))) chosen.push(c);
+        if (latest) chosen.push(latest);
+      } else {
+        const found = caps.filter((c) => c.step === Number(step));
+        if (!found.length) notes.push(`run ${run} has no step ${step}`);
+        chosen.push(...found);
+      }
+    }
+  }
+  const ok = chosen.filter((c) => {
+    if (c.error) errors.push({ capture: c.id, error: c.error });
+    else if (c.samples !== null && c.samples < 4) notes.push(`${c.id} has ${c.samples} sample(s) so far (still being written?); left out`);
+    else return true;
+    return false;
+  });
+  return { chosen: ok, errors, notes };
+}
+
+/** Display labels: variant (+ run when two runs share a variant) (+ step when a run contributes several steps). */
+function labelSeries(caps: CaptureSummary[], by: ColorBy): Selected[] {
+  const runsOfVariant = new Map<string, Set<string>>();
+  const stepsOfRun = new Map<string, Set<number | null>>();
+  for (const c of caps) {
+    runsOfVariant.set(c.variant!, (runsOfVariant.get(c.variant!) ?? new Set()).add(c.run));
+    stepsOfRun.set(c.run, (stepsOfRun.get(c.run) ?? new Set()).add(c.step));
+  }
+  const manyRuns = new Set(caps.map((c) => c.run)).size > 1;
+  return caps.map((c) => {
+    let label: string;
+    if (by === 'step') label = `${c.step === null ? 'no step' : `step ${c.step}`}${manyRuns ? ` · ${c.run}` : ''}`;
+    else {
+      label = c.variant!;
+      if ((runsOfVariant.get(c.variant!)?.size ?? 0) > 1) label += ` · ${c.run}`;
+      if ((stepsOfRun.get(c.run)?.size ?? 0) > 1) label += ` · step ${c.step ?? '-'}`;
+    }
+    return { capture: c, series: { label, variant: c.variant!, step: c.step, run: c.run } };
+  });
+}
+
+/** One series per run (all its steps): for heatmaps and training curves. */
+function labelRuns(caps: CaptureSummary[]): Selected[] {
+  const runsOfVariant = new Map<string, Set<string>>();
+  for (const c of caps) runsOfVariant.set(c.variant!, (runsOfVariant.get(c.variant!) ?? new Set()).add(c.run));
+  return caps.map((c) => {
+    const label = (runsOfVariant.get(c.variant!)?.size ?? 0) > 1 ? `${c.variant} · ${c.run}` : c.variant!;
+    return { capture: c, series: { label, variant: c.variant!, step: null, run: c.run } };
+  });
+}
+
+function uniqueSeries(sel: Selected[]): Series[] {
+  const m = new Map<string, Series>();
+  for (const s of sel) if (!m.has(s.series.label)) m.set(s.series.label, s.series);
+  return [...m.values()];
+}
+
+/** Dashed-rule marks for the layers a variant trained (aligned / residual), one per series. */
+function marksFor(sel: Selected[]): LayerMark[] {
+  const out = new Map<string, LayerMark>();
+  for (const { capture: c, series } of sel) {
+    if (c.aligned_layer !== null) {
+      const label = `${c.variant === 'viral' ? 'VIRAL' : c.variant} aligned ℓ=${c.aligned_layer}`;
+      out.set(`${series.label}|a`, { layer_index: c.aligned_layer, label, series: series.label });
+    }
+    for (const r of c.residual_layers) out.set(`${series.label}|r${r}`, { layer_index: r, label: `${c.variant} re-injects ℓ=${r}`, series: series.label });
+  }
+  // One rule per (layer, label): several checkpoints of one run share it.
+  const seen = new Set<string>();
+  return [...out.values()].filter((m) => {
+    const key = `${m.layer_index}|${m.label}`;
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
+function describeError(err: unknown, root?: string): string {
+  const message = err instanceof Error ? err.message : String(err);
+  // Paths inside RUNS_DIR read better relative to it (the page shows RUNS_DIR once, in its header).
+  return root ? message.split(`${root}/`).join('') : message;
+}
+
+interface CurveRequest {
+  metric: MetricName;
+  k: number;
+  preprocess: Preprocess;
+  tokens: TokenMode;
+}
+
+function curveParams(q: FigureQuery): CurveRequest {
+  return { metric: q.metric ?? 'cknna', k: q.k ?? 10, preprocess: q.preprocess ?? 'prh', tokens: q.tokens ?? 'mean' };
+}
+
+/** Runs (or fetches) the layer-wise job of every selected capture; failures become per-capture errors. */
+async function curves(ctx: FigureContext, sel: Selected[], q: FigureQuery, signal: AbortSignal, onProgress?: (p: JobProgress) => void) {
+  const p = curveParams(q);
+  const errors: CaptureError[] = [];
+  const points: CurvePoint[] = [];
+  const provenance: Record<string, unknown> = { metric: p.metric, k: p.k, preprocess: p.preprocess, token_mode: p.tokens };
+  const ns = new Set<number>();
+  const engines = new Set<string>();
+  let done = 0;
+  await Promise.all(
+    sel.map(async ({ capture, series }) => {
+      try {
+        const dir = await ctx.index.dirOf(capture.id);
+        const { result } = await ctx.runner.run(
+          'layerwise',
+          {
+            capture: dir,
+            metrics: [p.metric],
+            k: p.k,
+            preprocess: p.preprocess,
+            ...(q.q === undefined ? {} : { q: q.q }),
+            tokenMode: p.tokens,
+            ...(q.max_rows === undefined ? {} : { maxRows: q.max_rows }),
+            seed: q.seed ?? 0,
+            ...(q.bootstrap ? { bootstrap: q.bootstrap } : {}),
+            ...(q.bootstrap && q.ci !== undefined ? { ci: q.ci } : {}),
+            engine: ctx.engine,
+          },
+          { signal, ...(onProgress ? { onProgress } : {}) },
+        );
+        for (const r of result) {
+          ns.add(r.n);
+          engines.add(`${r.engine} (${r.precision})`);
+          if (typeof r.preprocess === 'string') provenance.preprocess = r.preprocess;
+          points.push({
+            series: series.label,
+            variant: capture.variant!,
+            step: capture.step,
+            run: capture.run,
+            target: r.target,
+            metric: r.metric,
+            layer: r.layer,
+            layer_index: r.layer_index,
+            value: r.value,
+            ...(r.ci_low === undefined ? {} : { ci_low: r.ci_low, ci_high: r.ci_high ?? null }),
+            k: r.k,
+            n: r.n,
+            preprocess: r.preprocess,
+            token_mode: r.token_mode,
+            engine: r.engine,
+          });
+        }
+      } catch (err) {
+        if ((err as Error).name === 'AbortError') throw err;
+        errors.push({ capture: capture.id, error: describeError(err, ctx.index.root) });
+      }
+      done++;
+      onProgress?.({ stage: 'captures', done, total: sel.length });
+    }),
+  );
+  // Jobs finish in any order; rows come back in selection order, then target, then layer.
+  const order = new Map(sel.map((s, i) => [s.series.label, i]));
+  points.sort((a, b) => order.get(a.series)! - order.get(b.series)! || (a.step ?? -1) - (b.step ?? -1) || a.target.localeCompare(b.target) || a.layer_index - b.layer_index);
+  errors.sort((a, b) => a.capture.localeCompare(b.capture));
+  provenance.n = [...ns].sort((a, b) => a - b);
+  if ((provenance.n as number[]).length === 1) provenance.n = (provenance.n as number[])[0];
+  provenance.engine = [...engines].join(', ') || ctx.engine;
+  if (q.bootstrap) provenance.bootstrap = { draws: q.bootstrap, ci: q.ci ?? 0.95 };
+  if (q.max_rows) provenance.max_rows = q.max_rows;
+  return { points, errors, provenance };
+}
+
+function pickTarget(points: CurvePoint[], wanted: string | undefined): string {
+  const targets = [...new Set(points.map((p) => p.target))];
+  if (wanted) {
+    if (!targets.includes(wanted) && points.length) throw new InputError(`target: no target '${wanted}' in the selected captures (targets: ${targets.join(', ')})`);
+    return wanted;
+  }
+  return targets.includes('clip') ? 'clip' : (targets[0] ?? 'clip');
+}
+
+/** Accuracy per series from RUNS_DIR/<run>/results.json (shapes in server/README.md). */
+async function accuracyFor(ctx: FigureContext, sel: Selected[], notes: string[]): Promise<AccuracyRow[]> {
+  const rows: AccuracyRow[] = [];
+  const seen = new Set<string>();
+  for (const { capture, series } of sel) {
+    if (seen.has(series.label)) continue;
+    seen.add(series.label);
+    const dir = await ctx.index.runDir(capture.run).catch(() => null);
+    if (!dir) continue;
+    let json: unknown;
+    try {
+      json = await readJsonIfPresent(join(dir, 'results.json'));
+    } catch (err) {
+      notes.push(`${capture.run}/${describeError(err)}`);
+      continue;
+    }
+    if (json === null) continue;
+    const parsed = parseResults(json, capture.step);
+    if (parsed.problem) notes.push(`${capture.run}/results.json: ${parsed.problem}`);
+    for (const [benchmark, value] of parsed.values) {
+      rows.push({ series: series.label, variant: capture.variant!, run: capture.run, benchmark, value, step: capture.step, source: `${capture.run}/results.json` });
+    }
+  }
+  return rows;
+}
+
+/**
+ * results.json: `{"benchmarks": {"POPE": 85.7, ...}}` (or `"accuracy"` as the key), or `{"results": [{"benchmark":
+ * "POPE", "value": 85.7, "step": 1000}, ...]}`; with steps, the entry at the capture's step wins, else the latest
+ * one at or before it, else an entry without a step.
+ */
+export function parseResults(json: unknown, step: number | null): { values: [string, number][]; problem?: string } {
+  if (!json || typeof json !== 'object') return { values: [], problem: 'expected a JSON object' };
+  const o = json as Record<string, unknown>;
+  const table = (o.benchmarks ?? o.accuracy) as unknown;
+  if (table && typeof table === 'object' && !Array.isArray(table)) {
+    const values = Object.entries(table as Record<string, unknown>).filter((e): e is [string, number] => typeof e[1] === 'number' && Number.isFinite(e[1]));
+    return values.length ? { values } : { values, problem: 'benchmarks has no numeric values' };
+  }
+  if (Array.isArray(o.results)) {
+    const best = new Map<string, { value: number; step: number | null }>();
+    for (const r of o.results as Record<string, unknown>[]) {
+      const name = r?.benchmark ?? r?.name ?? r?.task;
+      const value = r?.value ?? r?.accuracy ?? r?.score;
+      const s = typeof r?.step === 'number' ? r.step : null;
+      if (typeof name !== 'string' || typeof value !== 'number' || !Number.isFinite(value)) continue;
+      if (s !== null && step !== null && s > step) continue;
+      const prev = best.get(name);
+      const rank = (x: number | null) => (x === null ? -1 : x);
+      if (!prev || rank(s) > rank(prev.step)) best.set(name, { value, step: s });
+    }
+    return best.size ? { values: [...best.entries()].map(([k, v]) => [k, v.value]) } : { values: [], problem: 'results has no usable {benchmark, value} entries' };
+  }
+  return { values: [], problem: 'expected "benchmarks": {name: number} or "results": [{benchmark, value, step?}]' };
+}
+
+function evenlySpaced(indices: number[], count: number, must: number[]): number[] {
+  if (indices.length <= count) return indices;
+  const out = new Set<number>();
+  for (let i = 0; i < count; i++) out.add(indices[Math.round((i * (indices.length - 1)) / (count - 1))]!);
+  for (const m of must) if (indices.includes(m)) out.add(m);
+  return [...out].sort((a, b) => a - b);
+}
+
+/** Builds one figure for a query. Throws InputError for requests that cannot produce any chart. */
+export async function buildFigure(ctx: FigureContext, name: FigureName, q: FigureQuery, signal: AbortSignal, onProgress?: (p: JobProgress) => void): Promise<FigureResponse> {
+  const defaultStep = name === 'checkpoints' || name === 'training' || (name === 'layerwise' && q.color === 'step') ? 'all' : 'latest';
+  const picked = selectCaptures(ctx.index, q, defaultStep);
+  const errors = [...picked.errors];
+  const notes = [...picked.notes];
+  if (picked.chosen.length === 0) {
+    if (errors.length) throw new InputError(`no usable capture: ${errors.map((e) => `${e.capture}: ${e.error}`).join('; ')}`);
+    throw new InputError('no captures match this selection (runs/step/captures)');
+  }
+  let figure: Figure;
+  switch (name) {
+    case 'layerwise':
+    case 'variants': {
+      const by: ColorBy = name === 'variants' ? 'variant' : (q.color ?? 'variant');
+      const sel = labelSeries(picked.chosen, by);
+      const c = await curves(ctx, sel, q, signal, onProgress);
+      errors.push(...c.errors);
+      const series = uniqueSeries(sel);
+      if (name === 'layerwise') {
+        const target = pickTarget(c.points, q.target);
+        figure = layerwiseFigure(c.points, { metric: curveParams(q).metric, targets: [target], colorBy: by, series, marks: marksFor(sel), provenance: c.provenance, notes });
+      } else {
+        const accuracy = await accuracyFor(ctx, sel, notes);
+        figure = variantsFigure(c.points, accuracy, { metric: curveParams(q).metric, series, marks: marksFor(sel), provenance: c.provenance, notes });
+      }
+      break;
+    }
+    case 'checkpoints':
+    case 'training': {
+      const sel = labelRuns(picked.chosen);
+      const c = await curves(ctx, sel, q, signal, onProgress);
+      errors.push(...c.errors);
+      const series = uniqueSeries(sel);
+      const target = pickTarget(c.points, q.target);
+      if (name === 'checkpoints') {
+        let baseline: string | null = null;
+        if (q.baseline) {
+          const s = series.find((x) => x.label === q.baseline || x.run === q.baseline || x.variant === q.baseline);
+          if (!s) throw new InputError(`baseline: '${q.baseline}' is none of the selected series (${series.map((x) => x.label).join(', ')})`);
+          baseline = s.label;
+        } else baseline = series.find((s) => s.variant === 'baseline')?.label ?? null;
+        if (!baseline) notes.push('no baseline series selected: showing values only');
+        figure = checkpointFigure(c.points, { metric: curveParams(q).metric, target, series, baseline, provenance: c.provenance, notes });
+      } else {
+        const aligned = picked.chosen.find((x) => x.aligned_layer !== null)?.aligned_layer;
+        const layers = [...new Set(c.points.map((p) => p.layer_index))].sort((a, b) => a - b);
+        const layer = q.layer ?? aligned ?? layers[Math.floor(layers.length / 2)] ?? 0;
+        figure = trainingFigure(c.points, { metric: curveParams(q).metric, target, layer_index: layer, series, provenance: c.provenance });
+        figure.notes.push(...notes);
+      }
+      break;
+    }
+    case 'umap': {
+      const sel = labelSeries(picked.chosen, 'variant');
+      const first = picked.chosen[0]!;
+      const tokens = q.tokens ?? 'mean';
+      const layerIndices = first.layers.map((l) => l.index);
+      const layer = q.layer ?? first.aligned_layer ?? layerIndices[Math.floor(layerIndices.length / 2)] ?? 0;
+      const dirs = await Promise.all(sel.map((s) => ctx.index.dirOf(s.capture.id)));
+      const maxRows = q.max_rows ?? (tokens === 'per-token' ? 2000 : undefined);
+      const { result } = await ctx.runner.run(
+        'umap',
+        {
+          captures: dirs,
+          layer,
+          tokenMode: tokens,
+          preprocess: q.preprocess ?? 'l2',
+          seed: q.seed ?? 0,
+          ...(q.n_neighbors === undefined ? {} : { nNeighbors: q.n_neighbors }),
+          ...(q.min_dist === undefined ? {} : { minDist: q.min_dist }),
+          nEpochs: q.epochs ?? 200,
+          ...(maxRows === undefined ? {} : { maxRows }),
+          engine: ctx.engine,
+        },
+        { signal, ...(onProgress ? { onProgress } : {}) },
+      );
+      const r = result as UmapRunResult;
+      const idOf = new Map(sel.map((s, i) => [dirs[i]!, s.capture.id]));
+      for (const e of r.errors) errors.push({ capture: idOf.get(e.capture) ?? e.capture, error: describeError(new Error(e.error), ctx.index.root) });
+      const labelNames = r.meta.labels;
+      if (q.label && !labelNames.includes(q.label)) throw new InputError(`label: no label '${q.label}' in the manifest (labels: ${labelNames.join(', ') || 'none'})`);
+      const label = q.label ?? labelNames[0] ?? null;
+      const seriesOf = new Map(sel.map((s, i) => [dirs[i]!, s.series.label]));
+      const points = r.points.map((p) => ({
+        series: seriesOf.get(p.capture) ?? p.variant,
+        sample_id: p.sample_id,
+        token: p.token,
+        x: p.x,
+        y: p.y,
+        label: label === null ? null : (p.labels[label] ?? null),
+      }));
+      const panel = r.panels[0]!;
+      // How well each map lines up with the reference after alignment (0 = same shape), for the exported provenance.
+      const alignment = Object.fromEntries(r.panels.filter((p) => p.alignment).map((p) => [seriesOf.get(p.capture) ?? p.capture, Number(p.alignment!.relativeRmsd.toFixed(4))]));
+      figure = umapFigure(points, {
+        label,
+        series: uniqueSeries(sel),
+        layer: `${panel.layer} (ℓ = ${panel.layer_index})`,
+        provenance: { ...r.meta, layer_index: panel.layer_index, procrustes_relative_rmsd: alignment },
+        notes,
+      });
+      break;
+    }
+    case 'pca-grid': {
+      const sel = labelSeries(picked.chosen, 'variant');
+      const first = picked.chosen[0]!;
+      if (!first.grid) throw new InputError(`${first.id}: token_layout.grid is null; PCA-RGB grids need the token grid`);
+      const indices = first.layers.map((l) => l.index);
+      const layers = q.layers ? list(q.layers).map(Number) : evenlySpaced(indices, 8, first.aligned_layer === null ? [] : [first.aligned_layer]);
+      const dirs = await Promise.all(sel.map((s) => ctx.index.dirOf(s.capture.id)));
+      const sample = q.sample ?? (await ctx.index.sampleIds(first.id))[0];
+      if (sample === undefined) throw new InputError(`${first.id}: the capture has no samples yet`);
+      const { result } = await ctx.runner.run('pca-grid', { captures: dirs, sample, layers, engine: ctx.engine }, { signal, ...(onProgress ? { onProgress } : {}) });
+      const r = result as PcaGridResult;
+      const idOf = new Map(sel.map((s, i) => [dirs[i]!, s.capture.id]));
+      for (const e of r.errors) errors.push({ capture: idOf.get(e.capture) ?? e.capture, error: describeError(new Error(e.error), ctx.index.root) });
+      const seriesOf = new Map(sel.map((s, i) => [dirs[i]!, s.series.label]));
+      figure = pcaGridFigure(
+        r.panels.map((p) => ({ series: seriesOf.get(p.capture) ?? p.variant, layer: p.layer, layer_index: p.layer_index, rows: p.rows, cols: p.cols, colors: p.colors, explained: p.explained })),
+        { sample: r.meta.sample, series: uniqueSeries(sel), provenance: { ...r.meta, normalisation: PCA_RGB_NORMALISATION, engine: ctx.engine }, notes },
+      );
+      break;
+    }
+    case 'probes': {
+      const sel = labelSeries(picked.chosen, 'variant');
+      const points: ProbePoint[] = [];
+      for (const { capture, series } of sel) {
+        try {
+          const file = await readProbes(await ctx.index.dirOf(capture.id));
+          for (const report of file.probes) {
+            const task = `${report.label} · ${report.rows[0]?.score_name ?? 'score'} · ${report.token_mode}`;
+            for (const row of report.rows) {
+              if (row.source !== 'layer' || row.layer_index === null || typeof row.score !== 'number') continue;
+              points.push({ series: series.label, task, layer_index: row.layer_index, accuracy: row.score, ci_low: row.ci_low ?? null, ci_high: row.ci_high ?? null, chance: row.chance ?? null });
+            }
+          }
+        } catch (err) {
+          errors.push({ capture: capture.id, error: describeError(err, ctx.index.root) });
+        }
+      }
+      if (!points.length) notes.push('no probes.json with layer rows in the selected captures (run `viral-lens probe` to make one)');
+      figure = probeFigure(points, { series: uniqueSeries(sel), marks: marksFor(sel), provenance: { description: 'cross-validated linear probes from probes.json (analysis/probes.ts)' }, notes });
+      break;
+    }
+  }
+  if (errors.length && figure.data.length === 0 && name !== 'probes') {
+    throw new InputError(`every selected capture failed: ${errors.map((e) => `${e.capture}: ${e.error}`).join('; ')}`);
+  }
+  return {
+    figure: name,
+    spec: figure.spec,
+    provenance: figure.provenance,
+    notes: figure.notes,
+    errors,
+    captures: picked.chosen.map((c) => c.id),
+    rows: figure.data.length,
+    data: figure.data,
+  };
+}
