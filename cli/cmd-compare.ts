@@ -4,7 +4,9 @@ import { InputError } from '../src/errors.js';
 import { assertFinite } from '../src/matrix.js';
 import { computeMetric, DEFAULT_K, describePreprocess, Features, METRICS, parseMetric, parsePreprocess, preprocess } from '../src/metrics/index.js';
 import { loadMatrix } from '../src/store/load.js';
+import { describeStats, similarityStats } from '../analysis/stats.js';
 import { intOption, numberOption } from './args.js';
+import { fmtWithStats, statsOptions } from './cmd-layerwise.js';
 import { fmt, toJson } from './format.js';
 
 export async function run(argv: string[]): Promise<number> {
@@ -20,6 +22,10 @@ export async function run(argv: string[]): Promise<number> {
       'key-a': { type: 'string' },
       'key-b': { type: 'string' },
       json: { type: 'boolean', default: false },
+      permutations: { type: 'string' },
+      bootstrap: { type: 'string' },
+      ci: { type: 'string' },
+      seed: { type: 'string' },
     },
   });
   if (positionals.length !== 2) throw new InputError(`expected two feature files A and B, got ${positionals.length} argument(s)`);
@@ -40,13 +46,16 @@ export async function run(argv: string[]): Promise<number> {
     const a = new Features(preprocess(A, prep, opts), engine, pathA);
     const b = new Features(preprocess(B, prep, opts), engine, pathB);
     const r = await computeMetric(metric, a, b, k, describePreprocess(prep, opts));
-    const out = { ...r, a: pathA, b: pathB };
+    // Rows of two plain files are taken as independent samples (images); permutations shuffle rows.
+    const stats = await similarityStats(metric, a, b, k, r, { ...statsOptions(values), seed: intOption('seed', values.seed, 0) });
+    const out = { ...r, ...stats, a: pathA, b: pathB };
     if (values.json) process.stdout.write(toJson(out));
     else {
       process.stdout.write(
-        `${metric}(A, B) = ${fmt(r.value, 6)}${r.undefined_reason ? `  (undefined: ${r.undefined_reason})` : ''}\n` +
+        `${metric}(A, B) = ${stats.n_perm || stats.n_boot ? fmtWithStats({ ...r, ...stats }) : fmt(r.value, 6)}${r.undefined_reason ? `  (undefined: ${r.undefined_reason})` : ''}\n` +
           `  A = ${pathA} (${r.n}×${r.dA}), B = ${pathB} (${r.n}×${r.dB})\n` +
           `  k = ${r.k ?? '-'}, preprocess = ${r.preprocess}, engine = ${describeEngine(engine)}` +
+          (stats.n_perm || stats.n_boot ? `\n  ${describeStats(stats)}` : '') +
           (r.tied_rows_a || r.tied_rows_b ? `\n  warning: ties at the k-th neighbour in ${r.tied_rows_a} rows of A, ${r.tied_rows_b} rows of B` : '') +
           '\n',
       );

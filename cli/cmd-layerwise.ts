@@ -1,6 +1,9 @@
 import { writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { runLayerwise, type LayerwiseRow, type TargetSpec } from '../analysis/layerwise.js';
+import { parseShard, runShard } from '../analysis/shard.js';
+import { describeStats, type SimilarityStats } from '../analysis/stats.js';
+import { describeKnnPolicy, parseKnnMode, withKnnPolicy } from '../src/engine/approx.js';
 import { createEngine, describeEngine } from '../src/engine/index.js';
 import { InputError } from '../src/errors.js';
 import { DEFAULT_K, parseMetric, parsePreprocess } from '../src/metrics/index.js';
@@ -41,21 +44,35 @@ export async function run(argv: string[]): Promise<number> {
       seed: { type: 'string' },
       layers: { type: 'string' },
       engine: { type: 'string', default: 'auto' },
+      knn: { type: 'string', default: 'auto' },
+      shard: { type: 'string' },
       json: { type: 'boolean', default: false },
       csv: { type: 'boolean', default: false },
       out: { type: 'string' },
       quiet: { type: 'boolean', default: false },
+      permutations: { type: 'string' },
+      bootstrap: { type: 'string' },
+      ci: { type: 'string' },
+      'perm-unit': { type: 'string' },
     },
   });
-  if (positionals.length !== 1) throw new InputError(`expected one capture directory, got ${positionals.length} argument(s)`);
+  // --shard runs one slice of the (capture, layer) jobs of one or more captures (docs/scale.md).
+  const shard = values.shard === undefined ? null : parseShard(values.shard);
+  if (shard ? positionals.length < 1 : positionals.length !== 1) {
+    throw new InputError(`expected ${shard ? 'one or more capture directories' : 'one capture directory'}, got ${positionals.length} argument(s)`);
+  }
   const metrics = (listOption(values.metric).length ? listOption(values.metric) : ['cknna']).map(parseMetric);
-  const engine = await createEngine(values.engine);
+  const knnMode = parseKnnMode(values.knn!);
+  // Exact kNN wherever it is the faster path; `auto` uses HNSW only on CPU engines above EXACT_MAX_ROWS rows, and
+  // every score from approximate lists carries its measured recall.
+  const engine = withKnnPolicy(await createEngine(values.engine), { mode: knnMode });
   const progress = new Progress(!values.quiet);
   let rows: LayerwiseRow[];
+  let shardText: string | null = null;
   try {
     const maxRows = numberOption('max-rows', values['max-rows']);
     const q = numberOption('q', values.q);
-    rows = await runLayerwise(positionals[0]!, {
+    const options = {
       engine,
       metrics,
       k: intOption('topk', values.topk, DEFAULT_K),
@@ -66,16 +83,60 @@ export async function run(argv: string[]): Promise<number> {
       layers: listOption(values.layers),
       ...(maxRows === undefined ? {} : { maxRows }),
       seed: intOption('seed', values.seed, 0),
-      onProgress: (e) => progress.update(e.stage, e.done, e.total),
-    });
+      ...statsOptions(values),
+      onProgress: (e: { stage: string; done: number; total: number }) => progress.update(e.stage, e.done, e.total),
+    };
+    if (shard) {
+      // Every parameter that changes the numbers, so `merge` can refuse shards run with different flags.
+      const params = {
+        metrics,
+        k: options.k,
+        preprocess: values.preprocess!,
+        q: q ?? null,
+        tokens: options.tokenMode,
+        targets: options.targets,
+        layers: options.layers.length ? options.layers : null,
+        max_rows: maxRows ?? null,
+        seed: options.seed,
+        stats: statsOptions(values),
+        engine: engine.name,
+        precision: engine.precision,
+        knn: describeKnnPolicy(engine.name, { mode: knnMode }),
+      };
+      const doc = await runShard(positionals, options, shard, params);
+      rows = doc.rows;
+      shardText = toJson(doc);
+    } else rows = await runLayerwise(positionals[0]!, options);
   } finally {
     progress.stop();
     await engine.dispose();
   }
-  const text = values.json ? toJson(rows) : values.csv ? toCsv(rows as unknown as Record<string, unknown>[]) : render(rows, describeEngine(engine));
+  const text =
+    shardText ?? (values.json ? toJson(rows) : values.csv ? toCsv(rows as unknown as Record<string, unknown>[]) : render(rows, describeEngine(engine)));
   if (values.out) await writeFile(values.out, text);
   else process.stdout.write(text);
   return 0;
+}
+
+/** --permutations N, --bootstrap N, --ci LEVEL, --perm-unit row|image (shared with `compare`). */
+export function statsOptions(values: { permutations?: string; bootstrap?: string; ci?: string; 'perm-unit'?: string }) {
+  const unit = values['perm-unit'];
+  if (unit !== undefined && unit !== 'row' && unit !== 'image') throw new InputError(`--perm-unit: expected row or image, got '${unit}'`);
+  const ci = numberOption('ci', values.ci);
+  return {
+    permutations: intOption('permutations', values.permutations, 0),
+    bootstrap: intOption('bootstrap', values.bootstrap, 0),
+    ...(ci === undefined ? {} : { ci }),
+    ...(unit === undefined ? {} : { permUnit: unit as 'row' | 'image' }),
+  };
+}
+
+/** A score with its interval and p-value when they were computed: `0.5432 [0.5101, 0.5702] p=0.005`. */
+export function fmtWithStats(r: SimilarityStats & { value: number }): string {
+  let s = fmt(r.value);
+  if (r.n_boot) s += ` [${fmt(r.ci_low)}, ${fmt(r.ci_high)}]`;
+  if (r.n_perm) s += ` p=${r.p_value === undefined || Number.isNaN(r.p_value) ? 'NaN' : r.p_value.toPrecision(2)} (null ${fmt(r.null_mean)})`;
+  return s;
 }
 
 /** One table per metric: layers down, targets across, with every parameter in the heading. */
@@ -91,22 +152,34 @@ export function render(rows: LayerwiseRow[], engine: string): string {
       (first.rows_sampled ? ` (seeded subsample, seed ${first.seed})` : '') +
       `, engine ${engine}`,
   ];
+
   for (const metric of metrics) {
     const k = rows.find((r) => r.metric === metric)?.k;
     out.push('', `${metric}${k ? ` (k = ${k})` : ''}`);
+    const withStats = rows.find((r) => r.metric === metric && (r.n_perm || r.n_boot));
+    if (withStats) out.push(describeStats(withStats));
     const body = layers.map(([index, name]) => [
       index,
       name,
       ...targets.map((t) => {
         const r = rows.find((x) => x.metric === metric && x.layer_index === index && x.target === t);
-        return fmt(r?.value);
+        return r ? fmtWithStats(r) + recallNote(r) : fmt(undefined);
       }),
     ]);
     out.push(table(['idx', 'layer', ...targets], body).trimEnd());
   }
+  if (rows.some((r) => recallNote(r))) out.push('', 'approximate kNN (hnsw): [recall@k of A / of B] measured against exact kNN on a seeded row sample');
   const tied = rows.filter((r) => (r.tied_rows_a ?? 0) + (r.tied_rows_b ?? 0) > 0);
   if (tied.length) out.push('', `warning: ${tied.length} result(s) have ties at the k-th neighbour (see tied_rows_a/b in --json)`);
   const undef = rows.filter((r) => r.undefined_reason);
   for (const r of undef) out.push(`undefined: ${r.metric} layer ${r.layer} vs ${r.target}: ${r.undefined_reason}`);
   return out.join('\n') + '\n';
+}
+
+/** ` [0.97/1.00]` after a score computed from approximate kNN lists (recall of A's and B's lists); '' when exact. */
+function recallNote(r: LayerwiseRow | undefined): string {
+  const x = r as (LayerwiseRow & { knn?: string; knn_recall_a?: number | null; knn_recall_b?: number | null }) | undefined;
+  if (x?.knn !== 'hnsw') return '';
+  const f = (v: number | null | undefined) => (v === null || v === undefined ? 'exact' : v.toFixed(2));
+  return ` [${f(x.knn_recall_a)}/${f(x.knn_recall_b)}]`;
 }

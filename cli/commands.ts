@@ -8,14 +8,40 @@ export interface Command {
 export const COMMANDS: Record<string, Command> = {
   compare: {
     summary: 'one similarity score between two feature files (npy / safetensors)',
-    usage: 'A B --metric cknna|mutual_knn|cycle_knn|cka|unbiased_cka|cosine [--topk K] [--preprocess none|l2|prh] [--q 0.95] [--engine auto|ref|cpu] [--key-a NAME] [--key-b NAME] [--json]',
+    usage: 'A B --metric cknna|mutual_knn|cycle_knn|cka|unbiased_cka|cosine [--topk K] [--preprocess none|l2|prh] [--q 0.95] [--engine auto|ref|cpu|webgpu|cuda] [--key-a NAME] [--key-b NAME] [--permutations N] [--bootstrap N --ci 0.95] [--seed S] [--json]',
     load: () => import('./cmd-compare.js'),
   },
   layerwise: {
     summary: 'every layer of a capture against target features (CKNNA curves)',
     usage:
-      'CAPTURE_DIR [--target NAME[=PATH]]... [--metric cknna[,cka,...]] [--topk K] [--preprocess none|l2|prh] [--tokens per-token|mean|first] [--max-rows N --seed S] [--layers 0,4,8] [--engine auto|ref|cpu] [--json|--csv] [--out FILE]',
+      'CAPTURE_DIR [--target NAME[=PATH]]... [--metric cknna[,cka,...]] [--topk K] [--preprocess none|l2|prh] [--tokens per-token|mean|first] [--max-rows N --seed S] [--layers 0,4,8] [--engine auto|ref|cpu|webgpu|cuda] [--knn auto|exact|hnsw] [--permutations N [--perm-unit row|image]] [--bootstrap N --ci 0.95] [--json|--csv] [--out FILE]   |   CAPTURE_DIR... --shard I/N [same options] [--out SHARD.json]',
     load: () => import('./cmd-layerwise.js'),
+  },
+  merge: {
+    summary: 'merge the shard files of a sharded layerwise sweep (checks they form one complete sweep)',
+    usage: 'OUT.json|OUT.csv SHARD.json...',
+    load: () => import('./cmd-merge.js'),
+  },
+  doctor: {
+    summary: 'which compute engines work here, which one auto picks, on what device and in what precision',
+    usage: '[--json]',
+    load: () => import('./cmd-doctor.js'),
+  },
+  probe: {
+    summary: 'linear probes per layer (and on the targets, as the ceiling) for a manifest label; writes probes.json',
+    usage:
+      'CAPTURE_DIR --label NAME [--tokens mean|first|per-token] [--task auto|classify|regress] [--folds 5] [--l2 0.01|cv] [--control-by auto|image|position|LABEL] [--max-tokens N] [--layers 0,4,8] [--ci 0.95] [--seed S] [--no-targets] [--no-write] [--json]',
+    load: () => import('./cmd-probe.js'),
+  },
+  serve: {
+    summary: 'the dashboard: layer-wise curves, checkpoints, variants, embeddings, probes; live while runs train',
+    usage: 'RUNS_DIR [--port 7860] [--host 127.0.0.1] [--engine auto|ref|cpu|webgpu|cuda] [--workers N] [--token T (or VIRAL_LENS_TOKEN)] [--no-cache] [--log]',
+    load: () => import('./cmd-serve.js'),
+  },
+  demo: {
+    summary: 'train a mini-LLaVA here (baseline, residual, VIRAL), capture every layer, print layer-wise CKNNA and accuracy',
+    usage: '[--out runs/demo] [--steps N] [--seed S] [--quick] [--variants baseline,residual,viral] [--backend auto|wasm|cpu|tensorflow] [--engine auto|ref|cpu|webgpu|cuda] [--no-workers] [--quiet] [--serve]',
+    load: () => import('./cmd-demo.js'),
   },
   info: {
     summary: 'describe a .npy / .safetensors file, a capture directory or a runs directory',

@@ -1,0 +1,534 @@
+/**
+ * The embedded demo: a LLaVA-shaped model trained here, on real computation, in three variants (baseline,
+ * residual, VIRAL), every layer captured during training and compared with the vision encoder and a stronger
+ * teacher — the whole story of the VIRAL paper without a checkpoint or a GPU.
+ *
+ *   1. render the scenes, run the two frozen encoders once (features cached under <out>/features/);
+ *   2. train the variants in parallel worker threads (src/hooks/train-worker.ts), each capturing the probe set at
+ *      step 0 and every N steps into <out>/<variant>/step-<N>/ and writing <out>/<variant>/results.json;
+ *   3. layer-wise CKNNA of every capture against both targets (runLayerwise), held-out accuracy per question type,
+ *      patch-shuffle test (analysis/shuffle.ts), attention entropy (analysis/attention.ts);
+ *   4. figure data (JSON/CSV) and Vega-Lite specs into <out>/.
+ *
+ * The encoders are stand-ins (MobileNetV2 for CLIP, a CenterNet backbone for DINOv2) and every output says so.
+ */
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { createEngine, describeEngine, type Engine } from '../src/engine/index.js';
+import { InputError } from '../src/errors.js';
+import { initBackend, type BackendInfo, type BackendName } from '../src/model/backend.js';
+import { extractSceneFeatures, loadTeacher, loadVisionEncoder, type EncoderSpec } from '../src/model/encoders.js';
+import { MODEL_VARIANTS, type ModelVariant } from '../src/model/mini-llava.js';
+import { generateScenes, QUESTION_TYPES, splitByImage } from '../src/model/scenes.js';
+import { DEFAULT_TRAIN } from '../src/model/train.js';
+import { DEMO_MODEL_NAME, runVariant, type VariantRunEvent, type VariantRunInput, type VariantRunResult } from '../src/hooks/train-run.js';
+import { attentionEntropy, entropyHeatmapFigure, writeAttention, type AttentionEntropyResult } from './attention.js';
+import { trainingFigure, variantsFigure, type AccuracyRow, type CurvePoint, type Figure, type Series } from './figures.js';
+import { runLayerwise, type LayerwiseRow } from './layerwise.js';
+import { runShuffle, shuffleFigure, writeShuffle, type ShuffleResult } from './shuffle.js';
+
+/** Sizes of a demo run. */
+export interface DemoSize {
+  images: number;
+  heldoutFraction: number;
+  probe: number;
+  steps: number;
+  captureEvery: number;
+  width: number;
+  layers: number;
+  heads: number;
+  batchSize: number;
+  turns: number;
+  evalDialogues: number;
+  shuffleSeeds: number[];
+  attentionSamples: number;
+}
+
+/** Default: about 5 minutes on 2 cores (features ~50 s, three variants in parallel ~3–4 min, analysis ~30 s). */
+export const DEFAULT_SIZE: DemoSize = {
+  images: 640,
+  heldoutFraction: 0.2,
+  probe: 48,
+  steps: 600,
+  captureEvery: 200,
+  width: 64,
+  layers: 4,
+  heads: 4,
+  batchSize: DEFAULT_TRAIN.batchSize,
+  turns: DEFAULT_TRAIN.turns,
+  evalDialogues: 2,
+  shuffleSeeds: [1, 2],
+  attentionSamples: 16,
+};
+
+/** --quick: under a minute (CI). Too small to learn much; it exercises every stage. */
+export const QUICK_SIZE: DemoSize = {
+  images: 96,
+  heldoutFraction: 0.25,
+  probe: 16,
+  steps: 30,
+  captureEvery: 15,
+  width: 32,
+  layers: 2,
+  heads: 2,
+  batchSize: 8,
+  turns: 2,
+  evalDialogues: 1,
+  shuffleSeeds: [1],
+  attentionSamples: 4,
+};
+
+/** How the layer-wise numbers are computed (recorded with every row). */
+export const DEMO_METRIC = { metric: 'cknna' as const, k: 10, preprocess: 'prh' as const, tokenMode: 'per-token' as const };
+
+export interface DemoOptions {
+  out: string;
+  seed: number;
+  quick: boolean;
+  steps?: number;
+  variants: ModelVariant[];
+  backend: BackendName;
+  /** Layer-wise engine (createEngine name). */
+  engine: string;
+  /** Run the variants in worker threads (default); false = one after another in this thread (tests). */
+  workers: boolean;
+  onProgress?: (e: DemoProgress) => void;
+}
+
+export type DemoProgress =
+  | { kind: 'features'; done: number; total: number; cached: boolean }
+  | { kind: 'variant'; event: VariantRunEvent }
+  | { kind: 'analysis'; stage: string; done: number; total: number };
+
+export interface AccuracyCell {
+  variant: ModelVariant;
+  question_type: string;
+  correct: number;
+  total: number;
+  accuracy: number;
+  accuracy_shuffled: number | null;
+}
+
+export interface DemoResult {
+  out: string;
+  seed: number;
+  size: DemoSize;
+  backend: BackendInfo;
+  engine: string;
+  encoder: EncoderSpec;
+  teacher: EncoderSpec;
+  featuresCached: boolean;
+  /** Whether the variants trained in parallel worker threads (else one after another in this thread). */
+  workers: boolean;
+  featureSeconds: number;
+  trainSeconds: number;
+  analysisSeconds: number;
+  split: { train: number; heldout: number };
+  variants: VariantRunResult[];
+  /** runLayerwise rows of the final capture of every variant, both targets. */
+  layerwise: LayerwiseRow[];
+  /** The same over every capture step (training dynamics). */
+  dynamics: LayerwiseRow[];
+  accuracy: AccuracyCell[];
+  shuffle: ShuffleResult | null;
+  attention: AttentionEntropyResult[];
+  files: Record<string, string>;
+}
+
+export function parseVariants(list: string[]): ModelVariant[] {
+  if (list.length === 0) return [...MODEL_VARIANTS];
+  const out: ModelVariant[] = [];
+  for (const v of list) {
+    if (!(MODEL_VARIANTS as readonly string[]).includes(v)) throw new InputError(`--variants: unknown variant '${v}' (expected ${MODEL_VARIANTS.join(', ')})`);
+    if (!out.includes(v as ModelVariant)) out.push(v as ModelVariant);
+  }
+  return out;
+}
+
+export function demoSize(options: Pick<DemoOptions, 'quick' | 'steps'>): DemoSize {
+  const base = options.quick ? QUICK_SIZE : DEFAULT_SIZE;
+  if (options.steps === undefined) return { ...base };
+  if (!Number.isInteger(options.steps) || options.steps < 1) throw new InputError(`--steps: expected a positive integer, got ${options.steps}`);
+  // Keep about three captures after step 0 whatever the length.
+  return { ...base, steps: options.steps, captureEvery: Math.max(1, Math.ceil(options.steps / 3)) };
+}
+
+/** Copies a Float32Array into shared memory so every worker reads it without a copy. */
+function shared(data: Float32Array): Float32Array {
+  const out = new Float32Array(new SharedArrayBuffer(data.byteLength));
+  out.set(data);
+  return out;
+}
+
+/**
+ * Worker source that registers tsx's loader, then imports the TypeScript entry. `--import tsx` in the worker's
+ * execArgv does not install the hooks in Node 20's workers ("Unknown file extension .ts"); tsx's register API does.
+ */
+function workerBootstrap(entry: URL): string {
+  const api = import.meta.resolve('tsx/esm/api');
+  return `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(entry.href)}); });`;
+}
+
+function runInWorker(input: VariantRunInput, onEvent: (e: VariantRunEvent) => void): Promise<VariantRunResult> {
+  const worker = new Worker(workerBootstrap(new URL('../src/hooks/train-worker.ts', import.meta.url)), { eval: true, workerData: input });
+  return new Promise((resolvePromise, reject) => {
+    let settled = false;
+    const finish = (fn: () => void) => {
+      if (settled) return;
+      settled = true;
+      fn();
+      // The worker's wasm heap is only freed when the thread ends.
+      void worker.terminate();
+    };
+    worker.on('message', (m: { type: string; event?: VariantRunEvent; result?: VariantRunResult; message?: string; input?: boolean; stack?: string }) => {
+      if (m.type === 'event' && m.event) onEvent(m.event);
+      else if (m.type === 'done' && m.result) finish(() => resolvePromise(m.result!));
+      else if (m.type === 'error') {
+        finish(() => reject(m.input ? new InputError(`${input.variant}: ${m.message}`) : Object.assign(new Error(`${input.variant} worker: ${m.message}`), { stack: m.stack })));
+      }
+    });
+    worker.on('error', (err) => finish(() => reject(err)));
+    worker.on('exit', (code) => finish(() => reject(new Error(`${input.variant} worker exited with code ${code} before finishing`))));
+  });
+}
+
+const pct = (x: number) => Math.round(x * 1e4) / 100;
+
+async function exists(p: string): Promise<boolean> {
+  return stat(p).then(
+    () => true,
+    () => false,
+  );
+}
+
+/**
+ * Makes a rerun into the same folder work: removes what an earlier demo wrote for these variants (its step-<N>
+ * captures, weights, results.json) and the merged analysis files, keeping the feature cache. Captures that the demo
+ * did not write are never touched: the run stops with an InputError instead.
+ */
+export async function clearPreviousDemo(out: string, variants: readonly string[]): Promise<void> {
+  for (const v of variants) {
+    const dir = join(out, v);
+    if (!(await exists(dir))) continue;
+    for (const entry of await readdir(dir)) {
+      if (!/^step-\d+$/.test(entry)) continue;
+      const manifest = join(dir, entry, 'manifest.json');
+      let name: unknown = null;
+      try {
+        name = (JSON.parse(await readFile(manifest, 'utf8')) as { model?: { name?: unknown } }).model?.name;
+      } catch {
+        // unreadable or missing manifest: not provably ours
+      }
+      if (name !== DEMO_MODEL_NAME) throw new InputError(`${join(dir, entry)}: not a capture written by the demo; refusing to overwrite it (choose another --out)`);
+      await rm(join(dir, entry), { recursive: true, force: true });
+    }
+    for (const f of ['model.safetensors', 'results.json']) await rm(join(dir, f), { force: true });
+  }
+  if (await exists(join(out, 'demo.json'))) {
+    for (const f of ['shuffle.json', 'attention.json', 'demo.json']) await rm(join(out, f), { force: true });
+  }
+}
+
+/** Runs the whole demo; see the module comment. */
+export async function runDemo(options: DemoOptions): Promise<DemoResult> {
+  const size = demoSize(options);
+  const out = resolve(options.out);
+  const progress = options.onProgress ?? (() => {});
+  if (options.variants.length === 0) throw new InputError('--variants: nothing to train');
+  if (size.probe > Math.round(size.images * size.heldoutFraction)) throw new InputError(`probe set ${size.probe} larger than the held-out set`);
+  await mkdir(out, { recursive: true });
+  await clearPreviousDemo(out, options.variants);
+  const files: Record<string, string> = {};
+
+  // 1. Scenes and frozen features (main thread; the encoders are disposed before training starts).
+  const tFeat = performance.now();
+  const backend = await initBackend(options.backend);
+  const scenes = generateScenes(options.seed, size.images);
+  const split = splitByImage(size.images, size.heldoutFraction, options.seed);
+  const encoder = await loadVisionEncoder();
+  const teacher = await loadTeacher();
+  let features;
+  try {
+    features = await extractSceneFeatures(scenes, encoder, teacher, {
+      sceneSeed: options.seed,
+      cacheDir: join(out, 'features'),
+      onProgress: (done, total) => progress({ kind: 'features', done, total, cached: false }),
+    });
+  } finally {
+    encoder.dispose();
+    teacher.dispose();
+  }
+  if (features.cached) progress({ kind: 'features', done: size.images, total: size.images, cached: true });
+  const featureSeconds = (performance.now() - tFeat) / 1000;
+
+  // 2. Train the variants.
+  const tTrain = performance.now();
+  const sharedFeatures = {
+    count: features.count,
+    tokens: features.tokens,
+    grid: features.grid,
+    encoder: { spec: features.encoder.spec, data: options.workers ? shared(features.encoder.data) : features.encoder.data },
+    teacher: { spec: features.teacher.spec, data: options.workers ? shared(features.teacher.data) : features.teacher.data },
+  };
+  const inputs: VariantRunInput[] = options.variants.map((variant) => ({
+    variant,
+    modelSeed: options.seed,
+    dataSeed: options.seed,
+    sceneSeed: options.seed,
+    sceneCount: size.images,
+    heldoutFraction: size.heldoutFraction,
+    model: { width: size.width, layers: size.layers, heads: size.heads },
+    train: { ...DEFAULT_TRAIN, steps: size.steps, batchSize: size.batchSize, turns: size.turns },
+    captureEvery: size.captureEvery,
+    probeCount: size.probe,
+    runDir: join(out, variant),
+    eval: { dialogues: size.evalDialogues, seed: options.seed + 1000, shuffleSeeds: size.shuffleSeeds },
+    attentionSamples: size.attentionSamples,
+    backend: options.backend,
+    features: sharedFeatures,
+    provenance: {
+      demo: { seed: options.seed, size, variants: options.variants },
+      packages: { ...backend.versions, [features.encoder.spec.package]: features.encoder.spec.version, [features.teacher.spec.package]: features.teacher.spec.version },
+      feature_cache: features.cachePath,
+    },
+  }));
+  const onEvent = (event: VariantRunEvent) => progress({ kind: 'variant', event });
+  let variants: VariantRunResult[];
+  if (options.workers) variants = await Promise.all(inputs.map((i) => runInWorker(i, onEvent)));
+  else {
+    variants = [];
+    for (const i of inputs) variants.push(await runVariant(i, onEvent));
+  }
+  const trainSeconds = (performance.now() - tTrain) / 1000;
+
+  // 3. Analyses.
+  const tAnalysis = performance.now();
+  const engine = await createEngine(options.engine);
+  let layerwise: LayerwiseRow[] = [];
+  const dynamics: LayerwiseRow[] = [];
+  try {
+    const all = variants.flatMap((v) => v.captureDirs.map((dir) => ({ v, dir })));
+    for (const [i, { dir }] of all.entries()) {
+      const rows = await sweep(dir, engine);
+      dynamics.push(...rows);
+      progress({ kind: 'analysis', stage: 'CKNNA sweep', done: i + 1, total: all.length });
+    }
+    const finalDirs = new Set(variants.map((v) => v.captureDirs[v.captureDirs.length - 1]));
+    layerwise = dynamics.filter((r) => finalDirs.has(r.capture));
+  } finally {
+    await engine.dispose();
+  }
+  const engineDescription = describeEngine(engine);
+
+  const accuracy: AccuracyCell[] = variants.flatMap((v) => {
+    const shuffledMean = (pick: (r: VariantRunResult['final']['original']) => number) =>
+      v.final.shuffled.length ? v.final.shuffled.reduce((a, r) => a + pick(r), 0) / v.final.shuffled.length : null;
+    return [
+      { variant: v.variant, question_type: 'overall', ...v.final.original.overall, accuracy_shuffled: shuffledMean((r) => r.overall.accuracy) },
+      ...QUESTION_TYPES.map((t) => ({ variant: v.variant, question_type: t, ...v.final.original.byType[t], accuracy_shuffled: shuffledMean((r) => r.byType[t].accuracy) })),
+    ];
+  });
+
+  let shuffle: ShuffleResult | null = null;
+  if (size.shuffleSeeds.length) {
+    progress({ kind: 'analysis', stage: 'patch shuffle', done: 0, total: 1 });
+    shuffle = await runShuffle(
+      variants.map((v) => ({
+        name: v.variant,
+        evaluate: (seed: number | null) => {
+          if (seed === null) return v.final.original.outcomes;
+          const r = v.final.shuffled.find((s) => s.shuffleSeed === seed);
+          if (!r) throw new Error(`no shuffled evaluation with seed ${seed}`);
+          return r.outcomes;
+        },
+      })),
+      {
+        seeds: size.shuffleSeeds,
+        model: DEMO_MODEL_NAME,
+        step: size.steps,
+        seed: options.seed,
+        description: `${features.tokens} image tokens permuted before the projector (per image, seeded); held-out questions, teacher-forced`,
+      },
+    );
+    files.shuffle = await writeShuffle(out, shuffle);
+    progress({ kind: 'analysis', stage: 'patch shuffle', done: 1, total: 1 });
+  }
+
+  const attention: AttentionEntropyResult[] = [];
+  for (const v of variants) {
+    if (!v.attention) continue;
+    const a = v.attention;
+    const r = attentionEntropy(
+      { samples: a.samples, layers: a.layers, heads: a.heads, queries: a.queries, grid: a.grid, data: a.data, sampleIds: a.sampleIds },
+      { model: DEMO_MODEL_NAME, variant: v.variant, step: v.steps },
+    );
+    attention.push(r);
+    files.attention = await writeAttention(out, r);
+  }
+  const analysisSeconds = (performance.now() - tAnalysis) / 1000;
+
+  const result: DemoResult = {
+    out,
+    seed: options.seed,
+    size,
+    backend,
+    engine: engineDescription,
+    encoder: features.encoder.spec,
+    teacher: features.teacher.spec,
+    featuresCached: features.cached,
+    workers: options.workers,
+    featureSeconds,
+    trainSeconds,
+    analysisSeconds,
+    split: { train: split.train.length, heldout: split.heldout.length },
+    variants,
+    layerwise,
+    dynamics,
+    accuracy,
+    shuffle,
+    attention,
+    files,
+  };
+  Object.assign(files, await writeDemoFiles(result));
+  return result;
+}
+
+/** Layer-wise CKNNA of one capture against both targets, with the demo's fixed settings. */
+export async function sweep(dir: string, engine: Engine): Promise<LayerwiseRow[]> {
+  return runLayerwise(dir, {
+    engine,
+    metrics: [DEMO_METRIC.metric],
+    k: DEMO_METRIC.k,
+    preprocess: DEMO_METRIC.preprocess,
+    tokenMode: DEMO_METRIC.tokenMode,
+  });
+}
+
+function csv(rows: Record<string, unknown>[]): string {
+  if (rows.length === 0) return '';
+  const keys = [...new Set(rows.flatMap((r) => Object.keys(r)))];
+  const cell = (v: unknown) => {
+    const s = v === null || v === undefined ? '' : typeof v === 'number' && Number.isNaN(v) ? 'NaN' : String(v);
+    return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+  };
+  return [keys.join(','), ...rows.map((r) => keys.map((k) => cell(r[k])).join(','))].join('\n') + '\n';
+}
+
+function json(value: unknown): string {
+  return JSON.stringify(value, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v instanceof Float32Array ? undefined : v), 2) + '\n';
+}
+
+/** Curve points for the shared figure builders. */
+export function curvePoints(rows: readonly LayerwiseRow[], engine: string): CurvePoint[] {
+  return rows.map((r) => ({
+    series: r.variant,
+    variant: r.variant,
+    step: r.step,
+    run: r.variant,
+    target: r.target,
+    metric: r.metric,
+    layer: r.layer,
+    layer_index: r.layer_index,
+    value: Number.isFinite(r.value) ? r.value : null,
+    k: r.k,
+    n: r.n,
+    preprocess: r.preprocess,
+    token_mode: r.token_mode,
+    engine,
+  }));
+}
+
+async function writeDemoFiles(r: DemoResult): Promise<Record<string, string>> {
+  const files: Record<string, string> = {};
+  const put = async (name: string, text: string) => {
+    const p = join(r.out, name);
+    await writeFile(p, text);
+    files[name] = p;
+  };
+  const strip = (rows: LayerwiseRow[]) => rows.map(({ capture: _c, ...rest }) => ({ ...rest, capture: rest.variant + '/step-' + rest.step }));
+  await put('layerwise.csv', csv(strip(r.layerwise)));
+  await put('dynamics.csv', csv(strip(r.dynamics)));
+  await put('accuracy.csv', csv(r.accuracy as unknown as Record<string, unknown>[]));
+  await put(
+    'loss.csv',
+    csv(r.variants.flatMap((v) => v.history.map((h) => ({ variant: v.variant, step: h.step, loss: h.loss, lm: h.lm, vra: h.vra })))),
+  );
+  await put(
+    'accuracy_steps.csv',
+    csv(
+      r.variants.flatMap((v) =>
+        v.evals.flatMap((e) => [
+          { variant: v.variant, step: e.step, question_type: 'overall', accuracy: e.result.overall.accuracy, total: e.result.overall.total },
+          ...QUESTION_TYPES.map((t) => ({ variant: v.variant, step: e.step, question_type: t, accuracy: e.result.byType[t].accuracy, total: e.result.byType[t].total })),
+        ]),
+      ),
+    ),
+  );
+  // Figures (Vega-Lite with inline data and provenance).
+  await mkdir(join(r.out, 'figures'), { recursive: true });
+  const series: Series[] = r.variants.map((v) => ({ label: v.variant, variant: v.variant, step: v.steps, run: v.variant }));
+  const provenance = {
+    model: DEMO_MODEL_NAME,
+    metric: DEMO_METRIC.metric,
+    k: DEMO_METRIC.k,
+    preprocess: DEMO_METRIC.preprocess,
+    token_mode: DEMO_METRIC.tokenMode,
+    n: r.layerwise[0]?.n,
+    engine: r.engine,
+    backend: r.backend.description,
+    encoder: r.encoder.description,
+    teacher: r.teacher.description,
+    seed: r.seed,
+  };
+  const align = r.variants.find((v) => v.variant !== 'baseline')?.config.alignLayer ?? r.variants[0]?.config.alignLayer ?? 1;
+  const marks = [
+    ...(r.variants.some((v) => v.variant === 'viral') ? [{ layer_index: align, label: 'VIRAL aligned', series: 'viral' }] : []),
+    ...(r.variants.some((v) => v.variant === 'residual') ? [{ layer_index: align, label: 'residual re-injected', series: 'residual' }] : []),
+  ];
+  const accuracyRows: AccuracyRow[] = r.accuracy.map((a) => ({ series: a.variant, variant: a.variant, run: a.variant, benchmark: a.question_type, value: pct(a.accuracy), step: r.size.steps, source: 'held-out, teacher-forced (%)' }));
+  const figures: Figure[] = [
+    variantsFigure(curvePoints(r.layerwise, r.engine), accuracyRows, { metric: DEMO_METRIC.metric, series, marks, provenance }),
+    ...['encoder', 'teacher'].map((target) => {
+      const f = trainingFigure(curvePoints(r.dynamics, r.engine), { metric: DEMO_METRIC.metric, target, layer_index: align, series, provenance });
+      return { ...f, name: `training-${target}` };
+    }),
+  ];
+  if (r.shuffle) figures.push(shuffleFigure(r.shuffle));
+  if (r.attention.length) figures.push(entropyHeatmapFigure(r.attention));
+  for (const f of figures) {
+    await put(join('figures', `${f.name}.vl.json`), json(f.spec));
+    await put(join('figures', `${f.name}.csv`), csv(f.data));
+  }
+  await put(
+    'demo.json',
+    json({
+      format: 'viral-lens.demo',
+      version: 1,
+      seed: r.seed,
+      size: r.size,
+      backend: r.backend,
+      engine: r.engine,
+      encoder: r.encoder,
+      teacher: r.teacher,
+      layerwise_settings: DEMO_METRIC,
+      split: r.split,
+      timings_s: { features: r.featureSeconds, train: r.trainSeconds, analysis: r.analysisSeconds },
+      variants: r.variants.map((v) => ({
+        variant: v.variant,
+        config: v.config,
+        params: v.params,
+        steps: v.steps,
+        median_step_ms: v.medianStepMs,
+        wall_s: v.wallSeconds,
+        captures: v.captureDirs,
+        weights: v.weightsPath,
+        results: v.resultsPath,
+        evals: v.evals,
+      })),
+      accuracy: r.accuracy,
+      layerwise: r.layerwise,
+    }),
+  );
+  return files;
+}

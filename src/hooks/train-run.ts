@@ -1,0 +1,247 @@
+/**
+ * One training run of one mini-LLaVA variant with capture hooks: build the model, capture the probe set at step 0
+ * and every N steps (runs/<run>/step-<N>/), train, evaluate held-out accuracy at every capture step, and at the end
+ * evaluate with the image tokens in place and shuffled, record text→image attention, save the weights and write
+ * results.json (the accuracy table the dashboard shows next to the curves).
+ *
+ * Runs in-process (tests) or inside a worker thread (train-worker.ts, used by the demo so that each variant's wasm
+ * heap is returned to the OS when its worker exits).
+ */
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { InputError } from '../errors.js';
+import { writeFileAtomic } from '../store/atomic.js';
+import { initBackend, type BackendInfo, type BackendName } from '../model/backend.js';
+import type { EncoderSpec, SceneFeatures } from '../model/encoders.js';
+import { defaultConfig, MiniLlava, type MiniLlavaConfig, type ModelVariant } from '../model/mini-llava.js';
+import { generateScenes, mixSeed, mulberry32, QUESTION_LEN, QUESTION_TYPES, sceneLabels, splitByImage, TURN_LEN, VOCAB } from '../model/scenes.js';
+import { evaluate, makeBatch, train, type DemoDataset, type EvalResult, type TrainOptions } from '../model/train.js';
+import { saveWeights } from '../model/weights.js';
+import { captureAttention, TrainingCapture } from './tfjs.js';
+
+export interface VariantRunInput {
+  variant: ModelVariant;
+  /** Seeds: weights, batches/questions, scenes (the scenes and split must match the features). */
+  modelSeed: number;
+  dataSeed: number;
+  sceneSeed: number;
+  sceneCount: number;
+  heldoutFraction: number;
+  /** Model size and variant settings (vocabulary, token and feature sizes are filled in). */
+  model: Partial<Pick<MiniLlavaConfig, 'width' | 'layers' | 'heads' | 'mlpRatio' | 'alignLayer' | 'viralLambda' | 'viralHidden' | 'rotaryFraction'>>;
+  train: Omit<TrainOptions, 'onStep' | 'signal' | 'seed' | 'questionTypes'>;
+  captureEvery: number;
+  /** Probe set: the first `probeCount` held-out images. */
+  probeCount: number;
+  runDir: string;
+  eval: { dialogues: number; seed: number; shuffleSeeds: number[] };
+  /** Probe images whose text→image attention is recorded (0 = none). */
+  attentionSamples: number;
+  backend: BackendName;
+  features: { count: number; tokens: number; grid: [number, number]; encoder: { spec: EncoderSpec; data: Float32Array }; teacher: { spec: EncoderSpec; data: Float32Array } };
+  /** Free-form provenance merged into every manifest. */
+  provenance: Record<string, unknown>;
+}
+
+export type VariantRunEvent =
+  | { kind: 'started'; variant: ModelVariant; backend: BackendInfo; params: number }
+  | { kind: 'step'; variant: ModelVariant; step: number; total: number; loss: number; lm: number; vra: number | null; ms: number }
+  | { kind: 'captured'; variant: ModelVariant; step: number; dir: string }
+  | { kind: 'eval'; variant: ModelVariant; step: number; accuracy: number };
+
+export type EvalSummary = Omit<EvalResult, 'outcomes'>;
+
+export interface VariantRunResult {
+  variant: ModelVariant;
+  backend: BackendInfo;
+  config: MiniLlavaConfig;
+  params: number;
+  steps: number;
+  medianStepMs: number;
+  history: { step: number; loss: number; lm: number; vra: number | null }[];
+  /** Held-out accuracy at every capture step. */
+  evals: { step: number; result: EvalSummary }[];
+  /** Final held-out evaluation, image tokens in place and shuffled (one per shuffle seed). */
+  final: { original: EvalResult; shuffled: EvalResult[] };
+  attention: { samples: number; layers: number; heads: number; queries: number; grid: [number, number]; data: Float32Array; sampleIds: string[] } | null;
+  captureDirs: string[];
+  weightsPath: string;
+  resultsPath: string;
+  wallSeconds: number;
+}
+
+/** `model.name` of every capture the demo writes (also how a rerun recognises its own earlier captures). */
+export const DEMO_MODEL_NAME = 'viral-lens mini-LLaVA (embedded demo)';
+
+/** The manifest `model` object of a demo capture (the dashboard reads aligned_layer / residual_layers). */
+export function manifestModel(config: MiniLlavaConfig, params: number, encoder: EncoderSpec, teacher: EncoderSpec): Record<string, unknown> & { name: string } {
+  return {
+    name: DEMO_MODEL_NAME,
+    hidden_size: config.width,
+    num_layers: config.layers,
+    heads: config.heads,
+    parameters: params,
+    vision_encoder: encoder.description,
+    teacher: teacher.description,
+    ...(config.variant === 'viral' ? { aligned_layer: config.alignLayer, viral_lambda: config.viralLambda } : {}),
+    ...(config.variant === 'residual' ? { residual_layers: [config.alignLayer] } : {}),
+  };
+}
+
+function summary(r: EvalResult): EvalSummary {
+  const { outcomes: _omit, ...rest } = r;
+  return rest;
+}
+
+export async function runVariant(input: VariantRunInput, emit: (e: VariantRunEvent) => void = () => {}): Promise<VariantRunResult> {
+  const t0 = performance.now();
+  const backend = await initBackend(input.backend);
+  const f = input.features;
+  if (f.count !== input.sceneCount) throw new InputError(`features hold ${f.count} images, the run asks for ${input.sceneCount}`);
+  const scenes = generateScenes(input.sceneSeed, input.sceneCount);
+  const split = splitByImage(input.sceneCount, input.heldoutFraction, input.sceneSeed);
+  const features: SceneFeatures = { count: f.count, tokens: f.tokens, grid: f.grid, encoder: f.encoder, teacher: f.teacher };
+  const ds: DemoDataset = { scenes, split, features };
+  const probe = split.heldout.slice(0, input.probeCount);
+  if (probe.length < input.probeCount) throw new InputError(`probe set of ${input.probeCount} images, but only ${split.heldout.length} are held out`);
+
+  const config = defaultConfig({
+    ...input.model,
+    variant: input.variant,
+    seed: input.modelSeed,
+    vocabSize: VOCAB.length,
+    imageTokens: f.tokens,
+    grid: f.grid,
+    visionDim: f.encoder.spec.dim,
+    teacherDim: f.teacher.spec.dim,
+  });
+  const model = new MiniLlava(config);
+  try {
+    const params = model.parameterCount();
+    emit({ kind: 'started', variant: input.variant, backend, params });
+    await mkdir(input.runDir, { recursive: true });
+    const probeBatch = makeBatch(ds, probe, mulberry32(mixSeed(input.dataSeed, 0x9b0e)), input.train.turns);
+    const rowsOf = (data: Float32Array, dim: number) => {
+      const out = new Float32Array(probe.length * f.tokens * dim);
+      probe.forEach((img, i) => out.set(data.subarray(img * f.tokens * dim, (img + 1) * f.tokens * dim), i * f.tokens * dim));
+      return { samples: probe.length, tokens: f.tokens, dim, data: out };
+    };
+    const evalOptions = { turns: input.train.turns, dialogues: input.eval.dialogues, seed: input.eval.seed };
+    const evals: VariantRunResult['evals'] = [];
+    const capture = new TrainingCapture(model, {
+      runDir: input.runDir,
+      every: input.captureEvery,
+      totalSteps: input.train.steps,
+      probe: { features: probeBatch.features, ids: probeBatch.ids, batch: probeBatch.batch },
+      sampleIds: probe.map((i) => scenes[i]!.id),
+      labels: sceneLabels(probe.map((i) => scenes[i]!)),
+      targets: [
+        { name: 'encoder', description: f.encoder.spec.description, features: rowsOf(f.encoder.data, f.encoder.spec.dim) },
+        { name: 'teacher', description: f.teacher.spec.description, features: rowsOf(f.teacher.data, f.teacher.spec.dim) },
+      ],
+      variant: input.variant,
+      model: manifestModel(config, params, f.encoder.spec, f.teacher.spec),
+      grid: f.grid,
+      provenance: {
+        ...input.provenance,
+        tool: 'viral-lens demo (src/hooks/tfjs.ts)',
+        backend,
+        model_seed: input.modelSeed,
+        data_seed: input.dataSeed,
+        scene_seed: input.sceneSeed,
+        probe: `first ${probe.length} held-out images (split by image, seed ${input.sceneSeed})`,
+      },
+      onWritten: (dir, step) => emit({ kind: 'captured', variant: input.variant, step, dir }),
+    });
+    const atCapture = (step: number): void => {
+      if (!capture.isCaptureStep(step)) return;
+      capture.capture(step);
+      const r = evaluate(model, ds, split.heldout, evalOptions);
+      evals.push({ step, result: summary(r) });
+      emit({ kind: 'eval', variant: input.variant, step, accuracy: r.overall.accuracy });
+    };
+    atCapture(0);
+    const trained = await train(model, ds, {
+      ...input.train,
+      seed: input.dataSeed,
+      onStep: (s) => {
+        emit({ kind: 'step', variant: input.variant, step: s.step, total: input.train.steps, loss: s.loss, lm: s.lm, vra: s.vra, ms: s.ms });
+        atCapture(s.step);
+      },
+    });
+
+    const original = evaluate(model, ds, split.heldout, evalOptions);
+    const shuffled = input.eval.shuffleSeeds.map((seed) => evaluate(model, ds, split.heldout, { ...evalOptions, shuffleSeed: seed }));
+    let attention: VariantRunResult['attention'] = null;
+    if (input.attentionSamples > 0) {
+      const n = Math.min(input.attentionSamples, probe.length);
+      const b = makeBatch(ds, probe.slice(0, n), mulberry32(mixSeed(input.eval.seed, 0xa77e)), input.train.turns);
+      const queries = Array.from({ length: input.train.turns }, (_, t) => f.tokens + t * TURN_LEN + QUESTION_LEN - 1);
+      attention = {
+        samples: n,
+        layers: config.layers,
+        heads: config.heads,
+        queries: queries.length,
+        grid: f.grid,
+        data: captureAttention(model, { features: b.features, ids: b.ids, batch: n }, queries),
+        sampleIds: probe.slice(0, n).map((i) => scenes[i]!.id),
+      };
+    }
+    const weightsPath = join(input.runDir, 'model.safetensors');
+    await saveWeights(model, weightsPath, { variant: input.variant, steps: String(input.train.steps) });
+    const captureDirs = await capture.flush();
+    const resultsPath = join(input.runDir, 'results.json');
+    await writeFileAtomic(resultsPath, resultsJson(input.variant, evals, original, shuffled, backend));
+    return {
+      variant: input.variant,
+      backend,
+      config,
+      params,
+      steps: trained.steps,
+      medianStepMs: trained.medianStepMs,
+      history: trained.history,
+      evals,
+      final: { original, shuffled },
+      attention,
+      captureDirs,
+      weightsPath,
+      resultsPath,
+      wallSeconds: (performance.now() - t0) / 1000,
+    };
+  } finally {
+    model.dispose();
+  }
+}
+
+/**
+ * results.json in the shape the dashboard reads (server/README.md): `results` = [{benchmark, value, step}] with the
+ * held-out accuracy in percent per question type and overall at every capture step, plus the final patch-shuffle
+ * accuracies as their own benchmarks.
+ */
+function resultsJson(variant: string, evals: VariantRunResult['evals'], original: EvalResult, shuffled: EvalResult[], backend: BackendInfo): string {
+  const pct = (x: number) => Math.round(x * 1e4) / 100;
+  const results: { benchmark: string; value: number; step: number }[] = [];
+  for (const { step, result } of evals) {
+    results.push({ benchmark: 'overall', value: pct(result.overall.accuracy), step });
+    for (const t of QUESTION_TYPES) if (result.byType[t].total) results.push({ benchmark: t, value: pct(result.byType[t].accuracy), step });
+  }
+  const last = evals[evals.length - 1]?.step ?? 0;
+  if (shuffled.length) {
+    const mean = shuffled.reduce((a, r) => a + r.overall.accuracy, 0) / shuffled.length;
+    results.push({ benchmark: 'overall (patch-shuffled)', value: pct(mean), step: last });
+  }
+  return (
+    JSON.stringify(
+      {
+        variant,
+        description: 'held-out accuracy (%) of the embedded mini-LLaVA demo, teacher-forced answers, per question type',
+        questions: original.questions,
+        images: original.images,
+        backend: backend.description,
+        results,
+      },
+      null,
+      2,
+    ) + '\n'
+  );
+}

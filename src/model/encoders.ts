@@ -1,0 +1,260 @@
+/**
+ * Frozen, real image encoders whose weights ship inside npm dependencies (nothing is downloaded at run time):
+ *
+ * - the VISION ENCODER (stand-in for CLIP ViT-L/14 in LLaVA): MobileNetV2 from `nsfwjs` (ImageNet backbone
+ *   fine-tuned as an image classifier; weights stored as base64 inside the package's JS bundles). Patch tokens are
+ *   the 7×7×320 output of its last bottleneck block (`block_16_project_BN`) at 224 px: the final spatial map before
+ *   the classifier head, as CLIP's penultimate patch tokens are for LLaVA.
+ * - the TEACHER (stand-in for DINOv2 in VIRAL): the MobileNetV3 backbone of CenterNet, a COCO object detector
+ *   shipped as `models/centernet.json` + `.bin` in `@vladmandic/human`. Patch tokens are the 7×7×480 output of the
+ *   backbone's last layer (`tower_0/extern1`, stride 32) at 224 px, so they align one-to-one with the encoder's
+ *   tokens (VIRAL resamples DINOv2's positions to the encoder's grid for the same reason). A detector's features
+ *   are trained to localise objects, which is what makes it the "vision-centric" teacher here.
+ *
+ * Both are stand-ins and every output says so. Features are rounded to float16 as soon as they are computed, so a
+ * run that reads them from the on-disk cache (float16 safetensors) is bit-identical to one that computed them.
+ */
+import { createHash } from 'node:crypto';
+import { mkdir, readFile, stat } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { InputError } from '../errors.js';
+import { floatToHalf, halfToFloat } from '../store/dtype.js';
+import { readTensor, writeSafetensors } from '../store/safetensors.js';
+import { installedVersion } from './backend.js';
+import { IMAGE_SIZE, renderScene, type Scene } from './scenes.js';
+
+const require = createRequire(import.meta.url);
+
+/** Rows × cols of patch tokens (both encoders at 224 px, stride 32). */
+export const PATCH_GRID: [number, number] = [7, 7];
+export const PATCH_TOKENS = PATCH_GRID[0] * PATCH_GRID[1];
+/** Bump when rendering or feature extraction changes, so stale caches are not reused. */
+const FEATURE_VERSION = 1;
+
+export interface EncoderSpec {
+  /** Role in the demo: the encoder (CLIP stand-in) or the teacher (DINOv2 stand-in). */
+  role: 'encoder' | 'teacher';
+  model: string;
+  package: string;
+  version: string;
+  /** Graph node / layer the patch tokens are read from. */
+  node: string;
+  dim: number;
+  grid: [number, number];
+  /** One line for manifests and printed tables. */
+  description: string;
+}
+
+export interface FrozenEncoder {
+  spec: EncoderSpec;
+  /** [n, 224, 224, 3] RGB bytes → [n, tokens, dim] features (float16-rounded), row-major. */
+  extract(images: readonly Uint8Array[]): Float32Array;
+  dispose(): void;
+}
+
+function nsfwjsModelsDir(): string {
+  // nsfwjs's "exports" map hides dist/models; resolve its entry point and walk to the sibling folder.
+  return join(dirname(require.resolve('nsfwjs')), '..', 'models');
+}
+
+function humanModelsDir(): string {
+  return join(dirname(require.resolve('@vladmandic/human')), '..', 'models');
+}
+
+function toArrayBuffer(buf: Buffer): ArrayBuffer {
+  return buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength) as ArrayBuffer;
+}
+
+/** Rounds every value through float16 (see the module comment). */
+export function roundToHalf(x: Float32Array): Float32Array {
+  for (let i = 0; i < x.length; i++) x[i] = halfToFloat(floatToHalf(x[i]!));
+  return x;
+}
+
+function imagesToTensor(images: readonly Uint8Array[], scale: number): tf.Tensor4D {
+  const S = IMAGE_SIZE;
+  const data = new Float32Array(images.length * S * S * 3);
+  images.forEach((img, i) => {
+    if (img.length !== S * S * 3) throw new InputError(`image ${i}: expected ${S}×${S}×3 bytes, got ${img.length}`);
+    for (let j = 0; j < img.length; j++) data[i * img.length + j] = img[j]! * scale;
+  });
+  return tf.tensor4d(data, [images.length, S, S, 3]);
+}
+
+/** MobileNetV2 (nsfwjs) as the CLIP stand-in. Input scaling as nsfwjs does it: pixels / 255. */
+export async function loadVisionEncoder(): Promise<FrozenEncoder> {
+  const dir = join(nsfwjsModelsDir(), 'mobilenet_v2');
+  // The bundles are UMD modules whose export is the model JSON / the base64 weight string.
+  const modelJson = require(join(dir, 'model.min.js')) as { modelTopology: object; weightsManifest: { weights: tf.io.WeightsManifestEntry[] }[] };
+  const weights = require(join(dir, 'group1-shard1of1.min.js')) as string;
+  const model = await tf.loadLayersModel(
+    tf.io.fromMemory({
+      modelTopology: modelJson.modelTopology,
+      weightSpecs: modelJson.weightsManifest.flatMap((g) => g.weights),
+      weightData: toArrayBuffer(Buffer.from(weights, 'base64')),
+    }),
+  );
+  const node = 'block_16_project_BN';
+  const sub = tf.model({ inputs: model.inputs, outputs: model.getLayer(node).output as tf.SymbolicTensor });
+  const dim = (sub.outputs[0]!.shape as number[])[3]!;
+  const version = installedVersion('nsfwjs');
+  const spec: EncoderSpec = {
+    role: 'encoder',
+    model: 'MobileNetV2 (nsfwjs image classifier)',
+    package: 'nsfwjs',
+    version,
+    node,
+    dim,
+    grid: PATCH_GRID,
+    description: `CLIP stand-in: MobileNetV2 from nsfwjs ${version}, ${node} at ${IMAGE_SIZE}px, ${PATCH_GRID.join('×')}×${dim} patch tokens`,
+  };
+  return {
+    spec,
+    extract(images) {
+      const out = tf.tidy(() => sub.predict(imagesToTensor(images, 1 / 255)) as tf.Tensor);
+      const data = out.dataSync() as Float32Array;
+      out.dispose();
+      return roundToHalf(new Float32Array(data));
+    },
+    dispose() {
+      model.dispose();
+    },
+  };
+}
+
+/**
+ * CenterNet's MobileNetV3 backbone (@vladmandic/human) as the DINOv2 stand-in. Input as human feeds it: pixels in
+ * 0–255. The graph's input is declared 1×512×512×3; its backbone is fully convolutional, so the declared shape is
+ * relaxed to any batch and size before loading, and only the backbone node is executed.
+ */
+export async function loadTeacher(): Promise<FrozenEncoder> {
+  const dir = humanModelsDir();
+  const json = JSON.parse(await readFile(join(dir, 'centernet.json'), 'utf8')) as {
+    modelTopology: { node: { name: string; attr?: Record<string, any> }[] };
+    weightsManifest: { paths: string[]; weights: tf.io.WeightsManifestEntry[] }[];
+    format?: string;
+  };
+  const input = json.modelTopology.node.find((n) => n.name === 'tower_0/images');
+  if (!input?.attr?.shape) throw new InputError(`${join(dir, 'centernet.json')}: input node 'tower_0/images' not found (unexpected model version)`);
+  input.attr.shape.shape.dim = [{ size: '-1' }, { size: '-1' }, { size: '-1' }, { size: '3' }];
+  const bins = await Promise.all(json.weightsManifest.flatMap((g) => g.paths).map((p) => readFile(join(dir, p))));
+  const handler: tf.io.IOHandler = {
+    load: async () => ({
+      modelTopology: json.modelTopology,
+      weightSpecs: json.weightsManifest.flatMap((g) => g.weights),
+      weightData: toArrayBuffer(Buffer.concat(bins)),
+      format: json.format ?? 'graph-model',
+    }),
+  };
+  const model = await tf.loadGraphModel(handler);
+  const node = 'tower_0/extern1/hard_swish/mul_1';
+  const version = installedVersion('@vladmandic/human');
+  const probe = tf.tidy(() => model.execute(tf.zeros([1, IMAGE_SIZE, IMAGE_SIZE, 3]), node) as tf.Tensor);
+  const [, gh, gw, dim] = probe.shape as number[];
+  probe.dispose();
+  if (gh !== PATCH_GRID[0] || gw !== PATCH_GRID[1]) throw new Error(`teacher grid ${gh}×${gw} does not match the encoder grid ${PATCH_GRID.join('×')}`);
+  const spec: EncoderSpec = {
+    role: 'teacher',
+    model: 'CenterNet MobileNetV3 backbone (COCO detector, @vladmandic/human)',
+    package: '@vladmandic/human',
+    version,
+    node,
+    dim: dim!,
+    grid: PATCH_GRID,
+    description: `DINOv2 stand-in: CenterNet (MobileNetV3, COCO) from @vladmandic/human ${version}, ${node} at ${IMAGE_SIZE}px, ${PATCH_GRID.join('×')}×${dim} patch tokens`,
+  };
+  return {
+    spec,
+    extract(images) {
+      const out = tf.tidy(() => model.execute(imagesToTensor(images, 1), node) as tf.Tensor);
+      const data = out.dataSync() as Float32Array;
+      out.dispose();
+      return roundToHalf(new Float32Array(data));
+    },
+    dispose() {
+      model.dispose();
+    },
+  };
+}
+
+/** Patch features of a set of scenes from both frozen models, [n, tokens, dim] each. */
+export interface SceneFeatures {
+  count: number;
+  tokens: number;
+  grid: [number, number];
+  encoder: { spec: EncoderSpec; data: Float32Array };
+  teacher: { spec: EncoderSpec; data: Float32Array };
+}
+
+export interface ExtractOptions {
+  batchSize?: number;
+  onProgress?: (done: number, total: number) => void;
+  /** Folder for the float16 safetensors cache (created if needed); omitted: no cache. */
+  cacheDir?: string;
+  /** Part of the cache key: scenes are identified by (seed, index). */
+  sceneSeed: number;
+}
+
+function cacheKey(seed: number, count: number, specs: EncoderSpec[]): string {
+  const h = createHash('sha256');
+  h.update(JSON.stringify({ v: FEATURE_VERSION, seed, count, specs: specs.map((s) => [s.package, s.version, s.node, s.dim]) }));
+  return h.digest('hex').slice(0, 16);
+}
+
+async function exists(p: string): Promise<boolean> {
+  return stat(p).then(
+    () => true,
+    () => false,
+  );
+}
+
+/**
+ * Renders the scenes and runs both encoders, batch by batch (pixels are not kept). With `cacheDir`, features are
+ * read from / written to `<cacheDir>/<key>/{encoder,teacher}.safetensors`, key = hash of scene seed and count,
+ * feature version and both models' package versions and nodes.
+ */
+export async function extractSceneFeatures(
+  scenes: readonly Scene[],
+  encoder: FrozenEncoder,
+  teacher: FrozenEncoder,
+  options: ExtractOptions,
+): Promise<SceneFeatures & { cached: boolean; cachePath: string | null }> {
+  const n = scenes.length;
+  const key = cacheKey(options.sceneSeed, n, [encoder.spec, teacher.spec]);
+  const folder = options.cacheDir ? join(options.cacheDir, key) : null;
+  const base = { count: n, tokens: PATCH_TOKENS, grid: PATCH_GRID };
+  if (folder && (await exists(join(folder, 'teacher.safetensors')))) {
+    const e = await readTensor(join(folder, 'encoder.safetensors'), 'features');
+    const t = await readTensor(join(folder, 'teacher.safetensors'), 'features');
+    const ok = (s: number[], dim: number) => s.length === 3 && s[0] === n && s[1] === PATCH_TOKENS && s[2] === dim;
+    if (ok(e.shape, encoder.spec.dim) && ok(t.shape, teacher.spec.dim)) {
+      return {
+        ...base,
+        encoder: { spec: encoder.spec, data: Float32Array.from(e.data) },
+        teacher: { spec: teacher.spec, data: Float32Array.from(t.data) },
+        cached: true,
+        cachePath: folder,
+      };
+    }
+  }
+  const bs = options.batchSize ?? 8;
+  const enc = new Float32Array(n * PATCH_TOKENS * encoder.spec.dim);
+  const tea = new Float32Array(n * PATCH_TOKENS * teacher.spec.dim);
+  for (let i = 0; i < n; i += bs) {
+    const batch = scenes.slice(i, i + bs).map(renderScene);
+    enc.set(encoder.extract(batch), i * PATCH_TOKENS * encoder.spec.dim);
+    tea.set(teacher.extract(batch), i * PATCH_TOKENS * teacher.spec.dim);
+    options.onProgress?.(Math.min(n, i + bs), n);
+    // Let queued I/O and progress rendering run between batches.
+    await new Promise((r) => setImmediate(r));
+  }
+  if (folder) {
+    await mkdir(folder, { recursive: true });
+    const meta = (s: EncoderSpec) => ({ description: s.description, package: `${s.package}@${s.version}`, node: s.node, scene_seed: String(options.sceneSeed) });
+    await writeSafetensors(join(folder, 'encoder.safetensors'), [{ name: 'features', dtype: 'F16', shape: [n, PATCH_TOKENS, encoder.spec.dim], data: enc }], meta(encoder.spec));
+    await writeSafetensors(join(folder, 'teacher.safetensors'), [{ name: 'features', dtype: 'F16', shape: [n, PATCH_TOKENS, teacher.spec.dim], data: tea }], meta(teacher.spec));
+  }
+  return { ...base, encoder: { spec: encoder.spec, data: enc }, teacher: { spec: teacher.spec, data: tea }, cached: false, cachePath: folder };
+}

@@ -1,0 +1,115 @@
+/**
+ * `npm run demo -- --quick` end to end, as a subprocess into a temp dir: a complete run folder that openCapture /
+ * validateCapture / listRuns / runLayerwise read, the printed report, and the figure data.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { clearPreviousDemo } from '../analysis/demo.js';
+import { runLayerwise } from '../analysis/layerwise.js';
+import { createEngine } from '../src/engine/index.js';
+import { InputError } from '../src/errors.js';
+import { DEMO_MODEL_NAME } from '../src/hooks/train-run.js';
+import { listRuns, openCapture, validateCapture } from '../src/store/capture.js';
+
+const root = dirname(dirname(fileURLToPath(import.meta.url)));
+const tmp = await mkdtemp(join(tmpdir(), 'vl-demo-'));
+test.after(() => rm(tmp, { recursive: true, force: true }));
+const exists = (p: string) => stat(p).then(
+  () => true,
+  () => false,
+);
+
+test('demo --quick: three variants trained, captured, analysed; the run folder is complete and readable', { timeout: 180_000 }, async () => {
+  const out = join(tmp, 'demo');
+  const t0 = performance.now();
+  const { stdout, stderr } = await promisify(execFile)('npm', ['run', '-s', 'demo', '--', '--quick', '--out', out], {
+    cwd: root,
+    maxBuffer: 16 << 20,
+    env: { ...process.env, FORCE_COLOR: '0' },
+  });
+  const seconds = (performance.now() - t0) / 1000;
+  // The report says how every number was computed and on what.
+  assert.match(stdout, /Layer-wise CKNNA at step 30 \(A = image-token hidden states of the probe set, B = target; k = 10, preprocess prh\(q=0\.95\), tokens per-token, n = 784, engine /);
+  assert.match(stdout, /vs encoder — CLIP stand-in: MobileNetV2 from nsfwjs/);
+  assert.match(stdout, /vs teacher — DINOv2 stand-in: CenterNet/);
+  // No GPU here: the backend line must say CPU and must not claim a GPU.
+  const backendLine = /backend: [^\n]*/.exec(stdout)?.[0] ?? '';
+  assert.match(backendLine, /backend: tfjs (wasm \(SIMD|wasm \(no SIMD|pure-JS cpu)/);
+  assert.doesNotMatch(backendLine, /GPU|gpu/);
+  assert.match(stdout, /variant +overall +count +colour +shape +relation/);
+  assert.match(stderr, /baseline: 30 steps/);
+
+  const runs = await listRuns(out);
+  assert.deepEqual(
+    runs.map((r) => `${r.run}@${r.step}:${r.variant}`),
+    ['baseline', 'residual', 'viral'].flatMap((v) => [0, 15, 30].map((s) => `${v}@${s}:${v}`)),
+  );
+  for (const r of runs) assert.deepEqual(await validateCapture(r.dir, { checkValues: true }), [], r.dir);
+
+  const final = await openCapture(join(out, 'viral', 'step-30'));
+  assert.equal(final.manifest.model.aligned_layer, 1);
+  assert.deepEqual(final.manifest.token_layout.grid, [7, 7]);
+  assert.deepEqual(final.targets.map((t) => [t.name, t.dim, t.tokens]), [
+    ['encoder', 320, 49],
+    ['teacher', 480, 49],
+  ]);
+  assert.equal(final.sampleIds.length, 16);
+  assert.equal(final.labels.colour_r1c1?.length, 16);
+  assert.equal((final.manifest.provenance as { backend: { name: string } }).backend.name.length > 0, true);
+  // Every variant captured the same probe images with the same targets.
+  const base = await openCapture(join(out, 'baseline', 'step-30'));
+  assert.deepEqual(base.sampleIds, final.sampleIds);
+  assert.deepEqual((await base.readTarget('teacher')).data, (await final.readTarget('teacher')).data);
+  // Training changed the states, and VIRAL's differ from the baseline's.
+  const l0 = await (await openCapture(join(out, 'viral', 'step-0'))).readLayer('blocks.0.out');
+  const l30 = await final.readLayer('blocks.0.out');
+  assert.notDeepEqual(l0.data, l30.data);
+
+  const engine = await createEngine('ref');
+  try {
+    const rows = await runLayerwise(join(out, 'residual', 'step-30'), { engine, metrics: ['cknna'], k: 10, preprocess: 'prh', tokenMode: 'mean' });
+    assert.equal(rows.length, 3 * 2);
+    // Finite; CKNNA is not bounded by 1 on 16 mean-pooled rows (the unbiased masked estimator is no cosine).
+    for (const r of rows) assert.ok(Number.isFinite(r.value), `${r.layer} vs ${r.target}: ${r.value}`);
+  } finally {
+    await engine.dispose();
+  }
+
+  const layerwise = await readFile(join(out, 'layerwise.csv'), 'utf8');
+  assert.equal(layerwise.trim().split('\n').length, 1 + 3 * 3 * 2);
+  const results = JSON.parse(await readFile(join(out, 'baseline', 'results.json'), 'utf8')) as { results: { benchmark: string; step: number }[] };
+  assert.deepEqual([...new Set(results.results.map((r) => r.step))], [0, 15, 30]);
+  for (const f of ['demo.json', 'dynamics.csv', 'accuracy.csv', 'shuffle.json', 'attention.json', 'figures/variants.vl.json', 'baseline/model.safetensors']) {
+    assert.ok((await stat(join(out, f))).size > 0, f);
+  }
+  const spec = JSON.parse(await readFile(join(out, 'figures', 'variants.vl.json'), 'utf8')) as { hconcat: unknown[] };
+  assert.equal(spec.hconcat.length, 2);
+  process.stderr.write(`# demo --quick took ${seconds.toFixed(1)} s\n`);
+});
+
+test('rerun into the same folder: earlier demo captures are replaced, foreign captures are never touched', async () => {
+  const out = join(tmp, 'rerun');
+  const manifest = (name: string) => JSON.stringify({ model: { name } });
+  await mkdir(join(out, 'viral', 'step-10'), { recursive: true });
+  await writeFile(join(out, 'viral', 'step-10', 'manifest.json'), manifest(DEMO_MODEL_NAME));
+  await writeFile(join(out, 'viral', 'results.json'), '{}');
+  await mkdir(join(out, 'features', 'abc'), { recursive: true });
+  await writeFile(join(out, 'demo.json'), '{}');
+  await writeFile(join(out, 'shuffle.json'), '{}');
+  await clearPreviousDemo(out, ['baseline', 'viral']);
+  assert.equal(await exists(join(out, 'viral', 'step-10')), false);
+  assert.equal(await exists(join(out, 'viral', 'results.json')), false);
+  assert.equal(await exists(join(out, 'shuffle.json')), false);
+  assert.equal(await exists(join(out, 'features', 'abc')), true, 'the feature cache is kept');
+
+  await mkdir(join(out, 'baseline', 'step-5'), { recursive: true });
+  await writeFile(join(out, 'baseline', 'step-5', 'manifest.json'), manifest('llava-hf/llava-1.5-7b-hf'));
+  await assert.rejects(clearPreviousDemo(out, ['baseline']), (err: unknown) => err instanceof InputError && /refusing to overwrite/.test(err.message));
+  assert.equal(await exists(join(out, 'baseline', 'step-5', 'manifest.json')), true);
+});

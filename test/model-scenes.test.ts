@@ -1,0 +1,154 @@
+/**
+ * Synthetic scenes and questions (src/model/scenes.ts) and the data/eval plumbing (src/model/train.ts): seeded
+ * determinism, split by image, answers that follow from hand-built scenes, rendering, teacher-forced evaluation.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  askQuestion,
+  availableTypes,
+  encodeDialogue,
+  generateScene,
+  generateScenes,
+  IMAGE_SIZE,
+  makeDialogue,
+  mulberry32,
+  QUESTION_LEN,
+  renderScene,
+  sceneLabels,
+  splitByImage,
+  TOKEN_ID,
+  TURN_LEN,
+  VOCAB,
+  type Scene,
+  type SceneObject,
+} from '../src/model/scenes.js';
+import { batchOrder, learningRate } from '../src/model/train.js';
+
+const obj = (shape: SceneObject['shape'], colour: SceneObject['colour'], row: number, col: number): SceneObject => {
+  const cell = IMAGE_SIZE / 3;
+  return { shape, colour, row, col, cx: (col + 0.5) * cell, cy: (row + 0.5) * cell, r: 24 };
+};
+/** Red circle top-left, blue square centre, another red circle bottom-right. */
+const scene: Scene = {
+  id: 'hand',
+  index: 0,
+  objects: [obj('circle', 'red', 0, 0), obj('square', 'blue', 1, 1), obj('circle', 'red', 2, 2), obj('triangle', 'green', 0, 2)],
+  background: 240,
+  noiseSeed: 1,
+};
+
+test('scenes: deterministic in (seed, index), independent of how many are generated; 0–6 objects in distinct cells', () => {
+  assert.deepEqual(generateScenes(5, 40)[17], generateScene(5, 17));
+  assert.deepEqual(generateScenes(5, 3), generateScenes(5, 40).slice(0, 3));
+  assert.notDeepEqual(generateScene(5, 1), generateScene(6, 1));
+  const counts = new Set<number>();
+  for (const s of generateScenes(2, 200)) {
+    counts.add(s.objects.length);
+    assert.ok(s.objects.length <= 6);
+    assert.equal(new Set(s.objects.map((o) => `${o.row},${o.col}`)).size, s.objects.length);
+    for (const o of s.objects) {
+      // The whole shape stays inside its cell.
+      const cell = IMAGE_SIZE / 3;
+      assert.ok(o.cx - o.r >= o.col * cell && o.cx + o.r <= (o.col + 1) * cell);
+      assert.ok(o.cy - o.r >= o.row * cell && o.cy + o.r <= (o.row + 1) * cell);
+    }
+  }
+  assert.deepEqual([...counts].sort(), [0, 1, 2, 3, 4, 5, 6]);
+});
+
+test('split: by image, disjoint, complete, seeded', () => {
+  const s = splitByImage(100, 0.2, 3);
+  assert.equal(s.heldout.length, 20);
+  assert.equal(s.train.length, 80);
+  assert.deepEqual([...s.train, ...s.heldout].sort((a, b) => a - b), [...Array(100).keys()]);
+  assert.deepEqual(splitByImage(100, 0.2, 3), s);
+  assert.notDeepEqual(splitByImage(100, 0.2, 4).heldout, s.heldout);
+  assert.throws(() => splitByImage(10, 1.5, 0), /fraction/);
+});
+
+test('render: object pixels carry the palette colour, background is grey, size and layout as declared', () => {
+  const img = renderScene(scene);
+  assert.equal(img.length, IMAGE_SIZE * IMAGE_SIZE * 3);
+  const px = (x: number, y: number) => Array.from(img.subarray(3 * (y * IMAGE_SIZE + x), 3 * (y * IMAGE_SIZE + x) + 3));
+  const c = IMAGE_SIZE / 3;
+  assert.deepEqual(px(Math.round(0.5 * c), Math.round(0.5 * c)), [215, 40, 40]); // red circle centre
+  assert.deepEqual(px(Math.round(1.5 * c), Math.round(1.5 * c)), [40, 80, 215]); // blue square centre
+  const bg = px(Math.round(0.5 * c), Math.round(1.5 * c)); // empty cell (1, 0)
+  assert.ok(bg[0] === bg[1] && bg[1] === bg[2] && Math.abs(bg[0]! - 240) <= 4);
+  // A square fills its corners' neighbourhood, a circle does not.
+  assert.deepEqual(px(Math.round(1.5 * c + 24 * 0.75), Math.round(1.5 * c + 24 * 0.75)), [40, 80, 215]);
+  assert.notDeepEqual(px(Math.round(0.5 * c + 24 * 0.75), Math.round(0.5 * c + 24 * 0.75)), [215, 40, 40]);
+});
+
+test('questions: answers follow from the scene (count, colour/shape at a cell, relations)', () => {
+  const rng = mulberry32(1);
+  const seen = new Map<string, string>();
+  for (let i = 0; i < 400; i++) {
+    for (const t of availableTypes(scene)) {
+      const q = askQuestion(scene, t, rng);
+      seen.set(q.question.join(' '), q.answer);
+    }
+  }
+  const expect: Record<string, string> = {
+    'how many objects ?': '4',
+    'how many circle ?': '2',
+    'how many red ?': '2',
+    'how many yellow ?': '0',
+    'how many triangle ?': '1',
+    'colour at r1c1 ?': 'blue',
+    'colour at r2c0 ?': 'none',
+    'shape at r0c2 ?': 'triangle',
+    'shape at r2c2 ?': 'circle',
+    // Only the blue square and the green triangle are nameable (two red circles).
+    'is blue square left green triangle ?': 'yes',
+    'is blue square below green triangle ?': 'yes',
+    'is green triangle left blue square ?': 'no',
+    'is green triangle above blue square ?': 'yes',
+  };
+  for (const [q, a] of Object.entries(expect)) assert.equal(seen.get(q), a, q);
+  for (const q of seen.keys()) assert.ok(!q.includes('red circle'), `ambiguous object named: ${q}`);
+  const yes = [...seen.entries()].filter(([q]) => q.startsWith('is ')).map(([, a]) => a);
+  assert.ok(yes.includes('yes') && yes.includes('no'));
+  // No relation question without two nameable objects.
+  assert.ok(!availableTypes({ ...scene, objects: scene.objects.slice(0, 1) }).includes('relation'));
+});
+
+test('dialogues: fixed-length turns, answer after the left-padded question, no repeated question', () => {
+  const d = makeDialogue(scene, mulberry32(3), 4);
+  assert.equal(new Set(d.map((t) => t.question.join(' '))).size, 4);
+  const ids = encodeDialogue(d);
+  assert.equal(ids.length, 4 * TURN_LEN);
+  d.forEach((turn, t) => {
+    assert.equal(ids[t * TURN_LEN + QUESTION_LEN], TOKEN_ID[turn.answer]);
+    assert.equal(ids[t * TURN_LEN + QUESTION_LEN - 1], TOKEN_ID['?']);
+    const words = Array.from(ids.subarray(t * TURN_LEN, t * TURN_LEN + QUESTION_LEN), (i) => VOCAB[i]).filter((w) => w !== '<pad>');
+    assert.deepEqual(words, turn.question);
+  });
+  const only = makeDialogue(scene, mulberry32(3), 3, ['count']);
+  assert.ok(only.every((t) => t.type === 'count'));
+});
+
+test('labels: one value per scene for every attribute', () => {
+  const labels = sceneLabels([scene]);
+  assert.equal(labels.n_objects![0], 4);
+  assert.equal(labels.count_circle![0], 2);
+  assert.equal(labels.count_red![0], 2);
+  assert.equal(labels.colour_r1c1![0], 'blue');
+  assert.equal(labels.shape_r2c0![0], 'none');
+  assert.equal(labels.pair01_h![0], 'left'); // object 0 (0,0) vs object 1 (1,1)
+  assert.equal(labels.pair01_v![0], 'above');
+  assert.equal(Object.keys(labels).length, 1 + 3 + 4 + 18 + 2);
+});
+
+test('batches: every train image once per epoch, seeded; learning-rate schedule warms up then decays to 10%', () => {
+  const next = batchOrder([3, 5, 7, 9, 11], 1);
+  const first = [...next(2), ...next(3)];
+  assert.deepEqual([...first].sort((a, b) => a - b), [3, 5, 7, 9, 11]);
+  assert.deepEqual(first, [...batchOrder([3, 5, 7, 9, 11], 1)(5)]);
+  const o = { lr: 1, warmup: 10, steps: 110 };
+  assert.equal(learningRate(0, o), 0.1);
+  assert.equal(learningRate(9, o), 1);
+  assert.ok(Math.abs(learningRate(60, o) - 0.55) < 1e-12);
+  assert.ok(Math.abs(learningRate(110, o) - 0.1) < 1e-12);
+});
