@@ -1,11 +1,13 @@
-import { relative } from 'node:path';
+import { mkdir } from 'node:fs/promises';
+import { relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
 import { DEMO_METRIC, parseVariants, runDemo, type DemoProgress, type DemoResult } from '../analysis/demo.js';
 import { parseBackend } from '../src/model/backend.js';
 import { QUESTION_TYPES } from '../src/model/scenes.js';
 import { intOption, listOption } from './args.js';
-import { COMMANDS } from './commands.js';
+import { startDashboard, untilInterrupted } from './cmd-serve.js';
+import { DEFAULT_HOST, DEFAULT_PORT } from '../server/app.js';
 import { fmt, table } from './format.js';
 
 export async function run(argv: string[]): Promise<number> {
@@ -22,11 +24,21 @@ export async function run(argv: string[]): Promise<number> {
       engine: { type: 'string', default: 'auto' },
       'no-workers': { type: 'boolean', default: false },
       quiet: { type: 'boolean', default: false },
-      serve: { type: 'boolean', default: false },
+      serve: { type: 'boolean' },
+      'no-serve': { type: 'boolean', default: false },
+      port: { type: 'string' },
     },
   });
   void positionals;
   const steps = values.steps === undefined ? undefined : intOption('steps', values.steps, 0);
+  // The dashboard comes up before training so its pages follow the captures live. Default: on for a person at a
+  // terminal, off for --quick, scripts and CI (it runs until Ctrl-C).
+  const serve = values.serve ?? (!values['no-serve'] && !values.quick && process.stdout.isTTY === true);
+  let dashboard: Awaited<ReturnType<typeof startDashboard>> | null = null;
+  if (serve) {
+    await mkdir(resolve(values.out!), { recursive: true });
+    dashboard = await startDashboard(resolve(values.out!), { port: intOption('port', values.port, DEFAULT_PORT), host: DEFAULT_HOST, engine: values.engine! });
+  }
   const progress = new DemoBars(!values.quiet);
   let result: DemoResult;
   try {
@@ -41,26 +53,19 @@ export async function run(argv: string[]): Promise<number> {
       workers: !values['no-workers'],
       onProgress: (e) => progress.update(e),
     });
+  } catch (err) {
+    await dashboard?.close();
+    throw err;
   } finally {
     progress.stop();
   }
   process.stdout.write(renderDemo(result));
-  if (values.serve) return serveAfterDemo(result.out);
-  return 0;
-}
-
-/**
- * `--serve`: opens the dashboard on the demo's run folder through the command registry, so the demo needs no
- * knowledge of the server (whose command owns its flags and defaults).
- */
-export async function serveAfterDemo(runsDir: string, extraArgs: string[] = []): Promise<number> {
-  const serve = COMMANDS.serve;
-  if (!serve) {
-    process.stderr.write(`viral-lens demo: --serve: this build has no 'serve' command; the run folder is ${runsDir}\n`);
-    return 0;
+  if (dashboard) {
+    process.stdout.write(`\ndashboard: ${dashboard.url} (layer-wise, checkpoints, variants, embeddings, probes)\n`);
+    await untilInterrupted();
+    await dashboard.close();
   }
-  const mod = await serve.load();
-  return (await mod.run([runsDir, ...extraArgs])) ?? 0;
+  return 0;
 }
 
 /** Progress bars on stderr: features, one bar per variant, analysis; one line per milestone when not a TTY. */

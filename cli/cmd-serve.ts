@@ -25,8 +25,7 @@ export async function run(argv: string[]): Promise<number> {
   if (workers !== undefined && workers < 1) throw new InputError(`--workers: expected ≥ 1, got ${workers}`);
   // A token given on the command line is visible in `ps`; the environment is the quieter way.
   const token = values.token ?? process.env.VIRAL_LENS_TOKEN;
-  const server = await startServer({
-    runsDir: positionals[0]!,
+  const server = await startDashboard(positionals[0]!, {
     port,
     host: values.host!,
     engine: values.engine!,
@@ -35,21 +34,37 @@ export async function run(argv: string[]): Promise<number> {
     ...(values['no-cache'] ? { cacheDir: null } : {}),
     logger: values.log!,
   });
+  await untilInterrupted();
+  process.stderr.write('viral-lens: stopping the dashboard\n');
+  await server.close();
+  return 0;
+}
+
+type DashboardOptions = Omit<Parameters<typeof startServer>[0], 'runsDir'>;
+
+/** Starts the dashboard on RUNS_DIR and prints where it is (shared with `demo`, which serves while it trains). */
+export async function startDashboard(runsDir: string, options: DashboardOptions): Promise<Awaited<ReturnType<typeof startServer>>> {
+  const host = options.host ?? DEFAULT_HOST;
+  const server = await startServer({ runsDir, ...options });
   const { index } = server.dashboard;
   process.stdout.write(
     [
       `viral-lens dashboard: ${server.url}`,
       `  runs dir   ${index.root} (${index.captures().length} capture(s), watching: ${index.watching})`,
-      `  engine     ${values.engine}`,
+      `  engine     ${options.engine ?? 'auto'}`,
       `  ingest     POST ${server.url}api/ingest with header "Authorization: Bearer ${server.token}"`,
-      ...(['127.0.0.1', 'localhost', '::1'].includes(values.host!)
+      ...(['127.0.0.1', 'localhost', '::1'].includes(host)
         ? []
-        : [`  warning    bound to ${values.host}: anyone who can reach this address can read the captures under RUNS_DIR`]),
-      '  Ctrl-C to stop',
+        : [`  warning    bound to ${host}: anyone who can reach this address can read the captures under RUNS_DIR`]),
       '',
     ].join('\n'),
   );
-  await new Promise<void>((resolve) => {
+  return server;
+}
+
+export function untilInterrupted(): Promise<void> {
+  process.stdout.write('  Ctrl-C to stop the dashboard\n');
+  return new Promise<void>((resolve) => {
     const stop = () => {
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
@@ -58,7 +73,4 @@ export async function run(argv: string[]): Promise<number> {
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
   });
-  process.stderr.write('viral-lens: stopping the dashboard\n');
-  await server.close();
-  return 0;
 }

@@ -40,7 +40,7 @@ export const COMMANDS: Record<string, Command> = {
   },
   demo: {
     summary: 'train a mini-LLaVA here (baseline, residual, VIRAL), capture every layer, print layer-wise CKNNA and accuracy',
-    usage: '[--out runs/demo] [--steps N] [--seed S] [--quick] [--variants baseline,residual,viral] [--backend auto|wasm|cpu|tensorflow] [--engine auto|ref|cpu|webgpu|cuda] [--no-workers] [--quiet] [--serve]',
+    usage: '[--out runs/demo] [--steps N] [--seed S] [--quick] [--variants baseline,residual,viral] [--backend auto|wasm|cpu|tensorflow] [--engine auto|ref|cpu|webgpu|cuda] [--no-workers] [--quiet] [--serve|--no-serve] [--port 7860]',
     load: () => import('./cmd-demo.js'),
   },
   info: {
