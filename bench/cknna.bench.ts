@@ -24,6 +24,7 @@ import type { Matrix } from '../src/matrix.js';
 import { computeMetric, Features } from '../src/metrics/index.js';
 import { cknnaFromKnn } from '../src/metrics/cknna.js';
 import { CaptureWriter } from '../src/store/capture.js';
+import { mulberry32 } from '../src/stats/rng.js';
 
 const K = 10;
 const DENSE_BUDGET_BYTES = 4 * 1024 ** 3;
@@ -35,13 +36,8 @@ function median(xs: number[]): number {
 
 /** Correlated synthetic features: B sees a random projection of A's low-rank signal plus noise. */
 function synthetic(n: number, dA: number, dB: number, seed: number): { A: Matrix; B: Matrix } {
-  let s = seed >>> 0;
-  const rand = () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let x = Math.imul(s ^ (s >>> 15), 1 | s);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296 - 0.5;
-  };
+  const uniform = mulberry32(seed);
+  const rand = () => uniform() - 0.5;
   const r = 32;
   const z = Float32Array.from({ length: n * r }, rand);
   const pa = Float32Array.from({ length: r * dA }, rand);

@@ -26,6 +26,7 @@ import { parseArgs, promisify } from 'node:util';
 import { createEngine, describeEngine } from '../src/engine/index.js';
 import { computeMetric, Features, preprocess } from '../src/metrics/index.js';
 import { readNpy, writeNpy } from '../src/store/npy.js';
+import { mulberry32 } from '../src/stats/rng.js';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 const OPENBLAS_DIRS = ['/usr/lib/x86_64-linux-gnu/openblas-pthread', '/usr/lib/x86_64-linux-gnu/openblas-openmp', '/usr/lib/x86_64-linux-gnu/openblas'];
@@ -67,13 +68,8 @@ async function child(a: string, b: string, k: number, engineName: string): Promi
 
 /** Correlated synthetic features: A and B see one 32-dimensional latent signal through random maps, plus noise. */
 function synthetic(n: number, dA: number, dB: number, seed: number): { A: Float32Array; B: Float32Array } {
-  let s = seed >>> 0;
-  const rand = () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let x = Math.imul(s ^ (s >>> 15), 1 | s);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296 - 0.5;
-  };
+  const uniform = mulberry32(seed);
+  const rand = () => uniform() - 0.5;
   const r = 32;
   const z = Float32Array.from({ length: n * r }, rand);
   const make = (d: number, noise: number) => {

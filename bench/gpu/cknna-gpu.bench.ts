@@ -18,6 +18,7 @@ import * as ort from 'onnxruntime-node';
 import { createEngine, describeEngine } from '../../src/engine/index.js';
 import { OnnxEngine } from '../../src/engine/onnx.js';
 import { computeMetric, Features, preprocess } from '../../src/metrics/index.js';
+import { mulberry32 } from '../../src/stats/rng.js';
 
 const { onnx } = onnxProto;
 
@@ -45,13 +46,8 @@ function median(xs: number[]): number {
 
 /** A and B see one 8-dimensional latent signal through random maps, plus noise (seeded; cheap to make at 100k). */
 function synthetic(n: number, d: number, noise: number, seed: number, z: Float32Array, r: number): Float32Array {
-  let s = seed >>> 0;
-  const rand = () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let x = Math.imul(s ^ (s >>> 15), 1 | s);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296 - 0.5;
-  };
+  const uniform = mulberry32(seed);
+  const rand = () => uniform() - 0.5;
   const p = Float32Array.from({ length: r * d }, rand);
   const out = new Float32Array(n * d);
   for (let i = 0; i < n; i++) {
