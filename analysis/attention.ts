@@ -16,8 +16,10 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { z } from 'zod';
 import { InputError } from '../src/errors.js';
 import { writeFileAtomic } from '../src/store/atomic.js';
+import { parseWithSchema } from '../src/store/manifest.js';
 import { PAPER_CONFIG, type Figure, type VlSpec } from './figures.js';
 
 const SCHEMA = 'https://vega.github.io/schema/vega-lite/v6.json';
@@ -273,17 +275,77 @@ export interface AttentionFile {
   results: AttentionEntropyResult[];
 }
 
+/** A finite number, or null (how writeAttention stores NaN: JSON has none), read back as NaN. */
+const maybeNaN = z
+  .number()
+  .nullable()
+  .transform((v) => v ?? NaN);
+const count = z.number().int().min(0);
+
+const CellSchema = z.object({
+  layer: z.string(),
+  layer_index: z.number().int(),
+  head: count,
+  entropy: maybeNaN,
+  normalised_entropy: maybeNaN,
+  // null = not computed (no component recipe) or undefined for every map; both draw as a gap.
+  component_entropy: z.number().nullable(),
+  components: z.number().nullable(),
+  image_mass: maybeNaN,
+});
+
+const ResultSchema = z
+  .object({
+    model: z.string(),
+    variant: z.string().min(1),
+    step: z.number().int().nullable(),
+    grid: z.tuple([z.number().int().min(1), z.number().int().min(1)]),
+    tokens: z.number().int().min(1),
+    samples: count,
+    queries: count,
+    aggregate: z.enum(['mean-entropy', 'entropy-of-mean']),
+    definition: z.string(),
+    component_definition: z.string().nullable(),
+    cells: z.array(CellSchema),
+    overlay: z.object({ sample: z.string(), maps: z.array(z.array(z.array(maybeNaN))) }).nullable(),
+    undefined_components: count.optional(),
+  })
+  .superRefine((r, ctx) => {
+    if (r.grid[0] * r.grid[1] !== r.tokens) ctx.addIssue({ code: 'custom', path: ['tokens'], message: `${r.tokens} tokens do not fill the ${r.grid.join('×')} grid` });
+    r.overlay?.maps.forEach((layer, l) =>
+      layer.forEach((map, h) => {
+        if (map.length !== r.tokens) ctx.addIssue({ code: 'custom', path: ['overlay', 'maps', l, h], message: `${map.length} values, expected one per token (${r.tokens})` });
+      }),
+    );
+  });
+
+const AttentionFileSchema = z.object({
+  format: z.literal('viral-lens.attention'),
+  version: z.literal(1),
+  results: z.array(ResultSchema),
+});
+
+/**
+ * Reads DIR/attention.json (an empty file structure when there is none). Anything that is not a well-formed
+ * viral-lens.attention v1 file is an InputError naming the file and the first bad field, so a reader (dashboard,
+ * CLI, notebook) reports it instead of failing on a missing property later.
+ */
 export async function readAttention(dir: string): Promise<AttentionFile> {
+  const path = join(dir, ATTENTION_FILE);
   let text: string;
   try {
-    text = await readFile(join(dir, ATTENTION_FILE), 'utf8');
+    text = await readFile(path, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { format: 'viral-lens.attention', version: 1, results: [] };
-    throw err;
+    throw new InputError(`${path}: cannot read (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
   }
-  const json = JSON.parse(text) as AttentionFile;
-  if (json.format !== 'viral-lens.attention' || !Array.isArray(json.results)) throw new InputError(`${join(dir, ATTENTION_FILE)}: not a viral-lens.attention file`);
-  return json;
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new InputError(`${path}: invalid JSON (${(err as Error).message})`);
+  }
+  return parseWithSchema(AttentionFileSchema, json, path);
 }
 
 /** Merges a result into DIR/attention.json, replacing the one for the same variant and step. */
@@ -293,6 +355,20 @@ export async function writeAttention(dir: string, result: AttentionEntropyResult
   const path = join(dir, ATTENTION_FILE);
   await writeFileAtomic(path, JSON.stringify(file, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v)) + '\n');
   return path;
+}
+
+/** Words of `text` in lines of at most `width` characters (a long subtitle would otherwise set a small figure's width). */
+function wrapLines(text: string, width: number): string[] {
+  const lines: string[] = [];
+  let line = '';
+  for (const word of text.split(/\s+/).filter(Boolean)) {
+    if (line && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else line = line ? `${line} ${word}` : word;
+  }
+  if (line) lines.push(line);
+  return lines;
 }
 
 /** Layer × head heatmap of entropy (one panel per result: variant/step), viridis, lower = more focused. */
@@ -305,7 +381,10 @@ export function entropyHeatmapFigure(
   );
   const first = results[0];
   const heads = Math.max(1, ...data.map((c) => c.head + 1));
-  const cell = Math.max(8, Math.min(20, Math.floor(400 / heads)));
+  const cell = Math.max(8, Math.min(28, Math.floor(400 / heads)));
+  // Panels of a few heads are narrower than their header ("residual @ 300"): widen the gap to fit it.
+  const longest = Math.max(0, ...data.map((d) => d.series.length));
+  const spacing = Math.max(28, Math.ceil(longest * 6.5 - heads * cell) + 16);
   const title = field === 'entropy' ? 'spatial entropy (bits)' : field === 'normalised_entropy' ? 'spatial entropy / log2 N' : 'component entropy (bits)';
   const provenance = {
     definition: field === 'component_entropy' ? first?.component_definition : first?.definition,
@@ -316,12 +395,12 @@ export function entropyHeatmapFigure(
   };
   const spec: VlSpec = {
     $schema: SCHEMA,
-    title: { text: 'Text→image attention entropy per layer × head', subtitle: `${String(provenance.definition ?? '')}`.slice(0, 200) },
+    title: { text: 'Text→image attention entropy per layer × head', subtitle: wrapLines(String(provenance.definition ?? ''), 80) },
     config: { ...PAPER_CONFIG, view: { stroke: null } },
     usermeta: { viralLens: { figure: 'attention-entropy', provenance } },
     data: { values: data },
     facet: { column: { field: 'series', type: 'nominal', title: null, header: { labelFontSize: 10, labelLimit: 0 } } },
-    spacing: 28,
+    spacing,
     spec: {
       // Cells large enough for a few heads, small enough that 32 heads × 32 layers stay about 400 px wide.
       width: { step: cell },
@@ -340,19 +419,29 @@ export function entropyHeatmapFigure(
 
 /**
  * One attention map over the token grid (heatmap), optionally drawn over the image (`imageUrl`, e.g. a data: URL
- * of the scene) with partial opacity, so the reader sees where the head looks.
+ * of the scene) so the reader sees where the head looks: then a cell's opacity also grows with its weight, so the
+ * image shows through where the head does not look (a dark colour scale at full cover would hide it).
  */
-export function attentionOverlaySpec(map: readonly number[], grid: [number, number], o: { title?: string; imageUrl?: string; cell?: number } = {}): VlSpec {
+export function attentionOverlaySpec(
+  map: readonly number[],
+  grid: [number, number],
+  o: { title?: string | { text: string; subtitle?: string | string[] }; imageUrl?: string; cell?: number } = {},
+): VlSpec {
   const [rows, cols] = grid;
   const cell = o.cell ?? Math.max(6, Math.floor(168 / Math.max(rows, cols)));
   const values = map.map((v, t) => ({ row: Math.floor(t / cols), col: t % cols, token: t, attention: v }));
+  // Colour from 0 (no attention) to the map's peak, so a flat map reads as flat rather than as one colour of an
+  // arbitrary one-value scale.
+  const peak = Math.max(0, ...map.filter((v) => Number.isFinite(v)));
+  const domain = [0, peak > 0 ? peak : 1];
   const heat = {
     data: { values },
-    mark: { type: 'rect', opacity: o.imageUrl ? 0.6 : 1 },
+    mark: { type: 'rect' },
     encoding: {
       x: { field: 'col', type: 'ordinal', axis: null },
       y: { field: 'row', type: 'ordinal', axis: null },
-      color: { field: 'attention', type: 'quantitative', scale: { scheme: 'inferno' }, title: 'attention' },
+      color: { field: 'attention', type: 'quantitative', scale: { scheme: 'inferno', domain }, title: 'attention' },
+      ...(o.imageUrl ? { opacity: { field: 'attention', type: 'quantitative', scale: { domain, range: [0.1, 0.85] } } } : {}),
       tooltip: [{ field: 'row' }, { field: 'col' }, { field: 'attention', format: '.4f' }],
     },
   };
@@ -374,4 +463,56 @@ export function attentionOverlaySpec(map: readonly number[], grid: [number, numb
     height: cell * rows,
     layer,
   };
+}
+
+/** Distinct layer indices of a result in the order of its cells (= the order of `overlay.maps`). */
+function layerOrder(r: AttentionEntropyResult): number[] {
+  return [...new Set(r.cells.map((c) => c.layer_index))];
+}
+
+/**
+ * The overlay map of one layer × head of a result as a figure (spec with provenance + the numbers per token). By
+ * default the most focused cell: the lowest mean spatial entropy over the result's samples.
+ */
+export function attentionOverlayFigure(r: AttentionEntropyResult, o: { layer_index?: number; head?: number; imageUrl?: string | null } = {}): Figure {
+  if (!r.overlay) throw new InputError(`attention result of ${r.variant}${r.step === null ? '' : ` @ ${r.step}`} keeps no overlay maps (computed with overlaySample: null)`);
+  const layers = layerOrder(r);
+  if (o.layer_index !== undefined && !layers.includes(o.layer_index)) throw new InputError(`layer: no layer ${o.layer_index} in the attention result of ${r.variant} (layers: ${layers.join(', ')})`);
+  const heads = [...new Set(r.cells.map((c) => c.head))].sort((a, b) => a - b);
+  if (o.head !== undefined && !heads.includes(o.head)) throw new InputError(`head: no head ${o.head} in the attention result of ${r.variant} (heads: ${heads.join(', ')})`);
+  // Whatever is not fixed by the request: the most focused (lowest finite entropy) cell among the candidates.
+  const candidates = r.cells.filter((c) => (o.layer_index === undefined || c.layer_index === o.layer_index) && (o.head === undefined || c.head === o.head));
+  const cell = [...candidates].sort((a, b) => (Number.isFinite(a.entropy) ? a.entropy : Infinity) - (Number.isFinite(b.entropy) ? b.entropy : Infinity))[0];
+  const layerHeads = cell ? r.cells.filter((c) => c.layer_index === cell.layer_index).map((c) => c.head) : [];
+  const map = cell ? r.overlay.maps[layers.indexOf(cell.layer_index)]?.[layerHeads.indexOf(cell.head)] : undefined;
+  if (!cell || !map) throw new InputError(`the attention result of ${r.variant} has no overlay map for layer ${o.layer_index ?? '(any)'}, head ${o.head ?? '(any)'}`);
+  const head = cell.head;
+  const cols = r.grid[1];
+  // Short subtitle lines: the map is ~170 px wide, and one long line would set the figure's width.
+  const sub = [
+    `${r.overlay.sample}: query-averaged text→image attention,`,
+    `renormalised over the ${r.tokens} image tokens;`,
+    `H = ${cell.entropy.toFixed(2)} bits for this head (mean over ${r.samples} sample(s))`,
+  ];
+  const spec = attentionOverlaySpec(map, r.grid, {
+    title: { text: `${r.variant}${r.step === null ? '' : ` @ step ${r.step}`}: layer ℓ = ${cell.layer_index} (${cell.layer}), head ${head}`, subtitle: sub },
+    ...(o.imageUrl ? { imageUrl: o.imageUrl } : {}),
+  });
+  const provenance = {
+    model: r.model,
+    variant: r.variant,
+    step: r.step,
+    sample: r.overlay.sample,
+    layer: cell.layer,
+    layer_index: cell.layer_index,
+    head,
+    entropy: cell.entropy,
+    grid: r.grid,
+    map: `query-averaged attention of the ${r.queries} query row(s) of ${r.overlay.sample}, renormalised over the image tokens`,
+    definition: r.definition,
+    image: o.imageUrl ? 'the scene redrawn from its id (src/model/scenes.ts)' : null,
+  };
+  spec.usermeta = { viralLens: { figure: 'attention-overlay', provenance } };
+  const data = map.map((v, t) => ({ variant: r.variant, sample: r.overlay!.sample, layer_index: cell.layer_index, head, token: t, row: Math.floor(t / cols), col: t % cols, attention: v }));
+  return { name: 'attention-overlay', spec, data, provenance, notes: [] };
 }

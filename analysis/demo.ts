@@ -21,7 +21,7 @@ import { initBackend, type BackendInfo, type BackendName } from '../src/model/ba
 import { extractSceneFeatures, loadTeacher, loadVisionEncoder, type EncoderSpec } from '../src/model/encoders.js';
 import { MODEL_VARIANTS, type ModelVariant } from '../src/model/mini-llava.js';
 import { generateScenes, QUESTION_TYPES, splitByImage } from '../src/model/scenes.js';
-import { DEFAULT_TRAIN } from '../src/model/train.js';
+import { DEFAULT_TRAIN, type EvalResult } from '../src/model/train.js';
 import { DEMO_MODEL_NAME, runVariant, type VariantRunEvent, type VariantRunInput, type VariantRunResult } from '../src/hooks/train-run.js';
 import { attentionEntropy, entropyHeatmapFigure, writeAttention, type AttentionEntropyResult } from './attention.js';
 import { trainingFigure, variantsFigure, type AccuracyRow, type CurvePoint, type Figure, type Series } from './figures.js';
@@ -283,7 +283,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     captureEvery: size.captureEvery,
     probeCount: size.probe,
     runDir: join(out, variant),
-    eval: { dialogues: size.evalDialogues, seed: options.seed + 1000, shuffleSeeds: size.shuffleSeeds },
+    eval: demoEvalSettings(options.seed, size),
     attentionSamples: size.attentionSamples,
     backend: options.backend,
     features: sharedFeatures,
@@ -333,36 +333,15 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   let shuffle: ShuffleResult | null = null;
   if (size.shuffleSeeds.length) {
     progress({ kind: 'analysis', stage: 'patch shuffle', done: 0, total: 1 });
-    shuffle = await runShuffle(
-      variants.map((v) => ({
-        name: v.variant,
-        evaluate: (seed: number | null) => {
-          if (seed === null) return v.final.original.outcomes;
-          const r = v.final.shuffled.find((s) => s.shuffleSeed === seed);
-          if (!r) throw new Error(`no shuffled evaluation with seed ${seed}`);
-          return r.outcomes;
-        },
-      })),
-      {
-        seeds: size.shuffleSeeds,
-        model: DEMO_MODEL_NAME,
-        step: size.steps,
-        seed: options.seed,
-        description: `${features.tokens} image tokens permuted before the projector (per image, seeded); held-out questions, teacher-forced`,
-      },
-    );
+    shuffle = await demoShuffle(variants, { seeds: size.shuffleSeeds, step: size.steps, seed: options.seed, tokens: features.tokens });
     files.shuffle = await writeShuffle(out, shuffle);
     progress({ kind: 'analysis', stage: 'patch shuffle', done: 1, total: 1 });
   }
 
   const attention: AttentionEntropyResult[] = [];
   for (const v of variants) {
-    if (!v.attention) continue;
-    const a = v.attention;
-    const r = attentionEntropy(
-      { samples: a.samples, layers: a.layers, heads: a.heads, queries: a.queries, grid: a.grid, data: a.data, sampleIds: a.sampleIds },
-      { model: DEMO_MODEL_NAME, variant: v.variant, step: v.steps },
-    );
+    const r = demoAttention(v);
+    if (!r) continue;
     attention.push(r);
     files.attention = await writeAttention(out, r);
   }
@@ -392,6 +371,49 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   };
   Object.assign(files, await writeDemoFiles(result));
   return result;
+}
+
+/** The final evaluation's settings, derived from the run's seed and size (demo.json records both). */
+export function demoEvalSettings(seed: number, size: Pick<DemoSize, 'evalDialogues' | 'shuffleSeeds'>): { dialogues: number; seed: number; shuffleSeeds: number[] } {
+  return { dialogues: size.evalDialogues, seed: seed + 1000, shuffleSeeds: [...size.shuffleSeeds] };
+}
+
+/** A variant's final held-out evaluations, in place and shuffled (from training, or re-run on the saved weights). */
+export interface FinalEvaluations {
+  variant: string;
+  final: { original: EvalResult; shuffled: EvalResult[] };
+}
+
+/** Patch-shuffle test over the variants' final evaluations (the paper's Table 3), as the demo records it. */
+export async function demoShuffle(variants: readonly FinalEvaluations[], o: { seeds: number[]; step: number; seed: number; tokens: number }): Promise<ShuffleResult> {
+  return runShuffle(
+    variants.map((v) => ({
+      name: v.variant,
+      evaluate: (seed: number | null) => {
+        if (seed === null) return v.final.original.outcomes;
+        const r = v.final.shuffled.find((s) => s.shuffleSeed === seed);
+        if (!r) throw new Error(`no shuffled evaluation with seed ${seed}`);
+        return r.outcomes;
+      },
+    })),
+    {
+      seeds: o.seeds,
+      model: DEMO_MODEL_NAME,
+      step: o.step,
+      seed: o.seed,
+      description: `${o.tokens} image tokens permuted before the projector (per image, seeded); held-out questions, teacher-forced`,
+    },
+  );
+}
+
+/** Spatial entropy of a variant's recorded text→image attention, as the demo records it; null when none was recorded. */
+export function demoAttention(v: Pick<VariantRunResult, 'variant' | 'steps' | 'attention'>): AttentionEntropyResult | null {
+  const a = v.attention;
+  if (!a) return null;
+  return attentionEntropy(
+    { samples: a.samples, layers: a.layers, heads: a.heads, queries: a.queries, grid: a.grid, data: a.data, sampleIds: a.sampleIds },
+    { model: DEMO_MODEL_NAME, variant: v.variant, step: v.steps },
+  );
 }
 
 /** Layer-wise CKNNA of one capture against both targets, with the demo's fixed settings. */

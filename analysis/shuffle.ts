@@ -10,8 +10,10 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { z } from 'zod';
 import { InputError } from '../src/errors.js';
 import { writeFileAtomic } from '../src/store/atomic.js';
+import { parseWithSchema } from '../src/store/manifest.js';
 import { checkLevel, deriveSeed, mcnemarExact, mulberry32, percentileInterval, randInt } from '../src/stats/index.js';
 import { PAPER_CONFIG, VARIANT_COLORS, type Figure, type VlSpec } from './figures.js';
 
@@ -259,17 +261,89 @@ export interface ShuffleFile {
   results: ShuffleResult[];
 }
 
+/** A finite number, or null (how writeShuffle stores NaN, e.g. the accuracy of an empty type), read back as NaN. */
+const maybeNaN = z
+  .number()
+  .nullable()
+  .transform((v) => v ?? NaN);
+const count = z.number().int().min(0);
+
+const RowSchema = z.object({
+  variant: z.string().min(1),
+  question_type: z.string().min(1),
+  shuffle_seed: z.number().int().nullable(),
+  n: count,
+  correct_original: z.number().min(0),
+  correct_shuffled: z.number().min(0),
+  acc_original: maybeNaN,
+  acc_shuffled: maybeNaN,
+  drop: z.number(),
+  drop_rate: maybeNaN,
+  lost: count.nullable(),
+  gained: count.nullable(),
+  p_value: z.number().min(0).max(1).nullable(),
+  test: z.string().nullable(),
+});
+
+const ComparisonSchema = z.object({
+  a: z.string(),
+  b: z.string(),
+  question_type: z.string(),
+  n: count,
+  drop_rate_a: maybeNaN,
+  drop_rate_b: maybeNaN,
+  difference: maybeNaN,
+  ci_low: maybeNaN,
+  ci_high: maybeNaN,
+  ci_level: z.number().gt(0).lt(1),
+  p_value: z.number().min(0).max(1),
+  resamples: count,
+  method: z.string(),
+});
+
+const ResultSchema = z
+  .object({
+    model: z.string(),
+    step: z.number().int().nullable(),
+    description: z.string(),
+    seeds: z.array(z.number().int()).min(1),
+    variants: z.array(z.string().min(1)),
+    rows: z.array(RowSchema),
+    comparisons: z.array(ComparisonSchema),
+  })
+  .superRefine((r, ctx) => {
+    r.rows.forEach((row, i) => {
+      if (!r.variants.includes(row.variant)) ctx.addIssue({ code: 'custom', path: ['rows', i, 'variant'], message: `'${row.variant}' is not in variants (${r.variants.join(', ')})` });
+      if (row.shuffle_seed !== null && !r.seeds.includes(row.shuffle_seed)) ctx.addIssue({ code: 'custom', path: ['rows', i, 'shuffle_seed'], message: `${row.shuffle_seed} is not in seeds (${r.seeds.join(', ')})` });
+    });
+  });
+
+const ShuffleFileSchema = z.object({
+  format: z.literal('viral-lens.shuffle'),
+  version: z.literal(1),
+  results: z.array(ResultSchema),
+});
+
+/**
+ * Reads DIR/shuffle.json (an empty file structure when there is none). Anything that is not a well-formed
+ * viral-lens.shuffle v1 file is an InputError naming the file and the first bad field.
+ */
 export async function readShuffle(dir: string): Promise<ShuffleFile> {
+  const path = join(dir, SHUFFLE_FILE);
   let text: string;
   try {
-    text = await readFile(join(dir, SHUFFLE_FILE), 'utf8');
+    text = await readFile(path, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { format: 'viral-lens.shuffle', version: 1, results: [] };
-    throw err;
+    throw new InputError(`${path}: cannot read (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
   }
-  const json = JSON.parse(text) as ShuffleFile;
-  if (json.format !== 'viral-lens.shuffle' || !Array.isArray(json.results)) throw new InputError(`${join(dir, SHUFFLE_FILE)}: not a viral-lens.shuffle file`);
-  return json;
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new InputError(`${path}: invalid JSON (${(err as Error).message})`);
+  }
+  return parseWithSchema(ShuffleFileSchema, json, path);
 }
 
 /** Merges a result into DIR/shuffle.json, replacing one for the same model and step. */

@@ -61,7 +61,7 @@ export async function run(argv: string[]): Promise<number> {
   }
   process.stdout.write(renderDemo(result));
   if (dashboard) {
-    process.stdout.write(`\ndashboard: ${dashboard.url} (layer-wise, checkpoints, variants, embeddings, probes)\n`);
+    process.stdout.write(`\ndashboard: ${dashboard.url} (layer-wise, checkpoints, variants, embeddings, probes, attention, patch shuffle)\n`);
     await untilInterrupted();
     await dashboard.close();
   }
@@ -195,6 +195,7 @@ export function renderDemo(r: DemoResult): string {
     `  figure data   ${rel(r.out)}/layerwise.csv, dynamics.csv, accuracy.csv, accuracy_steps.csv, loss.csv, demo.json`,
     `  figures       ${rel(r.out)}/figures/*.vl.json (Vega-Lite, data inline)`,
     `  weights       ${rel(r.out)}/<variant>/model.safetensors; accuracy per step in <variant>/results.json`,
+    `  analyses      ${rel(r.out)}/attention.json, shuffle.json   (viral-lens attention|shuffle ${rel(r.out)} recomputes them from the weights)`,
     `  dashboard     viral-lens serve ${rel(r.out)}`,
     '',
   );

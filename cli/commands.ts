@@ -33,8 +33,18 @@ export const COMMANDS: Record<string, Command> = {
       'CAPTURE_DIR --label NAME [--tokens mean|first|per-token] [--task auto|classify|regress] [--folds 5] [--l2 0.01|cv] [--control-by auto|image|position|LABEL] [--max-tokens N] [--layers 0,4,8] [--ci 0.95] [--seed S] [--no-targets] [--no-write] [--json]',
     load: () => import('./cmd-probe.js'),
   },
+  attention: {
+    summary: 'text→image attention entropy per layer × head of a demo run, recomputed from its saved weights (else its attention.json)',
+    usage: 'RUN_DIR [--backend auto|wasm|cpu|tensorflow] [--stored | --write] [--json]',
+    load: () => import('./cmd-attention.js'),
+  },
+  shuffle: {
+    summary: 'patch-shuffle test (accuracy in place vs shuffled, McNemar) of a demo run, recomputed from its saved weights (else its shuffle.json)',
+    usage: 'RUN_DIR [--seeds N (shuffle seeds 1..N; default the demo\'s)] [--backend auto|wasm|cpu|tensorflow] [--stored | --write] [--json]',
+    load: () => import('./cmd-shuffle.js'),
+  },
   serve: {
-    summary: 'the dashboard: layer-wise curves, checkpoints, variants, embeddings, probes; live while runs train',
+    summary: 'the dashboard: layer-wise curves, checkpoints, variants, embeddings, probes, attention, patch shuffle; live while runs train',
     usage: 'RUNS_DIR [--port 7860] [--host 127.0.0.1] [--engine auto|ref|cpu|webgpu|cuda] [--workers N] [--token T (or VIRAL_LENS_TOKEN)] [--no-cache] [--log]',
     load: () => import('./cmd-serve.js'),
   },
@@ -42,6 +52,11 @@ export const COMMANDS: Record<string, Command> = {
     summary: 'train a mini-LLaVA here (baseline, residual, VIRAL), capture every layer, print layer-wise CKNNA and accuracy',
     usage: '[--out runs/demo] [--steps N] [--seed S] [--quick] [--variants baseline,residual,viral] [--backend auto|wasm|cpu|tensorflow] [--engine auto|ref|cpu|webgpu|cuda] [--no-workers] [--quiet] [--serve|--no-serve] [--port 7860]',
     load: () => import('./cmd-demo.js'),
+  },
+  embed: {
+    summary: 'UMAP of one layer across captures (Procrustes-aligned), or PCA-RGB token grids of one image per layer',
+    usage: 'umap CAPTURE... --layer L [--label NAME] [--tokens mean|per-token|first] [--preprocess l2] [--seed 0] [--neighbors 15] [--min-dist 0.1] [--epochs N] [--max-rows N] [--out FIG.svg|png|pdf|json|csv] [--json]   |   pca-grid CAPTURE... [--sample ID|INDEX] [--layers 0,2,4] [--out FIG.svg|png|pdf|json|csv]',
+    load: () => import('./cmd-embed.js'),
   },
   info: {
     summary: 'describe a .npy / .safetensors file, a capture directory or a runs directory',

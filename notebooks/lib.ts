@@ -79,6 +79,24 @@ export async function save(fig: Figure | { name: string; spec: VlSpec; data?: un
   return [`${base}.svg`, `${base}.pdf`];
 }
 
+/**
+ * The per-image label the probe notebooks decode: VIRAL_LENS_PROBE_LABEL, else the first of `count` (hand-made
+ * captures) and `n_objects` (the demo's object count) that every capture has; null when none has one.
+ */
+export function probeLabel(captures: readonly Capture[]): string | null {
+  const wanted = env('VIRAL_LENS_PROBE_LABEL');
+  if (wanted) return wanted;
+  return ['count', 'n_objects'].find((l) => captures.length > 0 && captures.every((c) => l in c.labels)) ?? null;
+}
+
+/** The layer a capture's variant trained (VIRAL aligned / residual re-injected), from its manifest's model object. */
+export function trainedLayer(c: Capture): number | null {
+  const m = c.manifest.model as Record<string, unknown>;
+  // `aligned_layer` is the documented key (server/README.md); `align_layer` is accepted as an alias.
+  const v = m.aligned_layer ?? m.align_layer;
+  return typeof v === 'number' && Number.isInteger(v) ? v : null;
+}
+
 /** A series label per capture: the variant, plus the step when several steps of one variant are shown. */
 export function seriesOf(c: Capture, withStep = false) {
   const m = c.manifest;

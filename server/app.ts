@@ -20,7 +20,7 @@ import { JobRunner } from '../analysis/jobs.js';
 import { InputError } from '../src/errors.js';
 import { parseManifestJson } from '../src/store/manifest.js';
 import { EventHub } from './events.js';
-import { buildFigure, FIGURES, figureQuerySchema, parseResults, type FigureName, type FigureQuery } from './figures-api.js';
+import { analysisFolders, buildFigure, FIGURES, figureQuerySchema, HOW_TO, parseResults, readAnalysis, type FigureName, type FigureQuery } from './figures-api.js';
 import { CACHE_DIR_NAME, readJsonIfPresent, RunsIndex } from './runs.js';
 
 export const DEFAULT_PORT = 7860;
@@ -56,7 +56,7 @@ export interface Dashboard {
 }
 
 const PUBLIC_DIR = join(dirname(fileURLToPath(import.meta.url)), 'public');
-const PAGES = ['/', '/layerwise', '/checkpoints', '/variants', '/embeddings', '/probes', '/capture'];
+const PAGES = ['/', '/layerwise', '/checkpoints', '/variants', '/embeddings', '/probes', '/attention', '/shuffle', '/capture'];
 
 /** Files under /static/: the page's own assets and the vega builds from node_modules (no front-end build step). */
 async function staticFiles(): Promise<Map<string, { path: string; type: string }>> {
@@ -140,6 +140,12 @@ const figureParams = {
   properties: { name: { type: 'string', enum: [...FIGURES] } },
 } as const;
 const emptyQuery = { type: 'object', additionalProperties: false, properties: {} } as const;
+/** `dir`: an analysis folder relative to RUNS_DIR ('.' = RUNS_DIR); checked again by RunsIndex.analysisDir. */
+const analysisQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: { dir: { type: 'string', minLength: 1, maxLength: 1024, pattern: '^[^\\\\\\u0000]+$' } },
+} as const;
 const ingestBody = {
   type: 'object',
   required: ['run', 'manifest'],
@@ -203,7 +209,7 @@ export async function buildApp(options: ServerOptions): Promise<Dashboard> {
     let message = err.message;
     if (err.validation) status = 400;
     else if (err instanceof HttpError) status = err.statusCode;
-    else if (err instanceof InputError) status = 422;
+    else if (err instanceof InputError) status = (err as { statusCode?: number }).statusCode ?? 422;
     else if (err.name === 'AbortError') status = 499;
     else if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) status = err.statusCode;
     else {
@@ -334,6 +340,20 @@ export async function buildApp(options: ServerOptions): Promise<Dashboard> {
     if (format === 'csv') return reply.type('text/csv; charset=utf-8').send(toCsv(fig.data));
     const { result } = await runner.run('render', { spec: fig.spec, format }, { signal });
     return reply.type(result.contentType).send(typeof result.body === 'string' ? result.body : Buffer.from(result.body));
+  });
+
+  app.get('/api/analyses', { schema: { querystring: emptyQuery } }, async () => ({ runs_dir: index.root, folders: await analysisFolders(index), how_to: HOW_TO }));
+
+  app.get('/api/attention', { schema: { querystring: analysisQuery } }, async (request) => {
+    const { dir } = request.query as { dir?: string };
+    const a = await readAnalysis(index, 'attention.json', dir);
+    return { dir: a.dir, file: a.file, results: a.results };
+  });
+
+  app.get('/api/shuffle', { schema: { querystring: analysisQuery } }, async (request) => {
+    const { dir } = request.query as { dir?: string };
+    const a = await readAnalysis(index, 'shuffle.json', dir);
+    return { dir: a.dir, file: a.file, results: a.results };
   });
 
   app.get('/api/jobs', { schema: { querystring: emptyQuery } }, async () => ({ running: runner.running, stats: runner.stats, workers_started: runner.workersStarted }));

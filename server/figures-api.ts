@@ -5,6 +5,7 @@
  * the page shows.
  */
 import { join } from 'node:path';
+import { attentionOverlayFigure, entropyHeatmapFigure, readAttention, type AttentionEntropyResult } from '../analysis/attention.js';
 import type { PcaGridResult, UmapRunResult } from '../analysis/embeddings.js';
 import {
   checkpointFigure,
@@ -24,14 +25,23 @@ import {
 } from '../analysis/figures.js';
 import type { JobProgress, JobRunner } from '../analysis/jobs.js';
 import { readProbes } from '../analysis/probes.js';
+import { readShuffle, shuffleFigure, type ShuffleResult } from '../analysis/shuffle.js';
 import { PCA_RGB_NORMALISATION } from '../src/embeddings/index.js';
 import { InputError } from '../src/errors.js';
 import { METRIC_NAMES, type MetricName, type Preprocess } from '../src/metrics/index.js';
+import { DEMO_MODEL_NAME, sceneImageDataUrl } from '../src/model/scenes.js';
 import { TOKEN_MODES, type TokenMode } from '../src/tokens.js';
-import { readJsonIfPresent, type CaptureSummary, type RunsIndex } from './runs.js';
+import { ANALYSIS_FILES, readJsonIfPresent, type AnalysisFileName, type CaptureSummary, type RunsIndex } from './runs.js';
 
-export const FIGURES = ['layerwise', 'checkpoints', 'training', 'variants', 'umap', 'pca-grid', 'probes'] as const;
+/** Figures drawn from a run's analysis files (attention.json, shuffle.json) rather than from captures. */
+export const FILE_FIGURES = ['attention-entropy', 'attention-overlay', 'patch-shuffle'] as const;
+export type FileFigureName = (typeof FILE_FIGURES)[number];
+export const FIGURES = ['layerwise', 'checkpoints', 'training', 'variants', 'umap', 'pca-grid', 'probes', ...FILE_FIGURES] as const;
 export type FigureName = (typeof FIGURES)[number];
+
+function isFileFigure(name: FigureName): name is FileFigureName {
+  return (FILE_FIGURES as readonly string[]).includes(name);
+}
 
 /** Query parameters every figure endpoint accepts (JSON schema; unknown parameters are refused). */
 export const figureQuerySchema = {
@@ -61,6 +71,10 @@ export const figureQuerySchema = {
     min_dist: { type: 'number', minimum: 0, maximum: 1 },
     epochs: { type: 'integer', minimum: 10, maximum: 2000 },
     format: { type: 'string', enum: ['svg', 'png', 'pdf', 'csv', 'json'] },
+    dir: { type: 'string', minLength: 1, maxLength: 1024, description: 'analysis folder relative to RUNS_DIR (default: the first that has the file)' },
+    variant: { type: 'string', minLength: 1, maxLength: 200 },
+    head: { type: 'integer', minimum: 0, maximum: 100000 },
+    field: { type: 'string', enum: ['entropy', 'normalised_entropy', 'component_entropy'] },
   },
 } as const;
 
@@ -88,6 +102,10 @@ export interface FigureQuery {
   min_dist?: number;
   epochs?: number;
   format?: 'svg' | 'png' | 'pdf' | 'csv' | 'json';
+  dir?: string;
+  variant?: string;
+  head?: number;
+  field?: 'entropy' | 'normalised_entropy' | 'component_entropy';
 }
 
 export interface FigureContext {
@@ -384,6 +402,7 @@ function evenlySpaced(indices: number[], count: number, must: number[]): number[
 
 /** Builds one figure for a query. Throws InputError for requests that cannot produce any chart. */
 export async function buildFigure(ctx: FigureContext, name: FigureName, q: FigureQuery, signal: AbortSignal, onProgress?: (p: JobProgress) => void): Promise<FigureResponse> {
+  if (isFileFigure(name)) return buildFileFigure(ctx.index, name, q);
   const defaultStep = name === 'checkpoints' || name === 'training' || (name === 'layerwise' && q.color === 'step') ? 'all' : 'latest';
   const picked = selectCaptures(ctx.index, q, defaultStep);
   const errors = [...picked.errors];
@@ -541,4 +560,197 @@ export async function buildFigure(ctx: FigureContext, name: FigureName, q: Figur
     rows: figure.data.length,
     data: figure.data,
   };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Analyses of a whole run: attention.json and shuffle.json (analysis/attention.ts, analysis/shuffle.ts)
+
+/** A request for an analysis file that is not there: 404, with how to produce it. */
+export class MissingAnalysisError extends InputError {
+  readonly statusCode = 404;
+}
+
+/** How to produce each analysis file (shown by the API and on the pages when a run folder has none). */
+export const HOW_TO: Record<AnalysisFileName, string> = {
+  'attention.json':
+    'The embedded demo writes it next to its captures (npm run demo -- --out RUNS_DIR); `viral-lens attention RUN_DIR --write` recomputes it from a demo run\'s saved weights; ' +
+    'for another model compute attentionEntropy(...) and call writeAttention(RUN_DIR, result) (analysis/attention.ts, notebooks/README.md).',
+  'shuffle.json':
+    'The embedded demo writes it next to its captures (npm run demo -- --out RUNS_DIR); `viral-lens shuffle RUN_DIR --seeds N --write` recomputes it from a demo run\'s saved weights; ' +
+    'for another model run runShuffle(...) with an evaluator and call writeShuffle(RUN_DIR, result) (analysis/shuffle.ts, notebooks/README.md).',
+};
+
+const shown = (dir: string, file: string) => (dir === '.' ? file : `${dir}/${file}`);
+
+export interface AttentionSummary {
+  model: string;
+  variant: string;
+  step: number | null;
+  grid: [number, number];
+  samples: number;
+  queries: number;
+  layers: { index: number; name: string }[];
+  heads: number[];
+  overlay_sample: string | null;
+  has_components: boolean;
+}
+
+export interface ShuffleSummary {
+  model: string;
+  step: number | null;
+  seeds: number[];
+  variants: string[];
+  question_types: string[];
+  description: string;
+}
+
+export interface AnalysisFolder {
+  dir: string;
+  /** null: no such file in the folder; `error`: the file is there but cannot be used. */
+  attention: { file: string; error: string | null; results: AttentionSummary[] } | null;
+  shuffle: { file: string; error: string | null; results: ShuffleSummary[] } | null;
+}
+
+function summariseAttention(r: AttentionEntropyResult): AttentionSummary {
+  const layers = new Map<number, string>();
+  for (const c of r.cells) if (!layers.has(c.layer_index)) layers.set(c.layer_index, c.layer);
+  return {
+    model: r.model,
+    variant: r.variant,
+    step: r.step,
+    grid: r.grid,
+    samples: r.samples,
+    queries: r.queries,
+    layers: [...layers.entries()].map(([index, name]) => ({ index, name })),
+    heads: [...new Set(r.cells.map((c) => c.head))].sort((a, b) => a - b),
+    overlay_sample: r.overlay?.sample ?? null,
+    has_components: r.component_definition !== null,
+  };
+}
+
+function summariseShuffle(r: ShuffleResult): ShuffleSummary {
+  return {
+    model: r.model,
+    step: r.step,
+    seeds: r.seeds,
+    variants: r.variants,
+    question_types: [...new Set(r.rows.map((x) => x.question_type))],
+    description: r.description,
+  };
+}
+
+/** Every analysis folder under RUNS_DIR that holds an analysis file (or RUNS_DIR alone), with what each holds. */
+export async function analysisFolders(index: RunsIndex): Promise<AnalysisFolder[]> {
+  const out: AnalysisFolder[] = [];
+  for (const dir of index.analysisFolders()) {
+    const entry: AnalysisFolder = { dir, attention: null, shuffle: null };
+    for (const file of ANALYSIS_FILES) {
+      const key = file === 'attention.json' ? 'attention' : 'shuffle';
+      let real: string | null;
+      try {
+        real = await index.analysisDir(dir, file);
+      } catch (err) {
+        entry[key] = { file: shown(dir, file), error: describeError(err, index.root), results: [] };
+        continue;
+      }
+      if (real === null) continue;
+      try {
+        if (key === 'attention') entry.attention = { file: shown(dir, file), error: null, results: (await readAttention(real)).results.map(summariseAttention) };
+        else entry.shuffle = { file: shown(dir, file), error: null, results: (await readShuffle(real)).results.map(summariseShuffle) };
+      } catch (err) {
+        if (!(err instanceof InputError)) throw err;
+        entry[key] = { file: shown(dir, file), error: describeError(err, index.root), results: [] };
+      }
+    }
+    if (dir === '.' || entry.attention || entry.shuffle) out.push(entry);
+  }
+  return out;
+}
+
+/**
+ * The folder and parsed contents of an analysis file: `dir` when given (it must be RUNS_DIR or a folder above a
+ * capture), else the first such folder that has the file. MissingAnalysisError when there is none, InputError
+ * (naming the file and field) when it cannot be used.
+ */
+export async function readAnalysis(index: RunsIndex, file: 'attention.json', dir?: string): Promise<{ dir: string; file: string; results: AttentionEntropyResult[] }>;
+export async function readAnalysis(index: RunsIndex, file: 'shuffle.json', dir?: string): Promise<{ dir: string; file: string; results: ShuffleResult[] }>;
+export async function readAnalysis(index: RunsIndex, file: AnalysisFileName, dir?: string): Promise<{ dir: string; file: string; results: (AttentionEntropyResult | ShuffleResult)[] }> {
+  let chosen: { dir: string; real: string } | null = null;
+  if (dir !== undefined) {
+    const real = await index.analysisDir(dir, file);
+    if (real) chosen = { dir, real };
+    else throw new MissingAnalysisError(`no ${file} in ${dir === '.' ? 'RUNS_DIR' : `RUNS_DIR/${dir}`}. ${HOW_TO[file]}`);
+  } else {
+    for (const d of index.analysisFolders()) {
+      const real = await index.analysisDir(d, file).catch(() => null);
+      if (real) {
+        chosen = { dir: d, real };
+        break;
+      }
+    }
+    if (!chosen) throw new MissingAnalysisError(`no ${file} in RUNS_DIR or any run folder under it. ${HOW_TO[file]}`);
+  }
+  try {
+    const results = file === 'attention.json' ? (await readAttention(chosen.real)).results : (await readShuffle(chosen.real)).results;
+    if (results.length === 0) throw new MissingAnalysisError(`${shown(chosen.dir, file)} holds no results. ${HOW_TO[file]}`);
+    return { dir: chosen.dir, file: shown(chosen.dir, file), results };
+  } catch (err) {
+    if (err instanceof MissingAnalysisError || !(err instanceof InputError)) throw err;
+    throw new InputError(describeError(err, index.root));
+  }
+}
+
+/** Results of the requested step: a number, 'all', or 'latest' (default: per key, the result with the highest step). */
+function pickSteps<T extends { step: number | null }>(results: readonly T[], step: string | undefined, key: (r: T) => string, what: string): T[] {
+  if (step === 'all') return [...results];
+  if (step !== undefined && step !== 'latest') {
+    const found = results.filter((r) => r.step === Number(step));
+    if (!found.length) throw new InputError(`step: no ${what} result at step ${step} (steps: ${[...new Set(results.map((r) => r.step ?? 'none'))].join(', ')})`);
+    return found;
+  }
+  const best = new Map<string, T>();
+  for (const r of results) {
+    const prev = best.get(key(r));
+    if (!prev || (r.step ?? -1) >= (prev.step ?? -1)) best.set(key(r), r);
+  }
+  return [...best.values()];
+}
+
+async function buildFileFigure(index: RunsIndex, name: FileFigureName, q: FigureQuery): Promise<FigureResponse> {
+  let figure: Figure;
+  let source: string;
+  if (name === 'patch-shuffle') {
+    const file = await readAnalysis(index, 'shuffle.json', q.dir);
+    source = file.file;
+    // One result per model: the latest step (or the requested one); several models → the last written.
+    const picked = pickSteps(file.results, q.step, (r) => r.model, 'patch-shuffle');
+    const result = picked[picked.length - 1]!;
+    figure = shuffleFigure(result);
+  } else {
+    const file = await readAnalysis(index, 'attention.json', q.dir);
+    source = file.file;
+    const variants = [...new Set(file.results.map((r) => r.variant))];
+    if (q.variant !== undefined && !variants.includes(q.variant)) throw new InputError(`variant: no variant '${q.variant}' in ${file.file} (variants: ${variants.join(', ')})`);
+    const results = pickSteps(
+      file.results.filter((r) => q.variant === undefined || r.variant === q.variant),
+      q.step,
+      (r) => `${r.model}\u0000${r.variant}`,
+      'attention',
+    );
+    if (name === 'attention-entropy') {
+      const field = q.field ?? 'entropy';
+      if (field === 'component_entropy' && !results.some((r) => r.component_definition !== null)) throw new InputError(`field: ${file.file} has no component entropy (computed with components: null)`);
+      figure = entropyHeatmapFigure(results, field);
+      const undefinedMaps = results.reduce((a, r) => a + (r.undefined_components ?? 0), 0);
+      if (field === 'component_entropy' && undefinedMaps) figure.notes.push(`${undefinedMaps} map(s) had nothing above the threshold: component entropy is undefined there and left out of the means`);
+    } else {
+      const result = results[0]!;
+      // The demo's sample ids name scenes it can redraw; other runs' overlays stay on the bare token grid.
+      const imageUrl = result.model === DEMO_MODEL_NAME && result.overlay ? sceneImageDataUrl(result.overlay.sample) : null;
+      figure = attentionOverlayFigure(result, { ...(q.layer === undefined ? {} : { layer_index: q.layer }), ...(q.head === undefined ? {} : { head: q.head }), imageUrl });
+      if (!imageUrl) figure.notes.push('no image under the map: only the demo\'s scene ids can be redrawn');
+    }
+  }
+  figure.provenance = { ...figure.provenance, source };
+  return { figure: name, spec: figure.spec, provenance: figure.provenance, notes: figure.notes, errors: [], captures: [], rows: figure.data.length, data: figure.data };
 }

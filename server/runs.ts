@@ -17,6 +17,8 @@ import { EventEmitter } from 'node:events';
 import { watch, type FSWatcher } from 'node:fs';
 import { readFile, realpath, stat } from 'node:fs/promises';
 import { basename, isAbsolute, join, relative, sep } from 'node:path';
+import { ATTENTION_FILE } from '../analysis/attention.js';
+import { SHUFFLE_FILE } from '../analysis/shuffle.js';
 import { InputError } from '../src/errors.js';
 import { listRuns, openCapture } from '../src/store/capture.js';
 
@@ -63,7 +65,13 @@ export interface RunsChange {
   added: string[];
   removed: string[];
   changed: string[];
+  /** Analysis folders whose attention.json / shuffle.json appeared, changed or went away. */
+  analyses: string[];
 }
+
+/** Files with the results of a whole run (every variant), which live next to the captures rather than inside one. */
+export const ANALYSIS_FILES = [ATTENTION_FILE, SHUFFLE_FILE] as const;
+export type AnalysisFileName = (typeof ANALYSIS_FILES)[number];
 
 /** Why a relative id/path is not acceptable, or null. */
 export function unsafeRelative(p: string): string | null {
@@ -120,6 +128,8 @@ export class RunsIndex extends EventEmitter {
   private debounce: NodeJS.Timeout | null = null;
   private refreshing: Promise<RunsChange> | null = null;
   private again = false;
+  /** size:mtime of every analysis file per folder, to notice when one is (re)written. */
+  private analysisSignatures = new Map<string, string>();
   /** Scans so far (for tests and the health endpoint). */
   scans = 0;
   watching: 'fs.watch+poll' | 'poll' | 'off' = 'off';
@@ -212,7 +222,7 @@ export class RunsIndex extends EventEmitter {
     this.scans++;
     const entries = await listRuns(this.root);
     const next = new Map<string, CaptureSummary>();
-    const change: RunsChange = { added: [], removed: [], changed: [] };
+    const change: RunsChange = { added: [], removed: [], changed: [], analyses: [] };
     for (const e of entries) {
       const rel = relative(this.root, e.dir).split(sep).join('/') || '.';
       const signature = await stat(join(e.dir, 'manifest.json')).then(
@@ -242,8 +252,56 @@ export class RunsIndex extends EventEmitter {
       }
     }
     this.byId = next;
-    if (change.added.length || change.removed.length || change.changed.length) this.emit('change', change);
+    const signatures = new Map<string, string>();
+    for (const dir of this.analysisFolders()) {
+      const parts = await Promise.all(
+        ANALYSIS_FILES.map((f) =>
+          stat(join(this.root, ...(dir === '.' ? [] : dir.split('/')), f)).then(
+            (st) => `${st.size}:${st.mtimeMs}`,
+            () => '-',
+          ),
+        ),
+      );
+      signatures.set(dir, parts.join('|'));
+    }
+    for (const dir of new Set([...signatures.keys(), ...this.analysisSignatures.keys()])) {
+      if (signatures.get(dir) !== this.analysisSignatures.get(dir) && this.scans > 1) change.analyses.push(dir);
+    }
+    this.analysisSignatures = signatures;
+    if (change.added.length || change.removed.length || change.changed.length || change.analyses.length) this.emit('change', change);
     return change;
+  }
+
+  /**
+   * Folders that may hold a whole run's analysis files: RUNS_DIR ('.') and every folder above a capture, as ids
+   * relative to RUNS_DIR (a demo's --out folder is the parent of its <variant>/step-<N>/ captures). Only these
+   * resolve through `analysisDir`, as only scanned capture ids resolve through `dirOf`.
+   */
+  analysisFolders(): string[] {
+    const out = new Set<string>(['.']);
+    for (const id of this.byId.keys()) {
+      const parts = id === '.' ? [] : id.split('/');
+      for (let i = 1; i < parts.length; i++) out.add(parts.slice(0, i).join('/'));
+    }
+    return [...out].sort((a, b) => (a === '.' ? -1 : b === '.' ? 1 : a.localeCompare(b)));
+  }
+
+  /**
+   * The real path of analysis folder `dir` when it holds `file`, after both were checked to stay inside RUNS_DIR (a
+   * symlinked file pointing elsewhere is an error, not a read); null when the file does not exist.
+   */
+  async analysisDir(dir: string, file: AnalysisFileName): Promise<string | null> {
+    if (!this.analysisFolders().includes(dir)) throw new InputError(`dir: '${dir}' is not RUNS_DIR or a folder above a capture under it`);
+    const real = await resolveInside(this.root, dir);
+    let target: string;
+    try {
+      target = await realpath(join(real, file));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw new InputError(`${dir === '.' ? '' : `${dir}/`}${file}: cannot read (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+    }
+    if (!target.startsWith(this.root + sep)) throw new InputError(`${dir === '.' ? '' : `${dir}/`}${file} resolves outside RUNS_DIR`);
+    return real;
   }
 
   private async summarise(id: string, dir: string, run: string, step: number | null, listError?: string): Promise<CaptureSummary> {

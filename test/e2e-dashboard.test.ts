@@ -8,13 +8,13 @@
  */
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, afterEach, before, test } from 'node:test';
 import type { BrowserContext, Page } from 'playwright-core';
 import { startServer, type StartedServer } from '../server/app.js';
-import { addBrokenCaptures, makeRunsFixture, writeFixtureCapture } from './server-fixture.js';
+import { addBrokenCaptures, makeRunsFixture, writeAnalysesFixture, writeFixtureCapture } from './server-fixture.js';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const SHOTS = resolve('test-output', 'screenshots');
@@ -36,6 +36,7 @@ before(async () => {
   profile = await mkdtemp(join(tmpdir(), 'vl-chromium-'));
   await makeRunsFixture(root);
   await addBrokenCaptures(root);
+  await writeAnalysesFixture(root);
   await mkdir(SHOTS, { recursive: true });
   server = await startServer({ runsDir: root, port: 0, engine: 'ref', workers: 2, pollMs: 300, cacheDir: null });
   const { chromium } = await import('playwright-core');
@@ -195,6 +196,91 @@ test('probes: accuracy per layer from probes.json', { skip }, async () => {
   await ready('probes');
   assert.ok((await count('.card[data-figure="probes"] .mark-line path')) >= 2);
   await shot('probes');
+});
+
+test('attention: layer × head entropy heatmaps per variant and one head over the token grid; selectors and exports', { skip }, async () => {
+  await page.goto(server.url);
+  assert.equal(await count('.sidebar a[href="/attention"]'), 1, 'linked in the sidebar');
+  await page.click('.sidebar a[href="/attention"]');
+  await ready('attention-entropy');
+  let v = await ready('attention-overlay');
+  const heat = '.card[data-figure="attention-entropy"]';
+  const overlay = '.card[data-figure="attention-overlay"]';
+  assert.ok((await count(`${heat} .mark-rect path`)) >= 2 * 2 * 2, 'a cell per variant × layer × head');
+  assert.match((await page.textContent(heat)) ?? '', /baseline @ 200[\s\S]*viral @ 200/);
+  assert.match((await page.textContent(heat)) ?? '', /Shannon entropy \(bits\) of each query's attention over the 4 image tokens/);
+  assert.ok((await count(`${overlay} .mark-rect path`)) >= 4, 'a cell per token');
+  assert.match((await page.textContent(overlay)) ?? '', /baseline @ step 200: layer ℓ = 2 \(blocks\.1\), head 0/);
+  await shot('attention');
+  await page.selectOption('select[name="variant"]', 'viral');
+  v = await ready('attention-overlay');
+  await page.selectOption('select[name="layer"]', '1');
+  v = await ready('attention-overlay', v);
+  await page.selectOption('select[name="head"]', '1');
+  await ready('attention-overlay', v);
+  assert.match((await page.textContent(overlay)) ?? '', /viral @ step 200: layer ℓ = 1 \(blocks\.0\), head 1/);
+  assert.match(page.url(), /variant=viral.*layer=1.*head=1/);
+  await page.selectOption('select[name="field"]', 'normalised_entropy');
+  await ready('attention-entropy', 1);
+  assert.match((await page.textContent(heat)) ?? '', /spatial entropy \/ log2 N/);
+  for (const [format, check] of [
+    ['svg', (b: Buffer) => assert.match(b.toString('utf8', 0, 200), /^<svg/)],
+    ['png', (b: Buffer) => assert.deepEqual([...b.subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])],
+    ['pdf', (b: Buffer) => assert.equal(b.toString('latin1', 0, 5), '%PDF-')],
+    ['csv', (b: Buffer) => assert.match(b.toString('utf8').split('\n')[0]!, /attention/)],
+    ['json', (b: Buffer) => assert.equal(JSON.parse(b.toString('utf8')).provenance.head, 1)],
+  ] as const) {
+    const href = await page.getAttribute(`${overlay} .exports a[data-format="${format}"]`, 'href');
+    assert.match(href!, /variant=viral.*layer=1.*head=1/);
+    const res = await page.request.get(new URL(href!, server.url).href);
+    assert.equal(res.status(), 200, format);
+    check(await res.body());
+  }
+  await shot('attention-viral');
+});
+
+test('patch shuffle: accuracy in place vs shuffled per variant and type, drop and McNemar p; exports', { skip }, async () => {
+  await page.goto(`${server.url}shuffle`);
+  await ready('patch-shuffle');
+  const card = '.card[data-figure="patch-shuffle"]';
+  assert.ok((await count(`${card} .mark-rect path`)) >= 2 * 2 * 2, 'bars: variant × (in place, shuffled), where accuracy > 0');
+  assert.match((await page.textContent(card)) ?? '', /McNemar exact test per seed/);
+  await page.waitForSelector('#shuffle-table tbody tr');
+  assert.equal(await count('#shuffle-table tbody tr'), 2 * 3, 'variant × (all, count, relation)');
+  const row = (await page.textContent('#shuffle-table tr[data-variant="viral"][data-type="relation"]')) ?? '';
+  assert.match(row, /8\s*8\s*2\s*100\.0\s*25\.0\s*6\s*6 \/ 0\s*0\.031/);
+  for (const format of ['svg', 'png', 'pdf', 'csv', 'json']) {
+    const href = await page.getAttribute(`${card} .exports a[data-format="${format}"]`, 'href');
+    const res = await page.request.get(new URL(href!, server.url).href);
+    assert.equal(res.status(), 200, format);
+  }
+  await shot('shuffle');
+});
+
+test('analysis files: missing says how to produce them, corrupt shows the error; both live, the server stays up', { skip }, async () => {
+  await page.goto(`${server.url}attention`);
+  await ready('attention-entropy');
+  const marker = await page.evaluate(() => ((window as unknown as { marker: number }).marker = 7));
+  await rename(join(root, 'attention.json'), join(root, 'attention.json.bak'));
+  await page.waitForSelector('#analysis-missing', { timeout: 20000 });
+  assert.match((await page.textContent('#analysis-missing')) ?? '', /No attention\.json under .*npm run demo/);
+  assert.equal(await page.evaluate(() => (window as unknown as { marker: number }).marker), marker, 'updated without a reload');
+  await shot('attention-missing');
+  await rename(join(root, 'attention.json.bak'), join(root, 'attention.json'));
+  await page.waitForSelector('.card[data-figure="attention-entropy"]', { timeout: 20000 });
+
+  const good = await readFile(join(root, 'shuffle.json'), 'utf8');
+  await writeFile(join(root, 'shuffle.json'), good.slice(0, 200));
+  try {
+    await page.goto(`${server.url}shuffle`);
+    await page.waitForSelector('#analysis-error');
+    assert.match((await page.textContent('#analysis-error')) ?? '', /shuffle\.json: invalid JSON/);
+    await shot('shuffle-error');
+    const health = await page.request.get(`${server.url}api/health`);
+    assert.equal((await health.json()).ok, true);
+  } finally {
+    await writeFile(join(root, 'shuffle.json'), good);
+  }
 });
 
 test('errors: a corrupt capture shows its error on its page and next to the chart; the server stays up', { skip }, async () => {

@@ -1,16 +1,16 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { buildFixtureRun } from '../notebooks/fixture.js';
 
 /**
  * Executes every figure notebook (notebooks/*.ipynb) headless with notebooks/run.py on a run folder and checks that
- * each one ran and wrote its SVG and PDF. The run folder is VIRAL_LENS_NOTEBOOK_RUN when set (e.g. the demo's
- * `--quick` output), else a synthetic fixture built with the project's writers (notebooks/fixture.ts).
+ * each one ran and wrote its SVG and PDF. The run folder is a fresh `npm run demo -- --quick` output made here (every
+ * input the notebooks read: captures at three steps with grids and labels, attention.json, shuffle.json), or
+ * VIRAL_LENS_NOTEBOOK_RUN when set (an existing run, e.g. a full demo).
  * Needs Debian's python3-nbclient and the npm package `deno`: skipped when missing, a failure under CI=true.
  */
 const ROOT = join(import.meta.dirname, '..');
@@ -41,7 +41,7 @@ test('every figure notebook executes headless and writes its figures', { skip, t
     let run = process.env.VIRAL_LENS_NOTEBOOK_RUN;
     if (!run) {
       run = join(work, 'run');
-      await buildFixtureRun(run);
+      execFileSync('npm', ['run', '-s', 'demo', '--', '--quick', '--out', run, '--quiet'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'], timeout: 300_000 });
     }
     const figures = join(work, 'figures');
     const r = spawnSync(findPython()!, [join(ROOT, 'notebooks', 'run.py'), '--run', run, '--figures', figures, '--timeout', '300'], {
@@ -56,13 +56,22 @@ test('every figure notebook executes headless and writes its figures', { skip, t
     assert.ok(books.length >= 7, `found ${books.length} notebooks`);
     for (const b of books) assert.match(r.stdout, new RegExp(`ok +${b.replace('.', '\\.')}`), report);
     const files = await readdir(figures);
-    for (const name of ['layerwise-cknna', 'residual-vs-viral', 'pca-grids', 'probes', 'attention-entropy', 'patch-shuffle', 'cknna-over-steps']) {
+    for (const name of ['layerwise-cknna', 'residual-vs-viral', 'pca-grids', 'probes', 'attention-entropy', 'attention-overlay', 'patch-shuffle', 'cknna-over-steps']) {
       assert.ok(files.includes(`${name}.svg`) && files.includes(`${name}.pdf`), `${name}.svg/.pdf missing (have ${files.join(', ')})`);
       const svg = await readFile(join(figures, `${name}.svg`), 'utf8');
       assert.match(svg, /^<svg/);
       const pdf = await readFile(join(figures, `${name}.pdf`));
       assert.equal(pdf.subarray(0, 5).toString(), '%PDF-');
     }
+    // Figures of the demo's own numbers: its variants, its aligned layer, its probe label, its scene under the overlay.
+    const json = async (name: string) => JSON.parse(await readFile(join(figures, `${name}.json`), 'utf8'));
+    const variants = (await json('residual-vs-viral')).data;
+    assert.ok(JSON.stringify(variants).includes('"n_objects probe @ ℓ1"'), 'the demo has no `count` label: the probe falls back to n_objects at the aligned layer 1');
+    assert.equal((await json('attention-overlay')).provenance.variant, 'viral');
+    assert.match(await readFile(join(figures, 'attention-overlay.svg'), 'utf8'), /<image[^>]+href="data:image\/png;base64,/, 'the overlay is drawn over the scene');
+    const shuffle = await json('patch-shuffle');
+    assert.equal(shuffle.provenance.model, 'viral-lens mini-LLaVA (embedded demo)');
+    assert.deepEqual([...new Set(shuffle.data.map((d: { variant: string }) => d.variant))], ['baseline', 'residual', 'viral']);
     // The executed notebooks are kept, with their outputs (the runner drains late kernel output).
     const executed = JSON.parse(await readFile(join(figures, 'notebooks', '01-layerwise-cknna.ipynb'), 'utf8'));
     const outputs = executed.cells.flatMap((c: { outputs?: { output_type: string }[] }) => c.outputs ?? []);

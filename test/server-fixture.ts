@@ -1,11 +1,14 @@
 /**
  * A tiny runs folder for the dashboard tests: runs `baseline`, `residual`, `viral` with captures at steps 100 and
  * 200 (40 images × 4 tokens on a 2×2 grid, 5 layers of dim 8, targets clip and dinov2, labels class and count), a
- * results.json per run, a probes.json in one capture, and optionally broken captures. The layers mix a shared
+ * results.json per run, a probes.json in one capture, and optionally broken captures; `writeAnalysesFixture` adds a
+ * run-level attention.json and shuffle.json with planted, hand-computable numbers. The layers mix a shared
  * latent with noise; the VIRAL run's aligned layer (2) carries more of the latent, so its curve must bump there.
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { attentionEntropy, writeAttention } from '../analysis/attention.js';
+import { runShuffle, writeShuffle } from '../analysis/shuffle.js';
 import { CaptureWriter } from '../src/store/capture.js';
 
 const SAMPLES = 40;
@@ -142,4 +145,62 @@ export async function addBrokenCaptures(root: string): Promise<void> {
   await writeFixtureCapture(dir, 'baseline', 1);
   const { truncate } = await import('node:fs/promises');
   await truncate(join(dir, 'layers', '003', '00000.safetensors'), 200);
+}
+
+/**
+ * Planted attention maps (1 sample × 1 query row on the fixture's 2×2 token grid, 2 layers × 2 heads) whose entropies
+ * are known by hand: a uniform map has log2 4 = 2 bits, two equal tokens 1 bit, one token 0 bits, (2,1,1,0) 1.5 bits
+ * and (3,1,0,0) −(¾·log2 ¾ + ¼·log2 ¼) ≈ 0.8113 bits. Raw weights are the map × 0.1, so the mass on the image is
+ * 0.1 × the map's sum. Layout: ATTENTION_MAPS[variant][layer][head].
+ */
+export const ATTENTION_MAPS: Record<'baseline' | 'viral', number[][][]> = {
+  baseline: [
+    [
+      [1, 1, 1, 1],
+      [1, 1, 0, 0],
+    ],
+    [
+      [0, 0, 0, 1],
+      [2, 1, 1, 0],
+    ],
+  ],
+  viral: [
+    [
+      [1, 0, 0, 0],
+      [1, 1, 1, 1],
+    ],
+    [
+      [3, 1, 0, 0],
+      [0, 0, 1, 1],
+    ],
+  ],
+};
+
+/**
+ * Patch-shuffle outcomes with counts known by hand (seed 1 only), 8 questions per type:
+ *   baseline: count 8 → 8, relation 6 → 4 (2 lost);  viral: count 8 → 7 (1 lost), relation 8 → 2 (6 lost).
+ * McNemar exact, two-sided, nothing gained: p = min(1, 2 · 2^−lost), so viral relation p = 2/64 = 0.03125.
+ */
+export const SHUFFLE_PLAN: Record<'baseline' | 'viral', Record<'count' | 'relation', { original: number; lost: number }>> = {
+  baseline: { count: { original: 8, lost: 0 }, relation: { original: 6, lost: 2 } },
+  viral: { count: { original: 8, lost: 1 }, relation: { original: 8, lost: 6 } },
+};
+
+/** RUNS_DIR/attention.json and RUNS_DIR/shuffle.json from the planted data above, through the library's writers. */
+export async function writeAnalysesFixture(root: string, model = 'test/tiny-vlm', sample = 'img-000'): Promise<void> {
+  for (const variant of ['baseline', 'viral'] as const) {
+    const data = Float32Array.from(ATTENTION_MAPS[variant].flat(2), (v) => v * 0.1);
+    const result = attentionEntropy({ samples: 1, layers: 2, heads: 2, queries: 1, grid: [2, 2], data, layerNames: ['blocks.0', 'blocks.1'], sampleIds: [sample] }, { model, variant, step: 200 });
+    await writeAttention(root, result);
+  }
+  const outcomes = (variant: 'baseline' | 'viral', shuffled: boolean) =>
+    (['count', 'relation'] as const).flatMap((type) => {
+      const { original, lost } = SHUFFLE_PLAN[variant][type];
+      return Array.from({ length: 8 }, (_, i) => ({ id: `${type}-${i}`, type, correct: i < original && !(shuffled && i < lost) }));
+    });
+  const result = await runShuffle(
+    (['baseline', 'viral'] as const).map((v) => ({ name: v, evaluate: (seed: number | null) => outcomes(v, seed !== null) })),
+    { seeds: [1], model, step: 200, description: '4 image tokens permuted before the projector (planted test outcomes)', resamples: 200 },
+  );
+  await writeShuffle(root, result);
 }

@@ -12,6 +12,8 @@ const PAGE_BY_PATH = {
   '/variants': 'variants',
   '/embeddings': 'embeddings',
   '/probes': 'probes',
+  '/attention': 'attention',
+  '/shuffle': 'shuffle',
   '/capture': 'capture',
 };
 const METRICS = [
@@ -41,7 +43,15 @@ const FIGURE_KEYS = {
   umap: ['runs', 'step', 'layer', 'label', 'tokens', 'seed', 'max_rows'],
   'pca-grid': ['runs', 'step', 'sample', 'layers'],
   probes: ['runs', 'step'],
+  'attention-entropy': ['dir', 'field'],
+  'attention-overlay': ['dir', 'variant', 'layer', 'head'],
+  'patch-shuffle': ['dir', 'step'],
 };
+const ENTROPY_FIELDS = [
+  ['entropy', 'Shannon entropy (bits)'],
+  ['normalised_entropy', 'entropy / log2 N'],
+  ['component_entropy', 'component entropy (bits)'],
+];
 
 const state = {
   page: PAGE_BY_PATH[location.pathname] ?? 'overview',
@@ -499,6 +509,75 @@ const PAGES = {
     ];
   },
 
+  attention() {
+    const { folders, how_to: howTo } = state.analyses;
+    const withFile = folders.filter((f) => f.attention);
+    const header = pageHeader(
+      'Attention entropy',
+      'Spatial entropy of the text→image attention per layer × head (VIRAL paper Fig. 4/12; lower = more focused), from attention.json of a run folder; below, one head\'s attention over the image-token grid.',
+    );
+    if (!withFile.length) return [...header, missingAnalysis('attention.json', howTo['attention.json'])];
+    const dir = folderParam(withFile, 'attention');
+    const folder = withFile.find((f) => f.dir === dir);
+    if (folder.attention.error) return [...header, folderControls(withFile, 'attention'), h('div', { class: 'msg error', id: 'analysis-error' }, folder.attention.error)];
+    const results = folder.attention.results;
+    const variants = union(results.map((r) => r.variant));
+    const variant = variants.includes(param('variant', '')) ? param('variant', '') : variants[0];
+    const current = results.filter((r) => r.variant === variant).sort((a, b) => (b.step ?? -1) - (a.step ?? -1))[0];
+    const heat = new ChartCard('attention-entropy', 'Entropy per layer × head', `${folder.attention.file} · one panel per variant`);
+    const overlay = new ChartCard('attention-overlay', 'One head over the token grid', 'default: the most focused layer × head of the variant');
+    const reloadOverlay = () => overlay.load();
+    return [
+      ...header,
+      h(
+        'div',
+        { class: 'controls' },
+        folderField(withFile, 'attention'),
+        selectParam('field', 'heatmap value', ENTROPY_FIELDS.filter(([f]) => f !== 'component_entropy' || results.some((r) => r.has_components)), 'entropy', () => heat.load()),
+        h('div', { class: 'sep' }),
+        selectParam('variant', 'overlay variant', variants.map((v) => [v, v]), variants[0], rebuild),
+        selectParam('layer', 'layer', [['', 'most focused'], ...current.layers.map((l) => [String(l.index), `${l.index} · ${l.name}`])], '', reloadOverlay),
+        selectParam('head', 'head', [['', 'most focused'], ...current.heads.map((x) => [String(x), `head ${x}`])], '', reloadOverlay),
+      ),
+      heat.el,
+      overlay.el,
+    ];
+  },
+
+  shuffle() {
+    const { folders, how_to: howTo } = state.analyses;
+    const withFile = folders.filter((f) => f.shuffle);
+    const header = pageHeader(
+      'Patch shuffle',
+      'Accuracy on the same held-out questions with the image tokens in place and randomly permuted before the projector (VIRAL paper Table 3): a larger drop = more reliance on spatial layout. From shuffle.json of a run folder.',
+    );
+    if (!withFile.length) return [...header, missingAnalysis('shuffle.json', howTo['shuffle.json'])];
+    const dir = folderParam(withFile, 'shuffle');
+    const folder = withFile.find((f) => f.dir === dir);
+    if (folder.shuffle.error) return [...header, folderControls(withFile, 'shuffle'), h('div', { class: 'msg error', id: 'analysis-error' }, folder.shuffle.error)];
+    const steps = union(folder.shuffle.results.map((r) => r.step).filter((x) => x !== null)).sort((a, b) => a - b);
+    const card = new ChartCard('patch-shuffle', 'Accuracy in place vs shuffled', `${folder.shuffle.file} · one panel per question type`);
+    const tableBox = h('div', { id: 'shuffle-table-box' });
+    const loadTable = () => loadShuffleTable(tableBox);
+    loadTable();
+    return [
+      ...header,
+      h(
+        'div',
+        { class: 'controls' },
+        folderField(withFile, 'shuffle'),
+        steps.length > 1
+          ? selectParam('step', 'step', [['latest', 'latest'], ...steps.map((x) => [String(x), `step ${x}`])], 'latest', () => {
+              card.load();
+              loadTable();
+            })
+          : null,
+      ),
+      card.el,
+      tableBox,
+    ];
+  },
+
   capture() {
     const id = param('id', '');
     const c = state.runs.captures.find((x) => x.id === id);
@@ -527,10 +606,91 @@ const PAGES = {
   },
 };
 
+// ------------------------------------------------------------------------------------------------ analysis pages
+
+/** The analysis folder shown: `dir` when it is one that has the file, else the first that has it. */
+function folderParam(withFile) {
+  const dir = param('dir', '');
+  return withFile.some((f) => f.dir === dir) ? dir : withFile[0].dir;
+}
+
+function folderLabel(dir) {
+  return dir === '.' ? 'RUNS_DIR' : dir;
+}
+
+function folderField(withFile, key) {
+  if (withFile.length < 2) return field('file', h('div', { class: 'mono static' }, `RUNS_DIR/${withFile[0][key].file}`));
+  return selectParam('dir', 'run folder', withFile.map((f) => [f.dir, folderLabel(f.dir)]), withFile[0].dir, rebuild);
+}
+
+function folderControls(withFile, key) {
+  return h('div', { class: 'controls' }, folderField(withFile, key));
+}
+
+function missingAnalysis(file, howTo) {
+  return h(
+    'section',
+    { class: 'card' },
+    h('div', { class: 'msg note', id: 'analysis-missing' }, h('b', {}, `No ${file} under ${state.runs.runs_dir}`), ' (looked in RUNS_DIR and every folder above a capture). ', howTo),
+  );
+}
+
+const fmtP = (p) => (p === null || p === undefined ? '–' : p < 0.001 ? p.toExponential(1) : p.toPrecision(2));
+const fmtPct = (x) => (x === null || x === undefined || Number.isNaN(x) ? '–' : `${(100 * x).toFixed(1)}`);
+
+/** The numbers of the shuffle chart as a table: per variant and question type, accuracy, drop and McNemar p. */
+async function loadShuffleTable(box) {
+  const q = new URLSearchParams();
+  if (param('dir', '')) q.set('dir', param('dir', ''));
+  try {
+    const res = await api(`/api/shuffle?${q}`);
+    const steps = res.results.map((r) => r.step);
+    const want = param('step', 'latest');
+    const result = want === 'latest' ? res.results.filter((r) => r.step === Math.max(...steps.filter((x) => x !== null), -1)).at(-1) ?? res.results.at(-1) : res.results.find((r) => String(r.step) === want);
+    if (!result) throw new Error(`no result at step ${want}`);
+    const several = result.seeds.length > 1;
+    const rows = result.rows.filter((r) => r.shuffle_seed === (several ? null : result.seeds[0]));
+    const th = (...names) => h('thead', {}, h('tr', {}, ...names.map((n) => h('th', {}, n))));
+    box.replaceChildren(
+      h('h2', {}, `Per variant and question type${several ? ` (mean of ${result.seeds.length} shuffle seeds; McNemar per seed below)` : ` (shuffle seed ${result.seeds[0]})`}`),
+      h(
+        'table',
+        { class: 'grid', id: 'shuffle-table' },
+        th('variant', 'question type', 'n', 'correct in place', 'correct shuffled', 'accuracy in place %', 'accuracy shuffled %', 'drop', 'lost / gained', 'McNemar p'),
+        h(
+          'tbody',
+          {},
+          rows.map((r) =>
+            h(
+              'tr',
+              { dataset: { variant: r.variant, type: r.question_type } },
+              h('td', {}, variantTag(r.variant)),
+              h('td', {}, r.question_type),
+              h('td', { class: 'num' }, r.n),
+              h('td', { class: 'num' }, r.correct_original),
+              h('td', { class: 'num' }, +r.correct_shuffled.toFixed(2)),
+              h('td', { class: 'num' }, fmtPct(r.acc_original)),
+              h('td', { class: 'num' }, fmtPct(r.acc_shuffled)),
+              h('td', { class: 'num' }, +r.drop.toFixed(2)),
+              h('td', { class: 'num' }, r.lost === null ? '–' : `${r.lost} / ${r.gained}`),
+              h('td', { class: 'num' }, several ? result.rows.filter((x) => x.variant === r.variant && x.question_type === r.question_type && x.shuffle_seed !== null).map((x) => fmtP(x.p_value)).join(', ') : fmtP(r.p_value)),
+            ),
+          ),
+        ),
+      ),
+      h('p', { class: 'muted small' }, `${result.description}. Drop = correct in place − correct shuffled; lost / gained = questions right only in place / only shuffled; p: ${rows.find((r) => r.test)?.test ?? result.rows.find((r) => r.test)?.test ?? 'McNemar exact'} on the paired answers.`),
+    );
+  } catch (err) {
+    box.replaceChildren(h('div', { class: 'msg error' }, err.message));
+  }
+}
+
 // ------------------------------------------------------------------------------------------------ wiring
 
 async function loadRuns() {
-  state.runs = await api('/api/runs');
+  const [runs, analyses] = await Promise.all([api('/api/runs'), api('/api/analyses')]);
+  state.runs = runs;
+  state.analyses = analyses;
   document.getElementById('runs-dir').textContent = state.runs.runs_dir;
 }
 
@@ -560,11 +720,12 @@ function connectEvents() {
     text.textContent = 'reconnecting';
   });
   // What the controls are built from: when it is unchanged, charts reload in place (no flicker of the controls).
-  const shape = () => JSON.stringify(state.runs.runs.map((r) => [r.run, r.steps, r.variants, r.targets, r.errors]));
+  const shape = () => JSON.stringify([state.runs.runs.map((r) => [r.run, r.steps, r.variants, r.targets, r.errors]), state.analyses.folders]);
   const refresh = debounce(async () => {
     const before = state.runs ? shape() : '';
     await loadRuns();
-    if (state.page === 'overview' || state.page === 'capture' || shape() !== before) rebuild();
+    // The shuffle page's table is not a chart card: rebuild it too when a new shuffle.json arrives.
+    if (['overview', 'capture', 'shuffle'].includes(state.page) || shape() !== before) rebuild();
     else reloadCards();
   }, 300);
   es.addEventListener('runs', () => {

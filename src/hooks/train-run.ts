@@ -14,7 +14,7 @@ import { writeFileAtomic } from '../store/atomic.js';
 import { initBackend, type BackendInfo, type BackendName } from '../model/backend.js';
 import type { EncoderSpec, SceneFeatures } from '../model/encoders.js';
 import { defaultConfig, MiniLlava, type MiniLlavaConfig, type ModelVariant } from '../model/mini-llava.js';
-import { generateScenes, mixSeed, mulberry32, QUESTION_LEN, QUESTION_TYPES, sceneLabels, splitByImage, TURN_LEN, VOCAB } from '../model/scenes.js';
+import { DEMO_MODEL_NAME, generateScenes, mixSeed, mulberry32, QUESTION_LEN, QUESTION_TYPES, sceneLabels, splitByImage, TURN_LEN, VOCAB } from '../model/scenes.js';
 import { evaluate, makeBatch, train, type DemoDataset, type EvalResult, type TrainOptions } from '../model/train.js';
 import { saveWeights } from '../model/weights.js';
 import { captureAttention, TrainingCapture } from './tfjs.js';
@@ -70,8 +70,7 @@ export interface VariantRunResult {
   wallSeconds: number;
 }
 
-/** `model.name` of every capture the demo writes (also how a rerun recognises its own earlier captures). */
-export const DEMO_MODEL_NAME = 'viral-lens mini-LLaVA (embedded demo)';
+export { DEMO_MODEL_NAME };
 
 /** The manifest `model` object of a demo capture (the dashboard reads aligned_layer / residual_layers). */
 export function manifestModel(config: MiniLlavaConfig, params: number, encoder: EncoderSpec, teacher: EncoderSpec): Record<string, unknown> & { name: string } {
@@ -170,23 +169,8 @@ export async function runVariant(input: VariantRunInput, emit: (e: VariantRunEve
       },
     });
 
-    const original = evaluate(model, ds, split.heldout, evalOptions);
-    const shuffled = input.eval.shuffleSeeds.map((seed) => evaluate(model, ds, split.heldout, { ...evalOptions, shuffleSeed: seed }));
-    let attention: VariantRunResult['attention'] = null;
-    if (input.attentionSamples > 0) {
-      const n = Math.min(input.attentionSamples, probe.length);
-      const b = makeBatch(ds, probe.slice(0, n), mulberry32(mixSeed(input.eval.seed, 0xa77e)), input.train.turns);
-      const queries = Array.from({ length: input.train.turns }, (_, t) => f.tokens + t * TURN_LEN + QUESTION_LEN - 1);
-      attention = {
-        samples: n,
-        layers: config.layers,
-        heads: config.heads,
-        queries: queries.length,
-        grid: f.grid,
-        data: captureAttention(model, { features: b.features, ids: b.ids, batch: n }, queries),
-        sampleIds: probe.slice(0, n).map((i) => scenes[i]!.id),
-      };
-    }
+    const { original, shuffled } = shuffleEvaluations(model, ds, split.heldout, evalOptions, input.eval.shuffleSeeds);
+    const attention = attentionMaps(model, ds, probe, { turns: input.train.turns, seed: input.eval.seed, samples: input.attentionSamples });
     const weightsPath = join(input.runDir, 'model.safetensors');
     await saveWeights(model, weightsPath, { variant: input.variant, steps: String(input.train.steps) });
     const captureDirs = await capture.flush();
@@ -211,6 +195,46 @@ export async function runVariant(input: VariantRunInput, emit: (e: VariantRunEve
   } finally {
     model.dispose();
   }
+}
+
+/**
+ * The final held-out evaluation behind the patch-shuffle test: every held-out image's questions answered with the
+ * image tokens in place and once per shuffle seed (same questions: the question draw depends on `o.seed` only).
+ * Shared by the demo and by `viral-lens shuffle`, which re-runs it on the saved weights.
+ */
+export function shuffleEvaluations(
+  model: MiniLlava,
+  ds: DemoDataset,
+  heldout: readonly number[],
+  o: { turns: number; dialogues: number; seed: number },
+  shuffleSeeds: readonly number[],
+): { original: EvalResult; shuffled: EvalResult[] } {
+  const original = evaluate(model, ds, heldout, o);
+  const shuffled = shuffleSeeds.map((seed) => evaluate(model, ds, heldout, { ...o, shuffleSeed: seed }));
+  return { original, shuffled };
+}
+
+/**
+ * Text→image attention of the first `o.samples` probe images: one dialogue per image (questions drawn from
+ * `o.seed`), and as query rows the position that predicts each turn's answer (the question's last token), every
+ * layer and head. Null when `o.samples` is 0. Shared by the demo and by `viral-lens attention`.
+ */
+export function attentionMaps(model: MiniLlava, ds: DemoDataset, probe: readonly number[], o: { turns: number; seed: number; samples: number }): VariantRunResult['attention'] {
+  if (o.samples <= 0) return null;
+  const f = ds.features;
+  const n = Math.min(o.samples, probe.length);
+  const images = probe.slice(0, n);
+  const b = makeBatch(ds, images, mulberry32(mixSeed(o.seed, 0xa77e)), o.turns);
+  const queries = Array.from({ length: o.turns }, (_, t) => f.tokens + t * TURN_LEN + QUESTION_LEN - 1);
+  return {
+    samples: n,
+    layers: model.config.layers,
+    heads: model.config.heads,
+    queries: queries.length,
+    grid: f.grid,
+    data: captureAttention(model, { features: b.features, ids: b.ids, batch: n }, queries),
+    sampleIds: images.map((i) => ds.scenes[i]!.id),
+  };
 }
 
 /**

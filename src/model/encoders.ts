@@ -211,6 +211,27 @@ async function exists(p: string): Promise<boolean> {
 }
 
 /**
+ * The cached features of `count` scenes of `sceneSeed` for these two encoder specs (the cache key hashes them), or
+ * null when the cache has none of the right shape. Needs no model: `viral-lens attention|shuffle` read a demo run's
+ * features this way with the specs its demo.json records.
+ */
+export async function readFeatureCache(cacheDir: string, sceneSeed: number, count: number, encoder: EncoderSpec, teacher: EncoderSpec): Promise<SceneFeatures | null> {
+  const folder = join(cacheDir, cacheKey(sceneSeed, count, [encoder, teacher]));
+  if (!(await exists(join(folder, 'teacher.safetensors')))) return null;
+  const e = await readTensor(join(folder, 'encoder.safetensors'), 'features');
+  const t = await readTensor(join(folder, 'teacher.safetensors'), 'features');
+  const ok = (s: number[], dim: number) => s.length === 3 && s[0] === count && s[1] === PATCH_TOKENS && s[2] === dim;
+  if (!ok(e.shape, encoder.dim) || !ok(t.shape, teacher.dim)) return null;
+  return {
+    count,
+    tokens: PATCH_TOKENS,
+    grid: PATCH_GRID,
+    encoder: { spec: encoder, data: Float32Array.from(e.data) },
+    teacher: { spec: teacher, data: Float32Array.from(t.data) },
+  };
+}
+
+/**
  * Renders the scenes and runs both encoders, batch by batch (pixels are not kept). With `cacheDir`, features are
  * read from / written to `<cacheDir>/<key>/{encoder,teacher}.safetensors`, key = hash of scene seed and count,
  * feature version and both models' package versions and nodes.
@@ -222,22 +243,11 @@ export async function extractSceneFeatures(
   options: ExtractOptions,
 ): Promise<SceneFeatures & { cached: boolean; cachePath: string | null }> {
   const n = scenes.length;
-  const key = cacheKey(options.sceneSeed, n, [encoder.spec, teacher.spec]);
-  const folder = options.cacheDir ? join(options.cacheDir, key) : null;
+  const folder = options.cacheDir ? join(options.cacheDir, cacheKey(options.sceneSeed, n, [encoder.spec, teacher.spec])) : null;
   const base = { count: n, tokens: PATCH_TOKENS, grid: PATCH_GRID };
-  if (folder && (await exists(join(folder, 'teacher.safetensors')))) {
-    const e = await readTensor(join(folder, 'encoder.safetensors'), 'features');
-    const t = await readTensor(join(folder, 'teacher.safetensors'), 'features');
-    const ok = (s: number[], dim: number) => s.length === 3 && s[0] === n && s[1] === PATCH_TOKENS && s[2] === dim;
-    if (ok(e.shape, encoder.spec.dim) && ok(t.shape, teacher.spec.dim)) {
-      return {
-        ...base,
-        encoder: { spec: encoder.spec, data: Float32Array.from(e.data) },
-        teacher: { spec: teacher.spec, data: Float32Array.from(t.data) },
-        cached: true,
-        cachePath: folder,
-      };
-    }
+  if (options.cacheDir) {
+    const cached = await readFeatureCache(options.cacheDir, options.sceneSeed, n, encoder.spec, teacher.spec);
+    if (cached) return { ...cached, cached: true, cachePath: folder };
   }
   const bs = options.batchSize ?? 8;
   const enc = new Float32Array(n * PATCH_TOKENS * encoder.spec.dim);

@@ -14,6 +14,14 @@
  * both sides).
  */
 import { InputError } from '../errors.js';
+import { encodePngRgb, pngDataUrl } from '../store/png.js';
+
+/**
+ * `model.name` of every capture and analysis file the demo writes (how a rerun recognises its own captures, and how
+ * a reader knows that a sample id is a scene id it can redraw). Here, not in the training code, so that readers such
+ * as the dashboard need not load tfjs to know it.
+ */
+export const DEMO_MODEL_NAME = 'viral-lens mini-LLaVA (embedded demo)';
 
 export const IMAGE_SIZE = 224;
 /** Object grid: objects sit in distinct cells of this rows × cols grid. */
@@ -120,6 +128,23 @@ export function generateScene(seed: number, index: number): Scene {
     background: 225 + Math.floor(rng() * 25),
     noiseSeed: Math.floor(rng() * 2 ** 31),
   };
+}
+
+/** The (seed, index) a scene id `scene-s<seed>-<index>` names, or null for any other id. */
+export function parseSceneId(id: string): { seed: number; index: number } | null {
+  const m = /^scene-s(-?\d{1,10})-(\d{6,9})$/.exec(id);
+  if (!m) return null;
+  const seed = Number(m[1]);
+  const index = Number(m[2]);
+  return Number.isSafeInteger(seed) && Number.isSafeInteger(index) ? { seed, index } : null;
+}
+
+/** The scene an id names, redrawn (scene i depends only on (seed, i)) as a PNG data: URL; null for other ids. */
+export function sceneImageDataUrl(id: string): string | null {
+  const at = parseSceneId(id);
+  if (!at) return null;
+  const scene = generateScene(at.seed, at.index);
+  return pngDataUrl(encodePngRgb(renderScene(scene), IMAGE_SIZE, IMAGE_SIZE));
 }
 
 export function generateScenes(seed: number, count: number): Scene[] {

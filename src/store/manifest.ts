@@ -4,6 +4,7 @@
  * `runs/x/manifest.json: layers[3].shards[0].count: expected a non-negative integer`.
  */
 import { z } from 'zod';
+import { InputError } from '../errors.js';
 
 const nonNegInt = (): z.ZodNumber => {
   const msg = 'expected a non-negative integer';
@@ -125,6 +126,18 @@ export function parseManifestJson(json: unknown, manifestPath: string): Manifest
       return `${manifestPath}: ${field ? `${field}: ` : ''}${iss.message}`;
     }),
   };
+}
+
+/**
+ * Schema-checks the parsed JSON of any other viral-lens file (attention.json, shuffle.json, ...) with the same
+ * wording as manifests: the parsed value, or an InputError "<file>: <field>: <message>" for the first problem.
+ */
+export function parseWithSchema<T extends z.ZodType>(schema: T, json: unknown, file: string): z.output<T> {
+  const r = schema.safeParse(json, { error: errorMap });
+  if (r.success) return r.data;
+  const [first, ...rest] = r.error.issues;
+  const field = formatFieldPath(first!.path);
+  throw new InputError(`${file}: ${field ? `${field}: ` : ''}${first!.message}${rest.length ? ` (and ${rest.length} more problem${rest.length > 1 ? 's' : ''})` : ''}`);
 }
 
 /** Why a manifest path is unsafe, or null when it is a plain relative path inside the capture directory. */
