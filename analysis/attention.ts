@@ -14,12 +14,10 @@
  * every query's map, then the mean) or `entropy-of-mean` (per sample, the entropy of the query-averaged map, then
  * the mean over samples).
  */
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { InputError } from '../src/errors.js';
-import { writeFileAtomic } from '../src/store/atomic.js';
-import { parseWithSchema } from '../src/store/manifest.js';
+import { readJsonFile, writeJsonFile } from '../src/store/json.js';
 import { PAPER_CONFIG, type Figure, type VlSpec } from './figures.js';
 
 const SCHEMA = 'https://vega.github.io/schema/vega-lite/v6.json';
@@ -331,21 +329,7 @@ const AttentionFileSchema = z.object({
  * CLI, notebook) reports it instead of failing on a missing property later.
  */
 export async function readAttention(dir: string): Promise<AttentionFile> {
-  const path = join(dir, ATTENTION_FILE);
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { format: 'viral-lens.attention', version: 1, results: [] };
-    throw new InputError(`${path}: cannot read (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (err) {
-    throw new InputError(`${path}: invalid JSON (${(err as Error).message})`);
-  }
-  return parseWithSchema(AttentionFileSchema, json, path);
+  return readJsonFile(join(dir, ATTENTION_FILE), AttentionFileSchema, () => ({ format: 'viral-lens.attention' as const, version: 1 as const, results: [] }));
 }
 
 /** Merges a result into DIR/attention.json, replacing the one for the same variant and step. */
@@ -353,7 +337,7 @@ export async function writeAttention(dir: string, result: AttentionEntropyResult
   const file = await readAttention(dir);
   file.results = [...file.results.filter((r) => !(r.variant === result.variant && r.step === result.step && r.model === result.model)), result];
   const path = join(dir, ATTENTION_FILE);
-  await writeFileAtomic(path, JSON.stringify(file, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v)) + '\n');
+  await writeJsonFile(path, file);
   return path;
 }
 

@@ -13,13 +13,13 @@
  *     majority, n_images, n_rows, dim, l2 (λ per fold), folds, folds_converged, confusion (classify) }
  * The TypeScript interfaces below are the contract.
  */
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { z } from 'zod';
 import { InputError } from '../src/errors.js';
 import type { Matrix } from '../src/matrix.js';
 import { inferTask, runProbe, type ControlBy, type ProbeScore, type ProbeTask } from '../src/probes/index.js';
-import { writeFileAtomic } from '../src/store/atomic.js';
 import { openCapture, type Capture, type Tensor3 } from '../src/store/capture.js';
+import { readJsonFile, writeJsonFile } from '../src/store/json.js';
 import { deriveSeed, mulberry32, shuffleInPlace } from '../src/stats/index.js';
 import { tokensToMatrix, type TokenMode } from '../src/tokens.js';
 
@@ -147,19 +147,22 @@ export async function runProbes(captureOrDir: Capture | string, options: ProbeRu
 }
 
 /** Reads probes.json of a capture; an empty file structure when there is none. */
+/** What readers of probes.json rely on; reports may carry more (they are written by runProbes). */
+const ProbesFileSchema = z.object({
+  format: z.literal('viral-lens.probes'),
+  version: z.literal(1),
+  probes: z.array(
+    z.looseObject({
+      label: z.string(),
+      token_mode: z.string(),
+      rows: z.array(z.looseObject({ source: z.enum(['layer', 'target']), name: z.string(), layer_index: z.number().int().nullable(), score: z.number().nullable() })),
+    }),
+  ),
+});
+
 export async function readProbes(dir: string): Promise<ProbesFile> {
-  let text: string;
-  try {
-    text = await readFile(join(dir, PROBES_FILE), 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { format: 'viral-lens.probes', version: 1, probes: [] };
-    throw err;
-  }
-  const json = JSON.parse(text) as ProbesFile;
-  if (json.format !== 'viral-lens.probes' || json.version !== 1 || !Array.isArray(json.probes)) {
-    throw new InputError(`${join(dir, PROBES_FILE)}: not a viral-lens.probes v1 file`);
-  }
-  return json;
+  const file = await readJsonFile(join(dir, PROBES_FILE), ProbesFileSchema, () => ({ format: 'viral-lens.probes' as const, version: 1 as const, probes: [] }));
+  return file as unknown as ProbesFile;
 }
 
 /** Merges a report into the capture's probes.json (atomically), replacing one with the same key. */
@@ -169,7 +172,7 @@ export async function writeProbes(dir: string, report: ProbeReport): Promise<str
   file.probes = [...file.probes.filter((r) => key(r) !== key(report)), report];
   const path = join(dir, PROBES_FILE);
   // JSON has no NaN: undefined scores (e.g. R² with constant labels) become null.
-  await writeFileAtomic(path, JSON.stringify(file, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2) + '\n');
+  await writeJsonFile(path, file, 2);
   return path;
 }
 

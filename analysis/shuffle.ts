@@ -8,12 +8,10 @@
  * questions answered twice). Between variants: the difference of drops with a bootstrap CI over questions and a
  * paired sign-flip permutation p-value.
  */
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { InputError } from '../src/errors.js';
-import { writeFileAtomic } from '../src/store/atomic.js';
-import { parseWithSchema } from '../src/store/manifest.js';
+import { readJsonFile, writeJsonFile } from '../src/store/json.js';
 import { checkLevel, deriveSeed, mcnemarExact, mulberry32, percentileInterval, randInt } from '../src/stats/index.js';
 import { PAPER_CONFIG, VARIANT_COLORS, type Figure, type VlSpec } from './figures.js';
 
@@ -329,21 +327,7 @@ const ShuffleFileSchema = z.object({
  * viral-lens.shuffle v1 file is an InputError naming the file and the first bad field.
  */
 export async function readShuffle(dir: string): Promise<ShuffleFile> {
-  const path = join(dir, SHUFFLE_FILE);
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { format: 'viral-lens.shuffle', version: 1, results: [] };
-    throw new InputError(`${path}: cannot read (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (err) {
-    throw new InputError(`${path}: invalid JSON (${(err as Error).message})`);
-  }
-  return parseWithSchema(ShuffleFileSchema, json, path);
+  return readJsonFile(join(dir, SHUFFLE_FILE), ShuffleFileSchema, () => ({ format: 'viral-lens.shuffle' as const, version: 1 as const, results: [] }));
 }
 
 /** Merges a result into DIR/shuffle.json, replacing one for the same model and step. */
@@ -351,7 +335,7 @@ export async function writeShuffle(dir: string, result: ShuffleResult): Promise<
   const file = await readShuffle(dir);
   file.results = [...file.results.filter((r) => !(r.model === result.model && r.step === result.step)), result];
   const path = join(dir, SHUFFLE_FILE);
-  await writeFileAtomic(path, JSON.stringify(file, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2) + '\n');
+  await writeJsonFile(path, file, 2);
   return path;
 }
 

@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { readProbes, runProbes, writeProbes } from '../analysis/probes.js';
+import { InputError } from '../src/errors.js';
 import type { Matrix } from '../src/matrix.js';
 import { fitLogistic, fitRidge, fitStandardiser, groupFolds, predictRidge, runProbe } from '../src/probes/index.js';
 import { CaptureWriter } from '../src/store/capture.js';
@@ -204,6 +205,19 @@ test('runProbes on a capture: a row per layer and per target, probes.json writte
     assert.equal(file.probes.length, 2);
     assert.equal(JSON.parse(await readFile(join(dir, 'probes.json'), 'utf8')).format, 'viral-lens.probes');
     await assert.rejects(runProbes(dir, { label: 'nope', tokenMode: 'mean' }), /no label 'nope'/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('probes.json: a corrupt or foreign file is a one-line InputError naming the file, a missing one is empty', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'viral-lens-probes-'));
+  try {
+    assert.deepEqual((await readProbes(dir)).probes, []);
+    await writeFile(join(dir, 'probes.json'), '{"format": "viral-lens.probes", "version": 1, "probes": [');
+    await assert.rejects(readProbes(dir), (e: unknown) => e instanceof InputError && /probes\.json: invalid JSON/.test(e.message));
+    await writeFile(join(dir, 'probes.json'), JSON.stringify({ format: 'viral-lens.probes', version: 1, probes: [{ label: 'count', token_mode: 'mean', rows: [{ source: 'layer', name: 'embed', layer_index: 'zero', score: 0.5 }] }] }));
+    await assert.rejects(readProbes(dir), (e: unknown) => e instanceof InputError && /probes\.json: probes\[0\]\.rows\[0\]\.layer_index/.test(e.message));
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
