@@ -11,7 +11,7 @@ import type { Engine } from '../src/engine/index.js';
 import { applyProcrustes, pcaRgbGrid, procrustes, rgbHex, umapEmbed, PCA_RGB_NORMALISATION } from '../src/embeddings/index.js';
 import { InputError } from '../src/errors.js';
 import { describePreprocess, preprocess, type Preprocess } from '../src/metrics/index.js';
-import { openCapture, type Capture, type CaptureLayerInfo, type Tensor3 } from '../src/store/capture.js';
+import { layerProvenance, openCapture, type Capture, type CaptureLayerInfo, type LayerProvenance, type Tensor3 } from '../src/store/capture.js';
 import { subsampleRows, tokensToMatrix, type TokenMode } from '../src/tokens.js';
 
 type Progress = (event: { stage: string; done: number; total: number }) => void;
@@ -45,13 +45,7 @@ export interface UmapPoint {
   labels: Record<string, number | string>;
 }
 
-export interface UmapPanel {
-  capture: string;
-  model: string;
-  variant: string;
-  step: number | null;
-  layer: string;
-  layer_index: number;
+export interface UmapPanel extends LayerProvenance {
   n: number;
   /** Fit to the first panel; null for the first panel itself. */
   alignment: { to: string; scale: number; rmsd: number; relativeRmsd: number } | null;
@@ -164,14 +158,8 @@ export async function runUmap(inputs: (Capture | string)[], options: UmapRunOpti
     }
     maps.push(coords);
     mapped.push(ci);
-    const m = capture.manifest;
     panels.push({
-      capture: capture.dir,
-      model: String(m.model.name),
-      variant: m.variant,
-      step: m.checkpoint?.step ?? null,
-      layer: layer.name,
-      layer_index: layer.index,
+      ...layerProvenance(capture, layer),
       n: x.rows,
       alignment,
     });
@@ -237,13 +225,7 @@ export interface PcaGridOptions {
   signal?: AbortSignal;
 }
 
-export interface PcaGridPanel {
-  capture: string;
-  model: string;
-  variant: string;
-  step: number | null;
-  layer: string;
-  layer_index: number;
+export interface PcaGridPanel extends LayerProvenance {
   rows: number;
   cols: number;
   /** '#rrggbb' per token, row-major over the grid. */
@@ -301,14 +283,8 @@ export async function runPcaGrid(inputs: (Capture | string)[], options: PcaGridO
         });
         scores.set(layer.index, g.scores);
         previous = g.scores;
-        const m = capture.manifest;
         own.push({
-          capture: capture.dir,
-          model: String(m.model.name),
-          variant: m.variant,
-          step: m.checkpoint?.step ?? null,
-          layer: layer.name,
-          layer_index: layer.index,
+          ...layerProvenance(capture, layer),
           rows: g.rows,
           cols: g.cols,
           colors: Array.from({ length: g.rows * g.cols }, (_, i) => rgbHex(g.rgb, i)),

@@ -10,7 +10,7 @@ import {
   type MetricResult,
   type Preprocess,
 } from '../src/metrics/index.js';
-import { openCapture, type Capture, type Tensor3 } from '../src/store/capture.js';
+import { layerProvenance, openCapture, type Capture, type LayerProvenance, type Tensor3 } from '../src/store/capture.js';
 import { readTensor } from '../src/store/safetensors.js';
 import { readNpy } from '../src/store/npy.js';
 import { rowGroups, type PermutationUnit } from '../src/stats/index.js';
@@ -51,13 +51,7 @@ export interface LayerwiseOptions {
 }
 
 /** One long-form result row: the metric result plus every parameter that produced it (and its statistics, if asked). */
-export interface LayerwiseRow extends MetricResult, SimilarityStats {
-  capture: string;
-  model: string;
-  variant: string;
-  step: number | null;
-  layer: string;
-  layer_index: number;
+export interface LayerwiseRow extends MetricResult, SimilarityStats, LayerProvenance {
   target: string;
   token_mode: TokenMode;
   rows_sampled: number | null;
@@ -128,12 +122,7 @@ export async function runLayerwise(captureOrDir: Capture | string, options: Laye
         rows.push({
           ...r,
           ...stats,
-          capture: capture.dir,
-          model: String(m.model?.name ?? 'unknown'),
-          variant: m.variant,
-          step: m.checkpoint?.step ?? null,
-          layer: layer.name,
-          layer_index: layer.index,
+          ...layerProvenance(capture, layer),
           target: target.name,
           token_mode: options.tokenMode,
           rows_sampled: pick ? pick.length : null,

@@ -18,7 +18,7 @@ import { z } from 'zod';
 import { InputError } from '../src/errors.js';
 import type { Matrix } from '../src/matrix.js';
 import { inferTask, runProbe, type ControlBy, type ProbeScore, type ProbeTask } from '../src/probes/index.js';
-import { openCapture, type Capture, type Tensor3 } from '../src/store/capture.js';
+import { captureProvenance, openCapture, type Capture, type Tensor3 } from '../src/store/capture.js';
 import { readJsonFile, writeJsonFile } from '../src/store/json.js';
 import { deriveSeed, mulberry32, shuffleInPlace } from '../src/stats/index.js';
 import { tokensToMatrix, type TokenMode } from '../src/tokens.js';
@@ -83,7 +83,6 @@ export interface ProbesFile {
 
 export async function runProbes(captureOrDir: Capture | string, options: ProbeRunOptions): Promise<ProbeReport> {
   const capture = typeof captureOrDir === 'string' ? await openCapture(captureOrDir) : captureOrDir;
-  const m = capture.manifest;
   const labels = capture.labels[options.label];
   if (!labels) {
     throw new InputError(`${capture.dir}: no label '${options.label}' in the manifest (labels: ${Object.keys(capture.labels).join(', ') || 'none'})`);
@@ -126,10 +125,7 @@ export async function runProbes(captureOrDir: Capture | string, options: ProbeRu
     progress({ stage: 'probes', done: layers.length + i + 1, total });
   }
   return {
-    capture: capture.dir,
-    model: String(m.model?.name ?? 'unknown'),
-    variant: m.variant,
-    step: m.checkpoint?.step ?? null,
+    ...captureProvenance(capture),
     label: options.label,
     task,
     classes,

@@ -78,6 +78,29 @@ export interface Capture {
   sizeBytes(): Promise<number>;
 }
 
+/** What identifies a result computed from one capture: the columns every long-form result row starts with. */
+export interface CaptureProvenance {
+  capture: string;
+  model: string;
+  variant: string;
+  step: number | null;
+}
+
+export function captureProvenance(capture: Capture): CaptureProvenance {
+  const m = capture.manifest;
+  return { capture: capture.dir, model: String(m.model.name), variant: m.variant, step: m.checkpoint?.step ?? null };
+}
+
+/** The same for a result about one layer of a capture. */
+export interface LayerProvenance extends CaptureProvenance {
+  layer: string;
+  layer_index: number;
+}
+
+export function layerProvenance(capture: Capture, layer: CaptureLayerInfo): LayerProvenance {
+  return { ...captureProvenance(capture), layer: layer.name, layer_index: layer.index };
+}
+
 const MANIFEST = 'manifest.json';
 /** Directories owned by the writer: anything in them that the manifest does not list is stray. */
 const DATA_DIRS = ['layers', 'targets'];
