@@ -9,6 +9,8 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { attentionEntropy, writeAttention } from '../analysis/attention.js';
 import { runShuffle, writeShuffle } from '../analysis/shuffle.js';
+import { normal } from '../fixtures/make-fixtures.js';
+import { mulberry32 } from '../src/stats/rng.js';
 import { CaptureWriter } from '../src/store/capture.js';
 
 const SAMPLES = 40;
@@ -16,22 +18,6 @@ const TOKENS = 4;
 const LATENT = 4;
 const DIM = 8;
 const LAYERS = 5;
-
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function normal(rand: () => number): number {
-  let s = -6;
-  for (let i = 0; i < 12; i++) s += rand();
-  return s;
-}
 
 /** Signal share of layer ℓ for a variant at a step (the rest is noise). */
 function signal(variant: string, layer: number, step: number): number {
@@ -42,7 +28,7 @@ function signal(variant: string, layer: number, step: number): number {
 }
 
 export async function writeFixtureCapture(dir: string, variant: 'baseline' | 'residual' | 'viral', step: number, seed = 7): Promise<void> {
-  const rand = prng(seed); // the same images (latents) in every capture
+  const rand = mulberry32(seed); // the same images (latents) in every capture
   const z = Array.from({ length: SAMPLES }, () => Array.from({ length: LATENT }, () => normal(rand)));
   const pos = Array.from({ length: TOKENS }, () => Array.from({ length: LATENT }, () => normal(rand)));
   // Layers share most of their read-out of the latent, so the curves change smoothly with depth.
@@ -50,7 +36,7 @@ export async function writeFixtureCapture(dir: string, variant: 'baseline' | 're
   const proj = Array.from({ length: LAYERS }, () => shared.map((w) => w + 0.25 * normal(rand)));
   const wClip = Array.from({ length: 6 * LATENT }, () => normal(rand) / 2);
   const wDino = Array.from({ length: 5 * LATENT }, () => normal(rand) / 2);
-  const noise = prng(seed * 31 + step + variant.length * 1000);
+  const noise = mulberry32(seed * 31 + step + variant.length * 1000);
   const u = (s: number, t: number) => z[s]!.map((x, k) => x + 0.4 * pos[t]![k]!);
   const apply = (w: number[], rows: number, v: number[]) => Array.from({ length: rows }, (_, r) => v.reduce((a, x, k) => a + w[r * LATENT + k]! * x, 0));
   const layers: Record<string, Float32Array> = {};

@@ -14,6 +14,7 @@
  * both sides).
  */
 import { InputError } from '../errors.js';
+import { mulberry32 } from '../stats/rng.js';
 import { encodePngRgb, pngDataUrl } from '../store/png.js';
 
 /**
@@ -64,17 +65,8 @@ export interface Scene {
   noiseSeed: number;
 }
 
-/** mulberry32: a tiny seeded PRNG with the same stream everywhere (no dependency needed). */
-export function mulberry32(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The project's one seeded PRNG (same stream everywhere), re-exported for the model code. */
+export { mulberry32 };
 
 /** Mixes two integers into a 32-bit seed (so stream (seed, i) is independent of stream (seed, i+1)). */
 export function mixSeed(a: number, b: number): number {
