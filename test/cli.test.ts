@@ -11,7 +11,7 @@ import { writeSafetensors } from '../src/store/safetensors.js';
 import { goldenInputs } from './helpers.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const golden = JSON.parse(await readFile(join(root, '..', 'shared', 'reference', 'golden.json'), 'utf8'));
+const golden = JSON.parse(await readFile(join(root, 'fixtures', 'golden', 'golden.json'), 'utf8'));
 const fixture = join(root, 'fixtures', 'capture-small');
 let dir = '';
 

@@ -8,10 +8,10 @@ import { computeMetric, Features, preprocess, type MetricName } from '../src/met
 import { toFloat32 } from '../src/matrix.js';
 import { goldenInputs } from './helpers.js';
 
-// The leads' reference values, produced by the Platonic Representation Hypothesis code. CI clones the project with
-// shared/ beside it; the test fails (does not skip) without it, since these are the project's acceptance numbers.
+// The leads' reference values, produced by the Platonic Representation Hypothesis code (provenance and how to
+// regenerate them: fixtures/golden/README.md).
 const here = dirname(fileURLToPath(import.meta.url));
-const golden = JSON.parse(readFileSync(join(here, '..', '..', 'shared', 'reference', 'golden.json'), 'utf8'));
+const golden = JSON.parse(readFileSync(join(here, '..', 'fixtures', 'golden', 'golden.json'), 'utf8'));
 
 interface Case {
   n: number;

@@ -1,6 +1,6 @@
 import type { Matrix } from '../src/matrix.js';
 
-/** golden.json's generator, written from its formulas (../shared/reference/golden.json). */
+/** golden.json's generator, written from its formulas (fixtures/golden/golden.json). */
 export function goldenInputs(n: number, dA: number, dB: number): { A: Matrix; B: Matrix } {
   const A = new Float64Array(n * dA);
   for (let i = 0; i < n; i++)

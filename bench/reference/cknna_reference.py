@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """CKNNA the way the reference pipeline computes it (Platonic Representation Hypothesis code, as specified in
-shared/reference/metrics.md; written from those formulas, not copied): dense n×n float32 kernels in torch, kNN masks
+the leads' metrics spec, see fixtures/golden/README.md; written from those formulas, not copied): dense n×n float32 kernels in torch, kNN masks
 from torch.topk on kernels whose diagonal is −inf, and the unbiased HSIC whose third term is the O(n³) product
 torch.mm(K̃, L̃). It is the baseline `bench/reference.bench.ts` times against viral-lens's engine.
 
