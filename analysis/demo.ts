@@ -166,12 +166,14 @@ function shared(data: Float32Array): Float32Array {
  * execArgv does not install the hooks in Node 20's workers ("Unknown file extension .ts"); tsx's register API does.
  */
 function workerBootstrap(entry: URL): string {
+  // Compiled (dist/, bin/build.mjs): the worker's entry is JavaScript and needs no tsx.
+  if (entry.pathname.endsWith('.js')) return `import(${JSON.stringify(entry.href)});`;
   const api = import.meta.resolve('tsx/esm/api');
   return `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(entry.href)}); });`;
 }
 
 function runInWorker(input: VariantRunInput, onEvent: (e: VariantRunEvent) => void): Promise<VariantRunResult> {
-  const worker = new Worker(workerBootstrap(new URL('../src/hooks/train-worker.ts', import.meta.url)), { eval: true, workerData: input });
+  const worker = new Worker(workerBootstrap(new URL(`../src/hooks/train-worker${new URL(import.meta.url).pathname.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url)), { eval: true, workerData: input });
   return new Promise((resolvePromise, reject) => {
     let settled = false;
     const finish = (fn: () => void) => {

@@ -321,7 +321,10 @@ class WorkerPool {
   private spawn(): PoolWorker {
     // On Node 20 a worker started on a .ts file with execArgv ['--import', 'tsx'] loads its entry before tsx's
     // hooks are registered ("Unknown file extension .ts"), so a tiny bootstrap registers tsx, then imports this file.
-    const bootstrap = `import(${JSON.stringify(TSX_API)}).then((m) => { m.register(); return import(${JSON.stringify(import.meta.url)}); })`;
+    // Compiled (dist/, bin/build.mjs): this file is JavaScript and the worker needs no tsx.
+    const bootstrap = new URL(import.meta.url).pathname.endsWith('.js')
+      ? `import(${JSON.stringify(import.meta.url)})`
+      : `import(${JSON.stringify(TSX_API)}).then((m) => { m.register(); return import(${JSON.stringify(import.meta.url)}); })`;
     const worker = new Worker(bootstrap, {
       eval: true,
       workerData: { viralLensJobs: true },

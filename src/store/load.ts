@@ -3,7 +3,6 @@ import { stat } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 import { InputError } from '../errors.js';
 import { matrix, type Matrix } from '../matrix.js';
-import { openCapture } from './capture.js';
 import { describeOsError } from './atomic.js';
 import { fmtShape, readFully, withFile } from './io.js';
 import { readNpy, readNpyHeader } from './npy.js';
@@ -99,6 +98,8 @@ export async function describeFile(path: string): Promise<FileDescription> {
     } catch {
       throw new InputError(`${path}: is a directory without manifest.json (not a capture)`);
     }
+    // Loaded here, not at the top: capture.js brings zod (~0.1 s), which `compare` on two plain files never needs.
+    const { openCapture } = await import('./capture.js');
     const c = await openCapture(path);
     const m = c.manifest;
     return {
