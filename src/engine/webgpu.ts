@@ -106,8 +106,25 @@ export function webGpuAdapter(refresh = false): Promise<WebGpuAdapterInfo> {
   return cached;
 }
 
+/**
+ * Linux GPU device nodes a hardware Vulkan driver opens (DRM render/card nodes, NVIDIA, WSL2's dxg, Adreno, Mali).
+ * Without any, Dawn can only find a software adapter, and the child-process probe (about a second, on every CLI call
+ * with `--engine auto`) cannot change the answer.
+ */
+async function gpuDeviceNodes(): Promise<string[]> {
+  const list = async (dir: string, re: RegExp) => (await readdir(dir).catch(() => [] as string[])).filter((f) => re.test(f)).map((f) => join(dir, f));
+  return [...(await list('/dev/dri', /^(renderD|card)\d+$/)), ...(await list('/dev', /^(nvidia\d+|dxg|kgsl-3d\d+|mali\d+)$/))];
+}
+
 async function probe(): Promise<WebGpuAdapterInfo> {
   const drivers = await vulkanDrivers();
+  if (process.platform === 'linux' && (await gpuDeviceNodes()).length === 0) {
+    const software = drivers.filter((d) => CPU_DRIVER.test(d)).map((d) => d.split('/').pop() ?? d);
+    const source = 'no GPU device node (/dev/dri/renderD*, /dev/nvidia*, /dev/dxg) on this machine, so no hardware adapter; device list not probed';
+    return software.length
+      ? { kind: 'cpu', name: `software Vulkan driver (${software.join(', ')})`, source, devices: [], drivers }
+      : { kind: 'unknown', name: null, source: `${source}; no software Vulkan driver installed either`, devices: [], drivers };
+  }
   const listing = await listVulkanDevices();
   if (listing) {
     const chosen = dawnDefaultDevice(listing);
