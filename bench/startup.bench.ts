@@ -7,9 +7,9 @@
  *   compare (cpu)       : `viral-lens compare A.npy B.npy --metric cknna --preprocess l2 --engine cpu --json`, n = 1000
  *   compare (auto)      : the same with the default `--engine auto` (includes auto's engine probe)
  *
- * Every call is a fresh process; variants are interleaved round-robin so machine load hits them alike. The compare
- * "work" is the same call made in this process after a warm-up (modules loaded, files cached), so
- * overhead = median wall of the fresh process − median in-process time: node's own start, module loading and exit.
+ * Every call is a fresh process; variants are interleaved round-robin so machine load hits them alike. Each compare
+ * call reports its own split (VIRAL_LENS_TIMING=1, cli/main.ts): node's start until main, module loading, and the
+ * command's run (reading the files, starting the engine, the metric), so overhead = wall − run.
  *
  * Usage: node --import tsx bench/startup.bench.ts [--runs 7] [--n 1000] [--json out.json]
  */
@@ -18,7 +18,7 @@ import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import { dirname, join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import { mulberry32 } from '../src/stats/rng.js';
 import { writeNpy } from '../src/store/npy.js';
@@ -38,13 +38,22 @@ const median = (xs: number[]) => {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 
-/** Wall seconds of one fresh process; fails loudly on a non-zero exit or a fallback to tsx. */
-async function wall(args: string[]): Promise<number> {
+interface Call {
+  wall: number;
+  /** The child's own split (seconds), when it printed one. */
+  start?: number;
+  load?: number;
+  run?: number;
+}
+
+/** One fresh process; fails loudly on a non-zero exit or a fallback to tsx. */
+async function call(args: string[]): Promise<Call> {
   const t = performance.now();
-  const { stderr } = await promisify(execFile)(process.execPath, args, { cwd: root, maxBuffer: 1 << 24 });
-  const s = (performance.now() - t) / 1000;
+  const { stderr } = await promisify(execFile)(process.execPath, args, { cwd: root, maxBuffer: 1 << 24, env: { ...process.env, VIRAL_LENS_TIMING: '1' } });
+  const wall = (performance.now() - t) / 1000;
   if (/running the TypeScript sources through tsx/.test(stderr)) throw new Error(`bin/viral-lens.mjs fell back to tsx (${stderr.trim()}); run npm run build first`);
-  return s;
+  const m = /viral-lens timing: start ([\d.]+) ms, load ([\d.]+) ms, run ([\d.]+) ms/.exec(stderr);
+  return m ? { wall, start: Number(m[1]) / 1000, load: Number(m[2]) / 1000, run: Number(m[3]) / 1000 } : { wall };
 }
 
 const dir = await mkdtemp(join(os.tmpdir(), 'viral-lens-startup-'));
@@ -66,56 +75,52 @@ try {
     { name: `compare n=${n} (cpu)`, dist: [bin, ...compare, '--engine', 'cpu'], tsx: [...tsx, ...compare, '--engine', 'cpu'] },
     { name: `compare n=${n} (auto)`, dist: [bin, ...compare], tsx: [...tsx, ...compare] },
   ];
-  const times = new Map<string, number[]>();
-  const add = (k: string, s: number) => times.set(k, [...(times.get(k) ?? []), s]);
-  await wall([bin, '--help']); // refuses to measure a stale or missing build
+  const calls = new Map<string, Call[]>();
+  const add = (k: string, c: Call) => calls.set(k, [...(calls.get(k) ?? []), c]);
+  await call([bin, '--help']); // refuses to measure a stale or missing build
   for (let r = 0; r < runs; r++) {
     for (const c of cases) {
-      add(`${c.name}|dist`, await wall(c.dist));
-      if (c.tsx) add(`${c.name}|tsx`, await wall(c.tsx));
+      add(`${c.name}|dist`, await call(c.dist));
+      if (c.tsx) add(`${c.name}|tsx`, await call(c.tsx));
     }
   }
 
-  // The work: the same compare calls in this process (compiled modules, warmed up once), stdout discarded.
-  const { main } = (await import(pathToFileURL(join(root, 'dist', 'cli', 'main.js')).href)) as { main: (argv: string[]) => Promise<number> };
-  const inProcess = async (argv: string[]) => {
-    const write = process.stdout.write;
-    process.stdout.write = (() => true) as typeof process.stdout.write;
-    try {
-      const t = performance.now();
-      const code = await main(argv);
-      if (code !== 0) throw new Error(`in-process ${argv.join(' ')} exited ${code}`);
-      return (performance.now() - t) / 1000;
-    } finally {
-      process.stdout.write = write;
-    }
+  const med = (k: string, f: (c: Call) => number | undefined) => {
+    const xs = (calls.get(k) ?? []).map(f).filter((x): x is number => x !== undefined);
+    return xs.length ? median(xs) : undefined;
   };
-  const work = new Map<string, number>();
-  for (const [name, argv] of [[cases[2]!.name, [...compare, '--engine', 'cpu']], [cases[3]!.name, compare]] as const) {
-    await inProcess([...argv]);
-    const xs: number[] = [];
-    for (let r = 0; r < runs; r++) xs.push(await inProcess([...argv]));
-    work.set(name, median(xs));
-  }
-
-  const nodeFloor = median(times.get('node -e 0|dist')!);
-  const rows = cases.map((c) => {
-    const d = median(times.get(`${c.name}|dist`)!);
-    const t = c.tsx ? median(times.get(`${c.name}|tsx`)!) : undefined;
-    const w = work.get(c.name);
-    return { case: c.name, dist_s: d, tsx_s: t, speedup: t === undefined ? undefined : t / d, work_s: w, overhead_dist_s: w === undefined ? undefined : d - w, overhead_tsx_s: w === undefined || t === undefined ? undefined : t - w };
-  });
+  const nodeFloor = med('node -e 0|dist', (c) => c.wall)!;
+  const rows = cases.flatMap((c) =>
+    (c.tsx ? (['dist', 'tsx'] as const) : (['dist'] as const)).map((path) => {
+      const k = `${c.name}|${path}`;
+      const wall = med(k, (x) => x.wall)!;
+      const run = med(k, (x) => x.run);
+      return {
+        case: c.name,
+        path: c.tsx ? (path === 'dist' ? 'compiled (bin → dist/)' : 'tsx (node --import tsx cli/main.ts)') : 'node',
+        wall_s: wall,
+        wall_min_s: Math.min(...calls.get(k)!.map((x) => x.wall)),
+        start_s: med(k, (x) => x.start),
+        load_s: med(k, (x) => x.load),
+        run_s: run,
+        overhead_s: run === undefined ? undefined : med(k, (x) => (x.run === undefined ? undefined : x.wall - x.run)),
+        tsx_over_dist: path === 'tsx' ? wall / med(`${c.name}|dist`, (x) => x.wall)! : undefined,
+      };
+    }),
+  );
   const f = (x: number | undefined, digits = 2) => (x === undefined ? '—' : x.toFixed(digits));
   const version = (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string }).version;
   const load = os.loadavg().map((x) => x.toFixed(1)).join(' ');
   process.stdout.write(
     `viral-lens ${version} CLI start-up, median of ${runs} fresh processes per cell (interleaved), Node ${process.version}, ` +
-      `${os.cpus().length} cores, load average ${load}; node's own start (node -e 0) = ${f(nodeFloor)} s\n\n` +
-      '| call | compiled (dist) s | tsx s | tsx / dist | work s | overhead dist s | overhead tsx s |\n|---|---|---|---|---|---|---|\n' +
-      rows.map((r) => `| ${r.case} | ${f(r.dist_s)} | ${f(r.tsx_s)} | ${r.speedup === undefined ? '—' : `${r.speedup.toFixed(1)}×`} | ${f(r.work_s)} | ${f(r.overhead_dist_s)} | ${f(r.overhead_tsx_s)} |`).join('\n') +
-      '\n\nwork = the same call in-process after a warm-up; overhead = wall − work (node start + module loading + exit).\n',
+      `${os.cpus().length} cores, load average ${load}; node's own start (node -e 0) = ${f(nodeFloor)} s (fastest ${f(Math.min(...calls.get('node -e 0|dist')!.map((x) => x.wall)))} s)\n\n` +
+      '| call | entry | wall s (min) | node start s | module load s | run s | overhead (wall − run) s | tsx / compiled |\n|---|---|---|---|---|---|---|---|\n' +
+      rows
+        .map((r) => `| ${r.case} | ${r.path} | ${f(r.wall_s)} (${f(r.wall_min_s)}) | ${f(r.start_s)} | ${f(r.load_s)} | ${f(r.run_s)} | ${f(r.overhead_s)} | ${r.tsx_over_dist === undefined ? '' : `${r.tsx_over_dist.toFixed(1)}×`} |`)
+        .join('\n') +
+      '\n\nwall = median (fastest in brackets: the least disturbed by other load); run = the command itself (read files, start the engine, compute), reported by the child; node start = until main().\n',
   );
-  if (values.json) await writeFile(values.json, JSON.stringify({ runs, n, node: process.version, loadavg: os.loadavg(), node_floor_s: nodeFloor, rows, raw: Object.fromEntries(times) }, null, 2) + '\n');
+  if (values.json) await writeFile(values.json, JSON.stringify({ runs, n, node: process.version, loadavg: os.loadavg(), node_floor_s: nodeFloor, rows, raw: Object.fromEntries(calls) }, null, 2) + '\n');
 } finally {
   await rm(dir, { recursive: true, force: true });
 }
