@@ -1,11 +1,17 @@
-import cliProgress from 'cli-progress';
+import type cliProgressTypes from 'cli-progress';
+import { createRequire } from 'node:module';
+
+// Required on first use: only a TTY draws a bar, and `compare` (which shares cmd-layerwise's helpers) never does, so
+// its start-up does not pay for loading cli-progress.
+let cliProgress: typeof cliProgressTypes | undefined;
+const loadCliProgress = () => (cliProgress ??= createRequire(import.meta.url)('cli-progress') as typeof cliProgressTypes);
 
 /**
  * Progress on stderr only (stdout carries results). On a TTY: a redrawn bar; otherwise one line per stage when it
  * finishes, so logs of batch jobs stay short.
  */
 export class Progress {
-  private bar: cliProgress.SingleBar | null = null;
+  private bar: cliProgressTypes.SingleBar | null = null;
   private stage = '';
 
   constructor(private readonly enabled = true) {}
@@ -15,9 +21,10 @@ export class Progress {
     if (process.stderr.isTTY) {
       if (stage !== this.stage) {
         this.bar?.stop();
-        this.bar = new cliProgress.SingleBar(
+        const bars = loadCliProgress();
+        this.bar = new bars.SingleBar(
           { stream: process.stderr, format: `${stage.padEnd(10)} [{bar}] {value}/{total} {eta_formatted}`, hideCursor: true, clearOnComplete: false },
-          cliProgress.Presets.shades_classic,
+          bars.Presets.shades_classic,
         );
         this.bar.start(total, done);
         this.stage = stage;
