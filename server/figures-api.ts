@@ -31,7 +31,7 @@ import { InputError } from '../src/errors.js';
 import { METRIC_NAMES, type MetricName, type Preprocess } from '../src/metrics/index.js';
 import { DEMO_MODEL_NAME, sceneImageDataUrl } from '../src/model/scenes.js';
 import { TOKEN_MODES, type TokenMode } from '../src/tokens.js';
-import { ANALYSIS_FILES, readJsonIfPresent, type AnalysisFileName, type CaptureSummary, type RunsIndex } from './runs.js';
+import { ANALYSIS_FILES, type AnalysisFileName, type CaptureSummary, type RunsIndex } from './runs.js';
 
 /** Figures drawn from a run's analysis files (attention.json, shuffle.json) rather than from captures. */
 export const FILE_FIGURES = ['attention-entropy', 'attention-overlay', 'patch-shuffle'] as const;
@@ -347,9 +347,9 @@ async function accuracyFor(ctx: FigureContext, sel: Selected[], notes: string[])
     if (!dir) continue;
     let json: unknown;
     try {
-      json = await readJsonIfPresent(join(dir, 'results.json'));
+      json = await ctx.index.readJson(join(dir, 'results.json'));
     } catch (err) {
-      notes.push(`${capture.run}/${describeError(err)}`);
+      notes.push(describeError(err));
       continue;
     }
     if (json === null) continue;
@@ -530,7 +530,7 @@ export async function buildFigure(ctx: FigureContext, name: FigureName, q: Figur
       const points: ProbePoint[] = [];
       for (const { capture, series } of sel) {
         try {
-          const file = await readProbes(await ctx.index.dirOf(capture.id));
+          const file = await readProbes(await ctx.index.dirOf(capture.id), ctx.index.readText);
           for (const report of file.probes) {
             const task = `${report.label} · ${report.rows[0]?.score_name ?? 'score'} · ${report.token_mode}`;
             for (const row of report.rows) {
@@ -655,8 +655,8 @@ export async function analysisFolders(index: RunsIndex): Promise<AnalysisFolder[
       }
       if (real === null) continue;
       try {
-        if (key === 'attention') entry.attention = { file: shown(dir, file), error: null, results: (await readAttention(real)).results.map(summariseAttention) };
-        else entry.shuffle = { file: shown(dir, file), error: null, results: (await readShuffle(real)).results.map(summariseShuffle) };
+        if (key === 'attention') entry.attention = { file: shown(dir, file), error: null, results: (await readAttention(real, index.readText)).results.map(summariseAttention) };
+        else entry.shuffle = { file: shown(dir, file), error: null, results: (await readShuffle(real, index.readText)).results.map(summariseShuffle) };
       } catch (err) {
         if (!(err instanceof InputError)) throw err;
         entry[key] = { file: shown(dir, file), error: describeError(err, index.root), results: [] };
@@ -691,7 +691,7 @@ export async function readAnalysis(index: RunsIndex, file: AnalysisFileName, dir
     if (!chosen) throw new MissingAnalysisError(`no ${file} in RUNS_DIR or any run folder under it. ${HOW_TO[file]}`);
   }
   try {
-    const results = file === 'attention.json' ? (await readAttention(chosen.real)).results : (await readShuffle(chosen.real)).results;
+    const results = file === 'attention.json' ? (await readAttention(chosen.real, index.readText)).results : (await readShuffle(chosen.real, index.readText)).results;
     if (results.length === 0) throw new MissingAnalysisError(`${shown(chosen.dir, file)} holds no results. ${HOW_TO[file]}`);
     return { dir: chosen.dir, file: shown(chosen.dir, file), results };
   } catch (err) {
