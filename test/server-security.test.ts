@@ -10,7 +10,7 @@ import { mkdir, mkdtemp, readFile, rm, stat, symlink, utimes, writeFile } from '
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { JobRunner } from '../analysis/jobs.js';
+import { contentSample, JobRunner } from '../analysis/jobs.js';
 import { buildApp, startServer, type Dashboard } from '../server/app.js';
 import { makeProbesFile, writeFixtureCapture } from './server-fixture.js';
 
@@ -253,5 +253,21 @@ describe('item 12: the job cache is keyed on shard content, not only size and mt
     } finally {
       await runner.close();
     }
+  });
+
+  test('in a shard larger than the sampled span, a change in its header or its last rows changes the sample hash', async () => {
+    const file = join(outside, 'big.bin');
+    const bytes = Buffer.alloc(3 * 2 ** 20, 7);
+    await writeFile(file, bytes);
+    const base = await contentSample(file);
+    assert.equal(await contentSample(file), base, 'the same bytes give the same hash');
+    for (const at of [10, bytes.length - 10]) {
+      const changed = Buffer.from(bytes);
+      changed[at] = 8;
+      await writeFile(file, changed);
+      assert.notEqual(await contentSample(file), base, `byte ${at}`);
+    }
+    await writeFile(file, bytes.subarray(0, bytes.length - 1));
+    assert.notEqual(await contentSample(file), base, 'one byte shorter');
   });
 });
