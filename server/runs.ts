@@ -3,8 +3,9 @@
  * summary of each read from its manifest only, and change notifications while runs are being written.
  *
  * - Capture ids are paths relative to RUNS_DIR with '/' separators (`demo-viral/step-300`); `.` when RUNS_DIR is
- *   itself a capture. A run id is likewise the path of the run's folder (`demo-viral`, `sweep-a/exp1`; see runOf). Only ids found by the scan resolve, and every path handed to an analysis is re-checked with
- *   realpath to lie inside RUNS_DIR, shards included (a symlinked shard pointing elsewhere is an error, not a read).
+ *   itself a capture. A run id is likewise the path of the run's folder (`demo-viral`, `sweep-a/exp1`; runOf).
+ *   Only ids found by the scan resolve, and every path handed to an analysis is re-checked with realpath to lie
+ *   inside RUNS_DIR, shards included (a symlinked shard pointing elsewhere is an error, not a read).
  *   Side files (results.json, probes.json, attention.json, shuffle.json) are read only through readFileInside.
  * - Watching: fs.watch (recursive) where the platform supports it, plus a poll every `pollMs` as the fallback (and to
  *   catch what inotify misses on network filesystems); bursts of events are debounced into one rescan. A rescan
@@ -15,8 +16,7 @@
  *   accepted, and `model.residual_layer` as its alias).
  */
 import { EventEmitter } from 'node:events';
-import { watch, type FSWatcher } from 'node:fs';
-import { constants } from 'node:fs';
+import { constants, watch, type FSWatcher } from 'node:fs';
 import { lstat, open, realpath, stat, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, relative, sep } from 'node:path';
 import { ATTENTION_FILE } from '../analysis/attention.js';
