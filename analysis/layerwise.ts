@@ -277,17 +277,26 @@ export async function runCheckpoints(dirs: readonly string[], options: Layerwise
 }
 
 /**
- * The distinct warnings of a set of result rows (e.g. CKNNA at small n), each once with where it applies; at most
- * `max` lines, then a count of the rest.
+ * The distinct warnings of a set of result rows (e.g. CKNNA at small n), each once with where it applies; warnings
+ * that differ only in the value (`CKNNA = 1.0213 > 1 …`) are counted together with their largest value. At most `max`
+ * lines, then a count of the rest.
  */
 export function summariseWarnings(rows: readonly { warning?: string; layer?: string; target?: string; capture?: string }[], max = 4): string[] {
-  const where = new Map<string, string[]>();
+  const groups = new Map<string, { at: string[]; top: number }>();
   for (const r of rows) {
     if (!r.warning) continue;
-    const at = [r.capture, r.layer === undefined ? undefined : `layer ${r.layer}`, r.target === undefined ? undefined : `vs ${r.target}`].filter(Boolean).join(' ');
-    where.set(r.warning, [...(where.get(r.warning) ?? []), at]);
+    const value = /CKNNA = ([\d.]+) > 1/.exec(r.warning);
+    const key = value ? r.warning.replace(value[0], 'CKNNA > 1') : r.warning;
+    const g = groups.get(key) ?? { at: [], top: -Infinity };
+    g.at.push([r.capture, r.layer === undefined ? undefined : `layer ${r.layer}`, r.target === undefined ? undefined : `vs ${r.target}`].filter(Boolean).join(' '));
+    if (value) g.top = Math.max(g.top, Number(value[1]));
+    groups.set(key, g);
   }
-  const lines = [...where.entries()].map(([w, at]) => (at.length === 1 && at[0] ? `${at[0]}: ${w}` : at.length > 1 ? `${w} (${at.length} scores)` : w));
+  const lines = [...groups.entries()].map(([w, { at, top }]) => {
+    const where = at.length === 1 ? (at[0] ? `${at[0]}: ` : '') : '';
+    const text = Number.isFinite(top) ? w.replace('CKNNA > 1', at.length === 1 ? `CKNNA = ${top.toFixed(4)} > 1` : `CKNNA > 1 in ${at.length} scores (up to ${top.toFixed(4)})`) : w;
+    return `${where}${text}${at.length > 1 && !Number.isFinite(top) ? ` (${at.length} scores)` : ''}`;
+  });
   return lines.length > max ? [...lines.slice(0, max), `… and ${lines.length - max} more warning(s) (see the warning field of each row)`] : lines;
 }
 
