@@ -162,7 +162,7 @@ export async function run(argv: string[]): Promise<number> {
     } else if (checkpointDirs) {
       const r = await runCheckpoints(checkpointDirs, options);
       rows = r.rows;
-      if (r.targetCache.reused) sharedTargets = `targets identical across checkpoints: ${r.targetCache.prepared} target kNN computation(s) for ${r.targetCache.prepared + r.targetCache.reused} (capture, target) pairs`;
+      if (r.targetCache.reused) sharedTargets = `targets identical across checkpoints: prepared (preprocessing, kNN) ${r.targetCache.prepared} time(s) for ${r.targetCache.prepared + r.targetCache.reused} (checkpoint, target) pairs`;
     } else rows = await runLayerwise(positionals[0]!, options);
   } finally {
     progress.stop();
