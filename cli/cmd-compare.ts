@@ -49,6 +49,7 @@ export async function run(argv: string[]): Promise<number> {
     // Rows of two plain files are taken as independent samples (images); permutations shuffle rows.
     const stats = await similarityStats(metric, a, b, k, r, { ...statsOptions(values), seed: intOption('seed', values.seed, 0) });
     const out = { ...r, ...stats, a: pathA, b: pathB };
+    if (r.warning) process.stderr.write(`warning: ${r.warning}\n`);
     if (values.json) process.stdout.write(toJson(out));
     else {
       process.stdout.write(

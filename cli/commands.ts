@@ -12,9 +12,9 @@ export const COMMANDS: Record<string, Command> = {
     load: () => import('./cmd-compare.js'),
   },
   layerwise: {
-    summary: 'every layer of a capture against target features (CKNNA curves)',
+    summary: 'every layer of a capture against target features (CKNNA curves); a run folder or several captures → checkpoints side by side',
     usage:
-      'CAPTURE_DIR [--target NAME[=PATH]]... [--metric cknna[,cka,...]] [--topk K] [--preprocess none|l2|prh] [--tokens per-token|mean|first] [--max-rows N --seed S] [--layers 0,4,8] [--engine auto|ref|cpu|webgpu|cuda] [--knn auto|exact|hnsw] [--permutations N [--perm-unit row|image]] [--bootstrap N --ci 0.95] [--json|--csv] [--out FILE]   |   CAPTURE_DIR... --shard I/N [same options] [--out SHARD.json]',
+      'CAPTURE_DIR | RUN_DIR (step-<N>/ captures) | CAPTURE_DIR... [--target NAME[=PATH]]... [--metric cknna[,cka,...]] [--topk K] [--preprocess none|l2|prh] [--tokens per-token|mean|first] [--max-rows N --seed S] [--layers 0,4,8] [--engine auto|ref|cpu|webgpu|cuda] [--knn auto|exact|hnsw] [--permutations N [--perm-unit row|image]] [--bootstrap N --ci 0.95] [--json|--csv] [--out FILE] [--csv FILE.csv] [--figure FILE.svg|.png|.pdf]   |   CAPTURE_DIR... --shard I/N [same options] [--out SHARD.json]',
     load: () => import('./cmd-layerwise.js'),
   },
   merge: {

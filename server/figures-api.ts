@@ -24,6 +24,7 @@ import {
   type Series,
 } from '../analysis/figures.js';
 import type { JobProgress, JobRunner } from '../analysis/jobs.js';
+import { summariseWarnings } from '../analysis/layerwise.js';
 import { readProbes } from '../analysis/probes.js';
 import { readShuffle, shuffleFigure, type ShuffleResult } from '../analysis/shuffle.js';
 import { PCA_RGB_NORMALISATION } from '../src/embeddings/index.js';
@@ -263,6 +264,7 @@ async function curves(ctx: FigureContext, sel: Selected[], q: FigureQuery, signa
   const provenance: Record<string, unknown> = { metric: p.metric, k: p.k, preprocess: p.preprocess, token_mode: p.tokens };
   const ns = new Set<number>();
   const engines = new Set<string>();
+  const warned: { warning?: string; capture: string; layer: string; target: string }[] = [];
   let done = 0;
   await Promise.all(
     sel.map(async ({ capture, series }) => {
@@ -286,6 +288,7 @@ async function curves(ctx: FigureContext, sel: Selected[], q: FigureQuery, signa
           { signal, ...(onProgress ? { onProgress } : {}) },
         );
         for (const r of result) {
+          if (r.warning) warned.push({ warning: r.warning, capture: capture.id, layer: r.layer, target: r.target });
           ns.add(r.n);
           engines.add(`${r.engine} (${r.precision})`);
           if (typeof r.preprocess === 'string') provenance.preprocess = r.preprocess;
@@ -324,7 +327,9 @@ async function curves(ctx: FigureContext, sel: Selected[], q: FigureQuery, signa
   provenance.engine = [...engines].join(', ') || ctx.engine;
   if (q.bootstrap) provenance.bootstrap = { draws: q.bootstrap, ci: q.ci ?? 0.95 };
   if (q.max_rows) provenance.max_rows = q.max_rows;
-  return { points, errors, provenance };
+  // Caveats on the numbers (e.g. CKNNA at small n relative to k), shown in the page's notes.
+  const warnings = summariseWarnings(warned).map((w) => `warning: ${w}`);
+  return { points, errors, provenance, warnings };
 }
 
 function pickTarget(points: CurvePoint[], wanted: string | undefined): string {
@@ -419,6 +424,7 @@ export async function buildFigure(ctx: FigureContext, name: FigureName, q: Figur
       const sel = labelSeries(picked.chosen, by);
       const c = await curves(ctx, sel, q, signal, onProgress);
       errors.push(...c.errors);
+      notes.push(...c.warnings);
       const series = uniqueSeries(sel);
       if (name === 'layerwise') {
         const target = pickTarget(c.points, q.target);
@@ -434,6 +440,7 @@ export async function buildFigure(ctx: FigureContext, name: FigureName, q: Figur
       const sel = labelRuns(picked.chosen);
       const c = await curves(ctx, sel, q, signal, onProgress);
       errors.push(...c.errors);
+      notes.push(...c.warnings);
       const series = uniqueSeries(sel);
       const target = pickTarget(c.points, q.target);
       if (name === 'checkpoints') {

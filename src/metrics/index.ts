@@ -63,6 +63,7 @@ export async function computeMetric(metric: MetricName, a: Features, b: Features
       const r = cknnaFromKnn(ka, kb);
       base.value = r.value;
       if (r.undefinedReason) base.undefined_reason = r.undefinedReason;
+      if (r.warning) base.warning = r.warning;
     } else if (metric === 'mutual_knn') base.value = mutualKnnFromKnn(ka, kb);
     else base.value = cycleKnnFromKnn(ka, kb);
   } else if (metric === 'cosine') {

@@ -22,4 +22,6 @@ export interface MetricResult {
   /** Approximate lists only: the index parameters and the recall sample size. */
   knn_params?: string;
   undefined_reason?: string;
+  /** The value is defined but needs a caveat (e.g. CKNNA at small n relative to k can exceed 1). */
+  warning?: string;
 }
