@@ -13,6 +13,13 @@ ST_SIZES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 TMP_RE = re.compile(r"\.tmp-\d+(-[0-9a-f]+)?$")
 
 
+def st_header_json(raw):
+    """The JSON header of safetensors bytes: only the 8 + N header bytes are decoded (the tensor data that
+    follows is binary and usually not valid UTF-8)."""
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + n].decode("utf-8"))
+
+
 def read_st_header(path):
     with open(path, "rb") as f:
         raw = f.read()

@@ -15,7 +15,7 @@ from common import SMALL, as_capture_batch, torch  # noqa: F401
 import viral_lens_torch as vl  # noqa: E402
 from viral_lens_torch import safetensors_io  # noqa: E402
 from viral_lens_torch.writer import CaptureWriter  # noqa: E402
-from format_check import TMP_RE, capture_files, read_st_header, referenced_files, validate_capture  # noqa: E402
+from format_check import TMP_RE, capture_files, read_st_header, referenced_files, st_header_json, validate_capture  # noqa: E402
 from tiny_llava import TinyLlavaForConditionalGeneration, make_hf_batch  # noqa: E402
 
 LAYOUT = {"tokens": 4, "source_tokens": 4, "grid": [2, 2], "pooling": "none"}
@@ -362,7 +362,25 @@ class TestSafetensorsIO(WriterTestCase):
         with open(p, "wb") as f:
             f.write(data)
         self.assertTrue(torch.equal(st_load(p)["hidden"], t))
-        self.assertEqual(json.loads(st_save({"hidden": t})[8:].decode().strip())["hidden"]["shape"], [2, 3, 4])
+        self.assertEqual(st_header_json(st_save({"hidden": t}))["hidden"]["shape"], [2, 3, 4])
+
+    def test_hidden_safetensors_package_cannot_be_imported(self):
+        if not os.environ.get("VIRAL_LENS_HIDE_SAFETENSORS"):
+            self.skipTest("runs only with VIRAL_LENS_HIDE_SAFETENSORS=1")
+        with self.assertRaises(ImportError):
+            import safetensors.torch  # noqa: F401
+
+    def test_header_of_bytes_with_binary_data(self):
+        # tensor bytes are binary (here a 0xff byte, never valid UTF-8): decoding the whole file, as the check
+        # above did before, raised UnicodeDecodeError whenever the safetensors package was installed
+        t = torch.randn(2, 2).half()
+        raw = safetensors_io.safetensors_bytes({"hidden": t, "u": torch.tensor([255], dtype=torch.uint8)})
+        self.assertIn(b"\xff", raw)
+        with self.assertRaises(UnicodeDecodeError):
+            raw[8:].decode()
+        header = st_header_json(raw)
+        self.assertEqual(header["hidden"], {"dtype": "F16", "shape": [2, 2], "data_offsets": [0, 8]})
+        self.assertEqual(header["u"]["data_offsets"], [8, 9])
 
 
 if __name__ == "__main__":
