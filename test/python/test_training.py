@@ -151,6 +151,21 @@ class TestTrainingCapture(TrainingTestCase):
         self.assertEqual(hooks_left(model), [])
 
 
+class TestRunName(TrainingTestCase):
+    def test_run_name_may_not_leave_out_root(self):
+        root = os.path.join(self.tmp, "x", "y", "runs")  # deep enough that a wrong write still lands in self.tmp
+        model = TinyLlavaForConditionalGeneration(n_layers=1).eval()
+        for bad in ("../..", "..", "a/../../b", os.path.join(self.tmp, "abs"), "", "..\\x"):
+            with self.assertRaises(ValueError, msg=repr(bad)) as ctx:
+                vl.capture_during_training(model, probes(), 1, root, bad, **SMALL)
+            self.assertIn("run_name", str(ctx.exception))
+            with self.assertRaises(ValueError):
+                vl.ViralLensCallback(probes(), 1, root, bad, **SMALL)
+        self.assertEqual(sorted(os.listdir(self.tmp)), [], "nothing may be written for a refused run_name")
+        # sub-folders inside out_root are fine
+        self.assertEqual(vl.step_dir(root, "exp1/run-a", 3), os.path.join(root, "exp1/run-a", "step-3"))
+
+
 class TestCallback(TrainingTestCase):
     def test_callback_schedule(self):
         cb = vl.ViralLensCallback(probes(), every_n_steps=2, out_root=self.tmp, run_name="hf-run", **SMALL)

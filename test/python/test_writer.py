@@ -243,6 +243,45 @@ class TestCrashAndResume(WriterTestCase):
         for k in a:
             self.assertTrue(torch.allclose(a[k], c[k], atol=1e-6), k)
 
+    def _outside_dir_with_victim(self):
+        outside = os.path.join(self.tmp, "outside")
+        os.makedirs(os.path.join(outside, "000"))
+        victim = os.path.join(outside, "000", "precious.safetensors")
+        with open(victim, "wb") as f:
+            f.write(b"not part of any capture")
+        return outside, victim
+
+    def test_resume_refuses_symlinked_layers_dir(self):
+        w = new_writer(self.dir)
+        w.append_batch(*fake_batch(0, 2))
+        outside, victim = self._outside_dir_with_victim()
+        shutil.copytree(os.path.join(self.dir, "layers"), os.path.join(outside, "copy"))
+        shutil.rmtree(os.path.join(self.dir, "layers"))
+        os.symlink(outside, os.path.join(self.dir, "layers"))
+        with self.assertRaises(vl.CaptureFormatError) as ctx:
+            CaptureWriter.resume(self.dir)
+        self.assertIn("symbolic link", str(ctx.exception))
+        self.assertTrue(os.path.exists(victim), "resume deleted a file outside the capture")
+
+    def test_resume_refuses_symlinked_folder_below_layers(self):
+        w = new_writer(self.dir)
+        w.append_batch(*fake_batch(0, 2))
+        outside, victim = self._outside_dir_with_victim()
+        os.symlink(os.path.join(outside, "000"), os.path.join(self.dir, "layers", "007"))
+        with self.assertRaises(vl.CaptureFormatError):
+            CaptureWriter.resume(self.dir)
+        self.assertTrue(os.path.exists(victim))
+
+    def test_create_refuses_symlinked_layers_dir(self):
+        outside, victim = self._outside_dir_with_victim()
+        os.makedirs(self.dir)
+        os.symlink(outside, os.path.join(self.dir, "layers"))
+        with self.assertRaises(vl.CaptureFormatError):
+            w = new_writer(self.dir)
+            w.append_batch(*fake_batch(0, 2))
+        self.assertEqual(sorted(os.listdir(outside)), ["000"])
+        self.assertTrue(os.path.exists(victim))
+
     def test_resume_api_and_mismatch(self):
         w = new_writer(self.dir, checkpoint={"step": 5})
         w.append_batch(*fake_batch(0, 2))

@@ -148,6 +148,10 @@ class CaptureWriter:
             for name in os.listdir(out_dir):
                 if name == MANIFEST or _TMP_RE.search(name):
                     os.unlink(os.path.join(out_dir, name))
+        for sub in ("layers", "targets"):
+            if os.path.islink(os.path.join(out_dir, sub)):
+                raise CaptureFormatError("%s: %s is a symbolic link; a capture's folders must be real directories "
+                                         "inside it" % (out_dir, os.path.join(out_dir, sub)))
         try:
             os.makedirs(out_dir, exist_ok=True)
         except OSError as err:
@@ -486,8 +490,26 @@ class CaptureWriter:
         atomic_write(os.path.join(self.out_dir, MANIFEST), [data])
 
     # ------------------------------------------------------------------ resume
+    def _refuse_symlinks(self):
+        """A symlinked ``layers/`` / ``targets/`` (or a folder below them) would make resume delete, and the
+        writer write, files outside the capture."""
+        for sub in ("layers", "targets"):
+            root = os.path.join(self.out_dir, sub)
+            if os.path.islink(root):
+                raise CaptureFormatError("%s: %s is a symbolic link (to %s); a capture's folders must be real "
+                                         "directories inside it" % (self.out_dir, root, os.path.realpath(root)))
+            for dirpath, dirnames, _ in os.walk(root):
+                for d in dirnames:
+                    p = os.path.join(dirpath, d)
+                    if os.path.islink(p):
+                        raise CaptureFormatError("%s: %s is a symbolic link (to %s); a capture's folders must be "
+                                                 "real directories inside it"
+                                                 % (self.out_dir, p, os.path.realpath(p)))
+
     def _check_and_clean(self):
         m = self._m
+        self._refuse_symlinks()
+        real_root = os.path.realpath(self.out_dir)
         count = m["samples"]["count"]
         if len(m["samples"]["ids"]) != count or len(self._ids) != count:
             raise CaptureFormatError("%s: samples.ids has %d entries (%d unique) but samples.count is %d"
@@ -507,6 +529,10 @@ class CaptureWriter:
                     if not os.path.isfile(os.path.join(self.out_dir, *rel.split("/"))):
                         raise CaptureFormatError("%s: manifest lists %s but the file is missing"
                                                  % (self.out_dir, rel))
+                    real = os.path.realpath(os.path.join(self.out_dir, *rel.split("/")))
+                    if os.path.commonpath([real, real_root]) != real_root:
+                        raise CaptureFormatError("%s: shard %s resolves to %s, outside the capture"
+                                                 % (self.out_dir, rel, real))
                     keep.add(os.path.normpath(rel))
                     if (kind, e["name"]) not in self._dtypes:
                         header, _, _ = read_header(os.path.join(self.out_dir, *rel.split("/")))
