@@ -233,6 +233,22 @@ class TestErrors(CaptureTestCase):
             vl.capture_hidden_states(model, writer, expected_image_tokens=16, grid=(3, 5)).__enter__()
         self.assertEqual(hooks_left(model), [])
 
+    def test_failed_first_batch_leaves_no_capture_behind(self):
+        model = TinyLlavaForConditionalGeneration(n_layers=2).eval()
+        batches = [as_capture_batch(make_hf_batch(2, seed=1))]
+        out = self.path("failed")
+        with self.assertRaises(vl.ImageTokenCountError):
+            vl.capture_dataset(model, batches, out, expected_image_tokens=9, grid=(3, 3), clip_target=False)
+        self.assertFalse(os.path.exists(out), "a failed start must not leave a (0-sample) capture directory")
+        # a directory the caller made is kept, but holds no manifest
+        os.makedirs(out)
+        with self.assertRaises(vl.ImageTokenCountError):
+            vl.capture_dataset(model, batches, out, expected_image_tokens=9, grid=(3, 3), clip_target=False)
+        self.assertEqual(os.listdir(out), [])
+        # and the next, correct run starts cleanly there
+        vl.capture_dataset(model, batches, out, clip_target=False, **SMALL)
+        self.assertEqual(validate_capture(out)["samples"]["count"], 2)
+
     def test_discovery_failure_lists_module_names_and_explicit_layers_work(self):
         class Block(nn.Module):
             def __init__(self):

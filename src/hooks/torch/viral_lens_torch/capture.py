@@ -742,7 +742,15 @@ def capture_dataset(model, batches, out_dir, *, layers=None, image_token_mask=No
                     raise RuntimeError("model(**inputs) did not call model.forward; nothing was captured")
                 if progress is not None:
                     progress(writer.count)
+    except BaseException:
+        if writer.discard_if_empty():
+            log.info("viral-lens capture %s: removed the directory (the capture failed before its first batch)",
+                     writer.out_dir)
+        raise
     finally:
         _restore_modes(saved_modes)
+    if writer.count == 0:
+        log.warning("viral-lens capture %s: no batch was captured (empty batches?); nothing written", writer.out_dir)
+        writer.discard_if_empty()
     log.info("viral-lens capture %s: %d samples", writer.out_dir, writer.count)
     return writer.out_dir

@@ -116,6 +116,7 @@ class CaptureWriter:
         self._ids = set(manifest["samples"]["ids"])
         self._dtypes = {}  # (kind, name) -> safetensors dtype of the shards written so far
         self.ingest = ingest
+        self._made_dir = False  # create() made out_dir (discard_if_empty may then remove it)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -152,13 +153,14 @@ class CaptureWriter:
             if os.path.islink(os.path.join(out_dir, sub)):
                 raise CaptureFormatError("%s: %s is a symbolic link; a capture's folders must be real directories "
                                          "inside it" % (out_dir, os.path.join(out_dir, sub)))
+        if variant not in VARIANTS:
+            raise CaptureFormatError("variant must be one of %s, not %r" % (", ".join(VARIANTS), variant))
+        made = not os.path.isdir(out_dir)
         try:
             os.makedirs(out_dir, exist_ok=True)
         except OSError as err:
             raise CaptureWriteError("could not create capture directory %s: %s" % (out_dir, err.strerror or err),
                                     path=out_dir) from err
-        if variant not in VARIANTS:
-            raise CaptureFormatError("variant must be one of %s, not %r" % (", ".join(VARIANTS), variant))
         prov = {"tool": "viral-lens-torch %s" % __version__, "created": _utcnow()}
         if provenance:
             prov.update(provenance)
@@ -177,8 +179,8 @@ class CaptureWriter:
         if checkpoint is not None:
             manifest["checkpoint"] = _check_checkpoint(checkpoint)
         w = cls(out_dir, manifest, ingest=ingest)
+        w._made_dir = made
         w._declare(layers, targets)
-        w._write_manifest_if_complete()
         return w
 
     @classmethod
@@ -316,8 +318,37 @@ class CaptureWriter:
         return bool(m.get("token_layout")) and bool(m["layers"]) and bool(m.get("model", {}).get("name"))
 
     def _write_manifest_if_complete(self):
-        if self._complete():
+        # No manifest before the first batch: a 0-sample capture left by a failed start would look valid.
+        if self.count > 0 and self._complete():
             self._write_manifest()
+
+    def discard_if_empty(self):
+        """Remove what this writer left when it holds no sample (a start that failed before its first batch
+        committed): shards of that batch, temp files, and ``out_dir`` itself if :meth:`create` made it.
+        Returns True when the directory is gone. A no-op on a capture with samples."""
+        if self.count > 0 or os.path.exists(os.path.join(self.out_dir, MANIFEST)):
+            return False
+        for sub in ("layers", "targets"):
+            p = os.path.join(self.out_dir, sub)
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p, ignore_errors=True)
+        try:
+            names = os.listdir(self.out_dir)
+        except OSError:
+            return False
+        for name in names:
+            if _TMP_RE.search(name):
+                try:
+                    os.unlink(os.path.join(self.out_dir, name))
+                except OSError:
+                    pass
+        if self._made_dir:
+            try:
+                os.rmdir(self.out_dir)
+                return True
+            except OSError:
+                return False
+        return False
 
     # ------------------------------------------------------------------ writing
     def append_batch(self, ids, labels=None, layers=None, targets=None, target_descriptions=None):
