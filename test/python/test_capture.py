@@ -4,6 +4,7 @@ import os
 import shutil
 import tempfile
 import unittest
+from types import SimpleNamespace
 
 from common import SMALL, as_capture_batch, hooks_left, torch  # noqa: F401  (sets sys.path, skips without torch)
 
@@ -298,6 +299,81 @@ class TestErrors(CaptureTestCase):
             vl.discover(model, "trunk.nope")
 
 
+class TestTokensFromConfig(CaptureTestCase):
+    """Image-token count and grid read from the model's config (public LlavaConfig / CLIPVisionConfig names)."""
+
+    def _capture(self, model, batch, name, **kw):
+        out = vl.capture_dataset(model, [as_capture_batch(batch)], self.path(name), dtype=torch.float32, **kw)
+        return vl.read_capture(out)
+
+    def test_6x6_model_needs_no_arguments(self):
+        torch.manual_seed(0)
+        model = TinyLlavaForConditionalGeneration(n_layers=1, image_size=24, patch=4).eval()  # 24 / 4 = 6 per side
+        m, layers, targets = self._capture(model, make_hf_batch(2, num_patches=36, image_size=24), "six")
+        self.assertEqual(m["token_layout"], {"kind": "image", "tokens": 36, "source_tokens": 36, "grid": [6, 6],
+                                             "pooling": "none"})
+        self.assertEqual(tuple(layers["embed"].shape), (2, 36, 32))
+        self.assertEqual(tuple(targets["clip"].shape), (2, 36, 24))
+
+    def test_only_expected_image_tokens_gives_its_square_grid(self):
+        # a config without vision geometry: only the count is known, 36 = 6 x 6 (not LLaVA-1.5's 24 x 24)
+        model = TinyLlavaForConditionalGeneration(n_layers=1, image_size=24, patch=4, bare_config=True).eval()
+        with self.assertRaises(vl.ImageTokenCountError) as ctx:
+            self._capture(model, make_hf_batch(2, num_patches=36, image_size=24), "none")
+        self.assertIn("expected_image_tokens=", str(ctx.exception))
+        self.assertIn("grid=", str(ctx.exception))
+        self.assertFalse(os.path.exists(self.path("none")))
+        m, _, targets = self._capture(model, make_hf_batch(2, num_patches=36, image_size=24), "n36",
+                                      expected_image_tokens=36)
+        self.assertEqual(m["token_layout"]["grid"], [6, 6])
+        self.assertEqual(tuple(targets["clip"].shape), (2, 36, 24))
+        # image_seq_length alone (transformers >= 4.45 LlavaConfig)
+        model.config.image_seq_length = 36
+        m, _, _ = self._capture(model, make_hf_batch(2, num_patches=36, image_size=24), "seq")
+        self.assertEqual((m["token_layout"]["source_tokens"], m["token_layout"]["grid"]), (36, [6, 6]))
+
+    def test_full_strategy_keeps_cls_and_has_no_grid(self):
+        model = TinyLlavaForConditionalGeneration(n_layers=1, strategy="full").eval()  # 4 x 4 patches + CLS
+        m, _, targets = self._capture(model, make_hf_batch(2, num_patches=17), "full")
+        self.assertEqual((m["token_layout"]["source_tokens"], m["token_layout"]["grid"]), (17, None))
+        self.assertEqual(tuple(targets["clip"].shape), (2, 17, 24))
+
+    def test_llava_repo_reads_num_patches_per_side(self):
+        model = TinyLlavaLlamaForCausalLM(n_layers=1).eval()
+        m, _, targets = self._capture(model, make_repo_batch(2), "repo")
+        self.assertEqual((m["token_layout"]["source_tokens"], m["token_layout"]["grid"]), (16, [4, 4]))
+        self.assertEqual(tuple(targets["clip"].shape), (2, 16, 24))
+
+    def test_geometry_table_and_anyres(self):
+        from viral_lens_torch.discovery import image_token_geometry, resolve_image_tokens
+
+        def cfg_model(**cfg):
+            m = nn.Module()
+            m.config = SimpleNamespace(**cfg)
+            return m
+
+        clip336 = SimpleNamespace(image_size=336, patch_size=14, model_type="clip_vision_model")
+        siglip384 = SimpleNamespace(image_size=384, patch_size=14, model_type="siglip_vision_model")  # 27 x 27
+        cases = [
+            (dict(vision_config=clip336, vision_feature_select_strategy="default"), 576, (24, 24)),
+            (dict(vision_config=clip336, vision_feature_select_strategy="full"), 577, None),
+            (dict(vision_config=siglip384, vision_feature_select_strategy="full"), 729, (27, 27)),
+            (dict(image_seq_length=576), 576, (24, 24)),
+            (dict(image_seq_length=50), 50, None),
+        ]
+        for cfg, tokens, grid in cases:
+            geo = image_token_geometry(cfg_model(**cfg))
+            self.assertEqual((geo.tokens, geo.grid), (tokens, grid), cfg)
+        self.assertIsNone(image_token_geometry(cfg_model(text_config=SimpleNamespace(hidden_size=8))))
+        nxt = cfg_model(vision_config=clip336, image_grid_pinpoints=[[336, 672], [672, 336]])
+        with self.assertRaises(vl.ImageTokenCountError) as ctx:
+            resolve_image_tokens(nxt)
+        self.assertIn("anyres", str(ctx.exception))
+        # the caller's numbers win over the config; only a grid gives its count
+        self.assertEqual(resolve_image_tokens(nxt, None, 576, None), (576, (24, 24)))
+        self.assertEqual(resolve_image_tokens(nxt, None, None, (3, 5)), (15, (3, 5)))
+
+
 class TestTargets(CaptureTestCase):
     def test_vision_tower_features_is_the_projector_input(self):
         for model, key, batch in ((TinyLlavaForConditionalGeneration(), "pixel_values", make_hf_batch(2)),
@@ -322,7 +398,7 @@ class TestTargets(CaptureTestCase):
         px = make_hf_batch(2)["pixel_values"]
         with self.assertRaises(vl.TokenGridError) as ctx:
             with torch.no_grad():
-                vl.vision_tower_features(model, px)  # default 576 = 24x24
+                vl.vision_tower_features(model, px, expected_tokens=576)  # LLaVA-1.5's 24x24
         self.assertIn("16 tokens", str(ctx.exception))
         self.assertIn("576", str(ctx.exception))
         with self.assertRaises(vl.TokenGridError) as ctx:

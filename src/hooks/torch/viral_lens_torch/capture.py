@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from .discovery import discover, find_projector, hidden_size, image_token_index, model_name
+from .discovery import discover, find_projector, hidden_size, image_token_index, model_name, resolve_image_tokens
 from .errors import CaptureFormatError, ImageTokenCountError, TokenGridError
 from .ingest import IngestClient
 from .targets import CLIP_DESCRIPTION, check_token_grid, encoder_features, vision_tower_features
@@ -122,12 +122,20 @@ class HiddenStateCapture:
     """
 
     def __init__(self, model, writer, layers=None, image_token_mask=None, pooling="none", dtype=torch.float16,
-                 expected_image_tokens=576, grid=(24, 24), capture_attentions=False, num_samples=None,
+                 expected_image_tokens=None, grid=None, capture_attentions=False, num_samples=None,
                  target_dims=None, auto_id_prefix="sample-"):
         if pooling not in ("none", "mean"):
             raise ValueError("pooling must be 'none' or 'mean', not %r" % (pooling,))
         if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             raise ValueError("dtype must be a floating dtype storable in a capture, not %s" % (dtype,))
+        indices = None
+        explicit_layers = layers
+        if layers is not None and not isinstance(layers, str):
+            seq = list(layers)
+            if seq and all(isinstance(x, int) and not isinstance(x, bool) for x in seq):
+                indices, explicit_layers = sorted(set(seq)), None
+        self.layout = discover(model, explicit_layers)
+        expected_image_tokens, grid = resolve_image_tokens(model, self.layout, expected_image_tokens, grid)
         if grid is not None and int(grid[0]) * int(grid[1]) != int(expected_image_tokens):
             raise TokenGridError("grid %dx%d has %d cells but expected_image_tokens is %d"
                                  % (grid[0], grid[1], grid[0] * grid[1], expected_image_tokens))
@@ -141,14 +149,6 @@ class HiddenStateCapture:
         self.image_token_mask = image_token_mask
         self.auto_id_prefix = auto_id_prefix
         self.tokens = 1 if pooling == "mean" else self.expected_image_tokens
-
-        indices = None
-        explicit_layers = layers
-        if layers is not None and not isinstance(layers, str):
-            seq = list(layers)
-            if seq and all(isinstance(x, int) and not isinstance(x, bool) for x in seq):
-                indices, explicit_layers = sorted(set(seq)), None
-        self.layout = discover(model, explicit_layers)
         n = self.layout.num_layers
         if indices is None:
             indices = list(range(n + 1))
@@ -503,7 +503,7 @@ def _register_pre_hook(module, fn):
 
 @contextlib.contextmanager
 def capture_hidden_states(model, writer, *, layers=None, image_token_mask=None, pooling="none", dtype=torch.float16,
-                          expected_image_tokens=576, grid=(24, 24), capture_attentions=False, num_samples=None,
+                          expected_image_tokens=None, grid=None, capture_attentions=False, num_samples=None,
                           target_dims=None):
     """Capture LLM hidden states at the image-token positions of every forward of ``model`` into ``writer``.
 
@@ -517,7 +517,10 @@ def capture_hidden_states(model, writer, *, layers=None, image_token_mask=None, 
     layers themselves (ModuleList / list of modules / dotted path) when discovery fails.
     ``image_token_mask``: None (HF: ``input_ids == config.image_token_index``; LLaVA repo:
     :class:`LlavaRepoImageMask`), a function ``input_ids[, attention_mask] -> bool [batch, seq]``, or a tensor.
-    Each sample must have exactly ``expected_image_tokens`` positions. ``pooling``: ``"none"`` keeps
+    Each sample must have exactly ``expected_image_tokens`` positions; ``expected_image_tokens`` / ``grid``
+    default to what the model's config gives (see :func:`~viral_lens_torch.discovery.resolve_image_tokens`: HF
+    ``vision_config.image_size // patch_size``, ``image_seq_length``; LLaVA repo ``num_patches_per_side``), and
+    only ``expected_image_tokens=36`` gives the 6x6 grid. ``pooling``: ``"none"`` keeps
     ``[b, tokens, d]``, ``"mean"`` stores ``[b, 1, d]``. Values are cast to ``dtype`` and moved to the CPU per
     layer; only the current batch is held in memory.
     Yields a :class:`HiddenStateCapture` (use ``cap.expect(ids, labels, targets)`` before each forward).
@@ -650,7 +653,7 @@ def _target_dims(model, layout, clip_target, extra_encoders):
 
 
 def capture_dataset(model, batches, out_dir, *, layers=None, image_token_mask=None, pooling="none",
-                    dtype=torch.float16, expected_image_tokens=576, grid=(24, 24), clip_target=True,
+                    dtype=torch.float16, expected_image_tokens=None, grid=None, clip_target=True,
                     vision_feature_layer=None, extra_encoders=None, capture_attentions=False, shuffle_seed=None,
                     resume=True, overwrite=False, model_info=None, variant="baseline", checkpoint=None,
                     provenance=None, num_samples=None, ingest_url=None, token=None, run=None, step=None,
@@ -672,6 +675,7 @@ def capture_dataset(model, batches, out_dir, *, layers=None, image_token_mask=No
         num_samples = _count_samples(batches)
     layout = discover(model, layers if (layers is not None and not (isinstance(layers, (list, tuple)) and layers
                                         and all(isinstance(x, int) for x in layers))) else None)
+    expected_image_tokens, grid = resolve_image_tokens(model, layout, expected_image_tokens, grid)
     ingest = IngestClient(ingest_url, token, run or os.path.basename(os.path.abspath(out_dir)), step) \
         if ingest_url else None
     prov = dict(provenance or {})

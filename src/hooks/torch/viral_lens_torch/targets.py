@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from .discovery import discover
+from .discovery import discover, resolve_image_tokens
 from .errors import LayerDiscoveryError, TokenGridError
 
 CLIP_DESCRIPTION = "vision tower layer %s (vision_feature_layer), CLS dropped"
@@ -33,7 +33,9 @@ def check_token_grid(name, feats, expected_tokens=576, grid=(24, 24), batch=None
             side = int(round(math.sqrt(t)))
             if side * side == t and grid is not None:
                 hint = (" (that is a %dx%d grid, expected %dx%d: feed the encoder images at the resolution that gives "
-                        "the same grid, e.g. 336 px with patch 14 for 24x24)" % (side, side, grid[0], grid[1]))
+                        "the same grid, i.e. %d x its patch size per side, or pass expected_image_tokens=%d, "
+                        "grid=(%d, %d) if the LLM really sees that grid)"
+                        % (side, side, grid[0], grid[1], grid[0], t, side, side))
         raise TokenGridError("target %r has %d tokens per sample but expected_image_tokens is %d%s"
                              % (name, t, expected_tokens, hint))
     return feats
@@ -45,7 +47,7 @@ def _first_param(module):
     return None
 
 
-def vision_tower_features(model, pixel_values, *, layer=None, expected_tokens=576, grid=(24, 24), layout=None):
+def vision_tower_features(model, pixel_values, *, layer=None, expected_tokens=None, grid=None, layout=None):
     """The CLIP target: the vision tower's ``vision_feature_layer`` hidden state (default -2, the penultimate
     layer), CLS dropped -> ``[b, expected_tokens, dim]`` (``[b, 576, 1024]`` for LLaVA-1.5's CLIP ViT-L/14-336).
 
@@ -54,9 +56,11 @@ def vision_tower_features(model, pixel_values, *, layer=None, expected_tokens=57
     token (unless ``vision_feature_select_strategy == "full"``). LLaVA repo:
     ``model.get_vision_tower()(images)`` already returns the selected layer without CLS
     (``mm_vision_select_layer``); ``layer`` is then ignored. One leading CLS token is dropped whenever the
-    output has exactly ``expected_tokens + 1`` tokens. Run it under ``torch.no_grad()``.
+    output has exactly ``expected_tokens + 1`` tokens. ``expected_tokens`` / ``grid`` default to the model's
+    config (:func:`~viral_lens_torch.discovery.resolve_image_tokens`). Run it under ``torch.no_grad()``.
     """
     layout = layout or discover(model)
+    expected_tokens, grid = resolve_image_tokens(model, layout, expected_tokens, grid)
     vt = layout.vision_tower
     if vt is None:
         raise LayerDiscoveryError("could not find the vision tower of %s (layout %s); compute the target features "
