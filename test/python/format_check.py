@@ -47,7 +47,11 @@ def validate_capture(capture_dir, strays_ok=False):
     for e in m["layers"]:
         assert set(e) == {"name", "index", "dim", "shards"}, sorted(e)
     for e in m["targets"]:
-        assert {"name", "dim", "tokens", "shards"} <= set(e) <= {"name", "description", "dim", "tokens", "shards"}
+        assert {"name", "dim", "tokens", "shards"} <= set(e) <= {"name", "description", "dim", "tokens", "shards",
+                                                                "compute"}
+        if "compute" in e:  # optional: how the target was computed (docs/capture-format.md)
+            assert set(e["compute"]) <= {"source", "dtype", "autocast"}, e["compute"]
+            assert e["compute"].get("autocast") is None or isinstance(e["compute"]["autocast"], str)
     for e in m["layers"] + m["targets"]:
         for s in e["shards"]:
             assert set(s) == {"file", "tensor", "start", "count"}, sorted(s)

@@ -63,13 +63,14 @@ class TinyVisionLayer(nn.Module):
     def __init__(self, dim, dropout):
         super().__init__()
         self.layer_norm1 = nn.LayerNorm(dim)
-        self.self_attn = nn.MultiheadAttention(dim, 2, dropout=dropout, batch_first=True)
+        # not nn.MultiheadAttention: its eval fast path fails under CPU bf16 autocast in torch 1.13
+        self.self_attn = TinyAttention(dim, 2, dropout)
         self.layer_norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim), nn.Dropout(dropout))
 
     def forward(self, x):
         h = self.layer_norm1(x)
-        x = x + self.self_attn(h, h, h, need_weights=False)[0]
+        x = x + self.self_attn(h, 0.0)[0]
         return x + self.mlp(self.layer_norm2(x))
 
 

@@ -10,9 +10,9 @@ import warnings
 import torch
 
 from .discovery import discover, find_projector, hidden_size, image_token_index, model_name, resolve_image_tokens
-from .errors import CaptureFormatError, ImageTokenCountError, TokenGridError
+from .errors import CaptureFormatError, ImageTokenCountError, LayerDiscoveryError, TokenGridError
 from .ingest import IngestClient
-from .targets import CLIP_DESCRIPTION, check_token_grid, encoder_features, vision_tower_features
+from .targets import CLIP_DESCRIPTION, autocast_state, check_token_grid, encoder_features, select_vision_features
 from .writer import CaptureWriter, estimate_disk_bytes, format_bytes, layer_name
 
 log = logging.getLogger("viral_lens_torch")
@@ -88,6 +88,7 @@ class _BatchState:
         self.mask = None  # resolved bool [b, seq] on the device of the first hidden state
         self.mask_on = {}  # copies on other devices
         self.layers = {}
+        self.vision = None  # (features the projector received, autocast regions active then)
 
 
 def _hidden_from_output(output):
@@ -123,7 +124,7 @@ class HiddenStateCapture:
 
     def __init__(self, model, writer, layers=None, image_token_mask=None, pooling="none", dtype=torch.float16,
                  expected_image_tokens=None, grid=None, capture_attentions=False, num_samples=None,
-                 target_dims=None, auto_id_prefix="sample-"):
+                 target_dims=None, auto_id_prefix="sample-", vision_target=None, vision_feature_layer=None):
         if pooling not in ("none", "mean"):
             raise ValueError("pooling must be 'none' or 'mean', not %r" % (pooling,))
         if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
@@ -173,6 +174,15 @@ class HiddenStateCapture:
         self.num_samples = num_samples
         self.target_dims = dict(target_dims or {})
         self.hidden_size = hidden_size(model, self.layout)
+        # vision_target: store the vision tower's output of the model's own forward (same autocast / dtype as
+        # the features the LLM received) as this target, unless a batch brings its own
+        self.vision_target = vision_target
+        self.vision_feature_layer = vision_feature_layer
+        self._target_compute = {}
+        if vision_target is not None and self.layout.vision_tower is None:
+            raise LayerDiscoveryError("could not find the vision tower of %s (layout %s) for the %r target; pass "
+                                      "targets={%r: ...} or clip_target=False"
+                                      % (type(model).__name__, self.layout.kind, vision_target, vision_target))
 
     # ------------------------------------------------------------------ public
     def expect(self, ids, labels=None, targets=None, image_token_mask=None):
@@ -201,6 +211,8 @@ class HiddenStateCapture:
             for i in self.indices:
                 if i > 0:
                     self._handles.append(layers[i - 1].register_forward_hook(self._make_layer_hook(layer_name(i))))
+            if self.vision_target is not None:
+                self._handles.append(self.layout.vision_tower.register_forward_hook(self._vision_hook))
             self._wrap_forward()
         except BaseException:
             self._remove()
@@ -319,6 +331,21 @@ class HiddenStateCapture:
         self._record("embed", hidden)
         return None
 
+    def _vision_hook(self, module, args, output):
+        st = self._state
+        if st is None or (st.targets and self.vision_target in st.targets):
+            return None
+        if st.vision is not None:
+            raise RuntimeError("the vision tower ran twice in one forward (several images per sample?); pass "
+                               "targets={%r: ...} yourself or clip_target=False" % self.vision_target)
+        b = None
+        if args and isinstance(args[0], torch.Tensor):
+            b = args[0].shape[0]
+        feats = select_vision_features(self.model, self.layout, output, layer=self.vision_feature_layer,
+                                       expected_tokens=self.expected_image_tokens, grid=self.grid, batch=b)
+        st.vision = (feats.detach(), autocast_state())
+        return None
+
     def _make_layer_hook(self, name):
         def hook(module, args, output):
             self._record(name, _hidden_from_output(output))
@@ -430,11 +457,21 @@ class HiddenStateCapture:
             ids = ["%s%06d" % (self.auto_id_prefix, start + i) for i in range(b)]
         if len(ids) != b:
             raise CaptureFormatError("cap.expect got %d ids but the forward had batch size %d" % (len(ids), b))
-        targets, descriptions = {}, {}
+        targets, descriptions, compute = {}, {}, {}
         for name, t in (st.targets or {}).items():
             if isinstance(t, tuple):  # (tensor, description)
                 t, descriptions[name] = t
             targets[name] = self._prepare_target(name, t, b)
+        vt_name = self.vision_target
+        if vt_name is not None and vt_name not in targets:
+            if st.vision is None:
+                raise RuntimeError("the forward did not run the vision tower, so there is no %r target (no pixel "
+                                   "values?); pass targets={%r: ...} or clip_target=False" % (vt_name, vt_name))
+            feats, regions = st.vision
+            compute[vt_name] = {"source": "vision tower output during the model's forward",
+                                "dtype": str(feats.dtype).replace("torch.", ""),
+                                "autocast": ",".join(regions) if regions else None}
+            targets[vt_name] = self._prepare_target(vt_name, feats, b)
         if self.capture_attentions:
             targets[ATTENTION_TARGET] = self._attention_target(st, out)
             descriptions[ATTENTION_TARGET] = (
@@ -444,7 +481,8 @@ class HiddenStateCapture:
             cfg = getattr(self.model, "config", None)
             descriptions["clip"] = CLIP_DESCRIPTION % getattr(cfg, "vision_feature_layer",
                                                               getattr(cfg, "mm_vision_select_layer", -2))
-        self.writer.append_batch(ids, st.labels, st.layers, targets, target_descriptions=descriptions)
+        self.writer.append_batch(ids, st.labels, st.layers, targets, target_descriptions=descriptions,
+                                 target_compute=compute)
         self.batches_written += 1
         self.samples_written += b
 
@@ -504,7 +542,7 @@ def _register_pre_hook(module, fn):
 @contextlib.contextmanager
 def capture_hidden_states(model, writer, *, layers=None, image_token_mask=None, pooling="none", dtype=torch.float16,
                           expected_image_tokens=None, grid=None, capture_attentions=False, num_samples=None,
-                          target_dims=None):
+                          target_dims=None, clip_target=False, vision_feature_layer=None):
     """Capture LLM hidden states at the image-token positions of every forward of ``model`` into ``writer``.
 
     Hooks: a forward pre-hook on the first decoder layer gives hidden_states index 0 (``embed``: the LLM input
@@ -523,11 +561,16 @@ def capture_hidden_states(model, writer, *, layers=None, image_token_mask=None, 
     only ``expected_image_tokens=36`` gives the 6x6 grid. ``pooling``: ``"none"`` keeps
     ``[b, tokens, d]``, ``"mean"`` stores ``[b, 1, d]``. Values are cast to ``dtype`` and moved to the CPU per
     layer; only the current batch is held in memory.
+    ``clip_target``: also store, as target ``clip``, the features the projector received in that same forward
+    (a forward hook on the vision tower picks ``vision_feature_layer`` and drops CLS as the model does), so they
+    carry the forward's own autocast / dtype (a Trainer's bf16 autocast included); the manifest's
+    ``targets[].compute`` records the dtype and autocast. A batch's own ``targets={"clip": ...}`` wins.
     Yields a :class:`HiddenStateCapture` (use ``cap.expect(ids, labels, targets)`` before each forward).
     """
     cap = HiddenStateCapture(model, writer, layers=layers, image_token_mask=image_token_mask, pooling=pooling,
                              dtype=dtype, expected_image_tokens=expected_image_tokens, grid=grid,
-                             capture_attentions=capture_attentions, num_samples=num_samples, target_dims=target_dims)
+                             capture_attentions=capture_attentions, num_samples=num_samples, target_dims=target_dims,
+                             vision_target="clip" if clip_target else None, vision_feature_layer=vision_feature_layer)
     cap._install()
     try:
         yield cap
@@ -544,7 +587,8 @@ def shuffle_image_tokens(model, seed, *, projector=None):
     by ``x[:, perm]``. With HF's default ``vision_feature_select_strategy`` the CLS token is already dropped, so
     only the T=576 patch tokens are permuted (with ``"full"`` the CLS token takes part). The same permutation is
     used for every sample and forward (``ctx.permutation``, drawn from a private generator: the global RNG is
-    untouched). The hook is removed on exit. The CLIP target from :func:`vision_tower_features` stays unshuffled.
+    untouched). The hook is removed on exit. The CLIP target (the vision tower's output, before the projector)
+    stays unshuffled.
     """
     mod, path = find_projector(model, projector)
 
@@ -664,7 +708,8 @@ def capture_dataset(model, batches, out_dir, *, layers=None, image_token_mask=No
     ``labels`` (dict name -> list), ``targets`` (dict name -> precomputed tensor [b, tokens, dim]),
     ``image_token_mask``; the model's keyword inputs either under ``inputs`` or as the remaining keys
     (``input_ids``, ``attention_mask``, ``pixel_values`` (HF) / ``images`` (LLaVA repo), ...). Tensors are moved to
-    the model's device. ``clip_target``: also store :func:`vision_tower_features` as target ``clip``.
+    the model's device. ``clip_target``: also store as target ``clip`` the vision tower features the projector
+    received in the same forward (see :func:`capture_hidden_states`; same autocast / dtype as the LLM's input).
     ``extra_encoders``: dict name -> callable(pixel_values) -> [b, tokens, dim] (fed ``batch[name +
     "_pixel_values"]`` when present, else the model's pixel values). ``resume``: continue an existing capture,
     skipping samples already in it. Train/eval modes are restored afterwards. Returns the capture path.
@@ -699,7 +744,8 @@ def capture_dataset(model, batches, out_dir, *, layers=None, image_token_mask=No
             cap = stack.enter_context(capture_hidden_states(
                 model, writer, layers=layers, image_token_mask=image_token_mask, pooling=pooling, dtype=dtype,
                 expected_image_tokens=expected_image_tokens, grid=grid, capture_attentions=capture_attentions,
-                num_samples=num_samples, target_dims=_target_dims(model, layout, clip_target, extra_encoders)))
+                num_samples=num_samples, target_dims=_target_dims(model, layout, clip_target, extra_encoders),
+                clip_target=clip_target, vision_feature_layer=vision_feature_layer))
             for batch in batches:
                 if not isinstance(batch, dict):
                     raise CaptureFormatError("capture_dataset: each batch must be a dict, got %s" % type(batch).__name__)
@@ -726,13 +772,10 @@ def capture_dataset(model, batches, out_dir, *, layers=None, image_token_mask=No
                 if takes_use_cache:
                     inputs.setdefault("use_cache", False)
                 pixels = inputs.get("pixel_values", inputs.get("images"))
-                if clip_target and "clip" not in targets:
-                    if pixels is None:
-                        raise CaptureFormatError("clip_target=True but the batch has no pixel_values/images; pass "
-                                                 "clip_target=False or targets={'clip': ...}")
-                    targets["clip"] = vision_tower_features(model, pixels, layer=vision_feature_layer,
-                                                            expected_tokens=expected_image_tokens, grid=grid,
-                                                            layout=cap.layout)
+                if clip_target and "clip" not in targets and pixels is None:
+                    # (the clip target itself comes from the vision tower's run inside model(**inputs))
+                    raise CaptureFormatError("clip_target=True but the batch has no pixel_values/images; pass "
+                                             "clip_target=False or targets={'clip': ...}")
                 for name, enc in extra_encoders.items():
                     if name not in targets:
                         px = enc_inputs.get(name + "_pixel_values", pixels)

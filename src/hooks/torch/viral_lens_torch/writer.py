@@ -351,14 +351,16 @@ class CaptureWriter:
         return False
 
     # ------------------------------------------------------------------ writing
-    def append_batch(self, ids, labels=None, layers=None, targets=None, target_descriptions=None):
+    def append_batch(self, ids, labels=None, layers=None, targets=None, target_descriptions=None,
+                     target_compute=None):
         """Append one batch of samples.
 
         ``ids``: list of unique sample ids (strings) not yet in the capture. ``labels``: dict name -> list of
         numbers/strings (one per sample; every batch must carry the same label names). ``layers``: dict canonical
         layer name (``embed``, ``blocks.{i}.out``) -> tensor ``[b, tokens, dim]``; ``targets``: dict name ->
         tensor ``[b, tokens, dim]``. Declared layers / targets must all be present; the first batch declares the
-        rest and fixes dims and dtypes; later batches must match exactly.
+        rest and fixes dims and dtypes; later batches must match exactly. ``target_compute``: optional dict
+        name -> ``{"source", "dtype", "autocast"}`` (how the target was computed), recorded with the first batch.
         """
         ids = [str(i) for i in ids]
         n = len(ids)
@@ -439,6 +441,10 @@ class CaptureWriter:
                 if desc and "description" not in e:
                     new_m["targets"][i] = {"name": e["name"], "description": desc, "dim": e["dim"],
                                            "tokens": e["tokens"], "shards": e["shards"]}
+            for e in new_m["targets"]:
+                info = (target_compute or {}).get(e["name"])
+                if info and "compute" not in e:
+                    e["compute"] = {k: info[k] for k in ("source", "dtype", "autocast") if k in info}
             for name, t in layers.items():
                 new_dtypes[("layer", name)] = _st_dtype(t)
             for name, t in targets.items():
