@@ -3,8 +3,10 @@
 import os
 import shutil
 import tempfile
+import threading
 import unittest
 from types import SimpleNamespace
+from unittest import mock
 
 from common import SMALL, as_capture_batch, hooks_left, torch  # noqa: F401  (sets sys.path, skips without torch)
 
@@ -372,6 +374,98 @@ class TestTokensFromConfig(CaptureTestCase):
         # the caller's numbers win over the config; only a grid gives its count
         self.assertEqual(resolve_image_tokens(nxt, None, 576, None), (576, (24, 24)))
         self.assertEqual(resolve_image_tokens(nxt, None, None, (3, 5)), (15, (3, 5)))
+
+
+class TestBackgroundWriter(CaptureTestCase):
+    def _batches(self, n=4):
+        return [make_hf_batch(2, seed=40 + i, start=2 * i) for i in range(n)]
+
+    def _run(self, model, out, batches, body=None, **kw):
+        writer = vl.CaptureWriter.create(out)
+        with torch.no_grad(), vl.capture_hidden_states(model, writer, clip_target=True, **SMALL, **kw) as cap:
+            for i, batch in enumerate(batches):
+                cap.expect(batch["ids"], labels={"i": [i] * len(batch["ids"])})
+                model(**model_inputs(batch))
+                if body is not None:
+                    body(i, cap)
+        return writer
+
+    def test_same_capture_as_writing_in_the_forward(self):
+        torch.manual_seed(0)
+        model = TinyLlavaForConditionalGeneration(n_layers=2).eval()
+        self._run(model, self.path("bg"), self._batches())
+        self._run(model, self.path("sync"), self._batches(), background=False)
+        ma, la, ta = vl.read_capture(self.path("bg"))
+        mb, lb, tb = vl.read_capture(self.path("sync"))
+        self.assertEqual(ma["samples"], mb["samples"])
+        self.assertEqual(ma["samples"]["count"], 8)
+        for k in lb:
+            self.assertTrue(torch.equal(la[k], lb[k]), k)
+        self.assertTrue(torch.equal(ta["clip"], tb["clip"]))
+
+    def test_write_error_is_raised_in_the_caller_and_stops_writing(self):
+        model = TinyLlavaForConditionalGeneration(n_layers=1).eval()
+        real = vl.CaptureWriter.append_batch
+        calls = []
+
+        def failing(self_, *a, **k):
+            calls.append(a[0])
+            if len(calls) == 2:
+                raise vl.CaptureWriteError("disk full (simulated)", path="x")
+            return real(self_, *a, **k)
+
+        with mock.patch.object(vl.CaptureWriter, "append_batch", failing):
+            with self.assertRaises(vl.CaptureWriteError):
+                self._run(model, self.path("err"), self._batches(6))
+        m = validate_capture(self.path("err"))
+        self.assertEqual(m["samples"]["ids"], ["img-0000", "img-0001"])  # the batches before the failure only
+        self.assertLessEqual(len(calls), 2, "no batch may be written after a write error")
+        self.assertEqual(hooks_left(model), [])
+
+    def test_back_pressure_bounds_the_queue(self):
+        model = TinyLlavaForConditionalGeneration(n_layers=1).eval()
+        real = vl.CaptureWriter.append_batch
+        release = threading.Event()
+        state = {"captured": 0, "written": 0, "most_behind": 0}
+
+        def slow(self_, *a, **k):
+            release.wait(5)
+            state["written"] += 1
+            return real(self_, *a, **k)
+
+        def body(i, cap):
+            state["captured"] = cap.batches_written
+            state["most_behind"] = max(state["most_behind"], state["captured"] - state["written"])
+
+        threading.Timer(1.0, release.set).start()  # the writer is stuck for a second; the forwards must wait
+
+        def run():
+            with mock.patch.object(vl.CaptureWriter, "append_batch", slow):
+                self._run(model, self.path("bp"), self._batches(8), body=body, max_pending=1)
+
+        t = threading.Thread(target=run)
+        t.start()
+        t.join(30)
+        self.assertFalse(t.is_alive())
+        # max_pending=1: one batch in the queue + one being written; the third capture waits for the writer
+        self.assertEqual(state["most_behind"], 2)
+        self.assertEqual(validate_capture(self.path("bp"))["samples"]["count"], 16)
+
+    def test_exception_in_the_block_still_writes_captured_batches(self):
+        model = TinyLlavaForConditionalGeneration(n_layers=1).eval()
+
+        def body(i, cap):
+            if i == 2:
+                raise KeyError("user code failed")
+
+        with self.assertRaises(KeyError):
+            self._run(model, self.path("exc"), self._batches(5), body=body)
+        self.assertEqual(validate_capture(self.path("exc"))["samples"]["count"], 6)
+        self.assertEqual(hooks_left(model), [])
+        # and the capture resumes from there
+        batches = [as_capture_batch(b, labels={"i": [i] * 2}) for i, b in enumerate(self._batches(5))]
+        out = vl.capture_dataset(model, batches, self.path("exc"), **SMALL)
+        self.assertEqual(validate_capture(out)["samples"]["count"], 10)
 
 
 class TestTargets(CaptureTestCase):

@@ -9,6 +9,7 @@ import warnings
 
 import torch
 
+from .background import BackgroundWriter, PinnedPool, to_host
 from .discovery import discover, find_projector, hidden_size, image_token_index, model_name, resolve_image_tokens
 from .errors import CaptureFormatError, ImageTokenCountError, LayerDiscoveryError, TokenGridError
 from .ingest import IngestClient
@@ -77,6 +78,15 @@ class LlavaRepoImageMask:
         return self._place(self._spans(input_ids, attention_mask), seq_len, image=False)
 
 
+class _Events:
+    def __init__(self, events):
+        self.events = events
+
+    def synchronize(self):
+        for ev in self.events:
+            ev.synchronize()
+
+
 class _BatchState:
     def __init__(self, ids, labels, targets, mask, input_ids, attention_mask):
         self.ids = ids
@@ -88,6 +98,8 @@ class _BatchState:
         self.mask = None  # resolved bool [b, seq] on the device of the first hidden state
         self.mask_on = {}  # copies on other devices
         self.layers = {}
+        self.index_on = {}  # device -> flat indices of the image tokens in [b * seq]
+        self.buffers = []  # pinned host buffers holding this batch (back to the pool once written)
         self.vision = None  # (features the projector received, autocast regions active then)
 
 
@@ -124,7 +136,8 @@ class HiddenStateCapture:
 
     def __init__(self, model, writer, layers=None, image_token_mask=None, pooling="none", dtype=torch.float16,
                  expected_image_tokens=None, grid=None, capture_attentions=False, num_samples=None,
-                 target_dims=None, auto_id_prefix="sample-", vision_target=None, vision_feature_layer=None):
+                 target_dims=None, auto_id_prefix="sample-", vision_target=None, vision_feature_layer=None,
+                 background=True, max_pending=2):
         if pooling not in ("none", "mean"):
             raise ValueError("pooling must be 'none' or 'mean', not %r" % (pooling,))
         if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
@@ -178,6 +191,10 @@ class HiddenStateCapture:
         # the features the LLM received) as this target, unless a batch brings its own
         self.vision_target = vision_target
         self.vision_feature_layer = vision_feature_layer
+        self.background = bool(background)
+        self.max_pending = int(max_pending)
+        self._bg = None
+        self._pool = PinnedPool(max_per_key=self.max_pending + 2)
         self._target_compute = {}
         if vision_target is not None and self.layout.vision_tower is None:
             raise LayerDiscoveryError("could not find the vision tower of %s (layout %s) for the %r target; pass "
@@ -205,6 +222,8 @@ class HiddenStateCapture:
         try:
             self._configure_writer()
             self._log_estimate()
+            if self.background:
+                self._bg = BackgroundWriter(self.writer, self.max_pending, pool=self._pool)
             layers = self.layout.decoder_layers
             if 0 in self.indices:
                 self._handles.append(_register_pre_hook(layers[0], self._embed_pre_hook))
@@ -218,13 +237,28 @@ class HiddenStateCapture:
             self._remove()
             raise
 
-    def _remove(self):
+    def _remove(self, raise_errors=True):
+        """Remove every hook, then write the queued batches (also when an exception is propagating: they are
+        complete) and stop the writer thread; ``raise_errors=False`` logs a write error instead of raising it."""
         self._closed = True
         self._state = None
         self._pending = None
         while self._handles:
             self._handles.pop().remove()
         self._unwrap_forward()
+        bg, self._bg = self._bg, None
+        if bg is not None:
+            bg.close(raise_errors=raise_errors)
+
+    def flush(self):
+        """Wait until every captured batch is on disk (raises the first write error)."""
+        if self._bg is not None:
+            self._bg.flush()
+
+    @property
+    def writer_stats(self):
+        """(bytes written, seconds the writer spent in append_batch) of the background writer, or None."""
+        return (self._bg.bytes_written, self._bg.busy_s) if self._bg is not None else None
 
     def _wrap_forward(self):
         model = self.model
@@ -366,12 +400,21 @@ class HiddenStateCapture:
         if h.dim() != 3:
             raise TypeError("hidden states of %s have shape %s; expected [batch, seq, dim]" % (name, list(h.shape)))
         mask = self._mask_for(st, h)
-        b, _, d = h.shape
-        sel = h[mask].reshape(b, self.expected_image_tokens, d)
+        b, seq, d = h.shape
+        idx = st.index_on.get(h.device)
+        if idx is None:  # one device sync per batch (and device), not one per layer as h[mask] would do
+            idx = st.index_on[h.device] = mask.reshape(-1).nonzero().squeeze(1)
+        sel = h.reshape(b * seq, d).index_select(0, idx).reshape(b, self.expected_image_tokens, d)
         if self.pooling == "mean":
             acc = sel if sel.dtype == torch.float64 else sel.float()
             sel = acc.mean(dim=1, keepdim=True)
-        st.layers[name] = sel.to(self.dtype).cpu()
+        st.layers[name] = self._to_host(st, sel)
+
+    def _to_host(self, st, t):
+        host, pooled = to_host(t, self.dtype, self._pool)
+        if pooled is not None:
+            st.buffers.append(pooled)
+        return host
 
     def _mask_for(self, st, h):
         if st.mask is not None and st.mask.shape[1] == h.shape[1]:
@@ -481,10 +524,36 @@ class HiddenStateCapture:
             cfg = getattr(self.model, "config", None)
             descriptions["clip"] = CLIP_DESCRIPTION % getattr(cfg, "vision_feature_layer",
                                                               getattr(cfg, "mm_vision_select_layer", -2))
-        self.writer.append_batch(ids, st.labels, st.layers, targets, target_descriptions=descriptions,
-                                 target_compute=compute)
+        events = self._copies_done(st)
+        if self._bg is not None:
+            self._bg.submit(ids, st.labels, st.layers, targets, target_descriptions=descriptions,
+                            target_compute=compute, event=events, buffers=st.buffers)
+        else:
+            if events is not None:
+                events.synchronize()
+            try:
+                self.writer.append_batch(ids, st.labels, st.layers, targets, target_descriptions=descriptions,
+                                         target_compute=compute)
+            finally:
+                for buf in st.buffers:
+                    self._pool.give(buf)
+        st.buffers = []
         self.batches_written += 1
         self.samples_written += b
+
+    @staticmethod
+    def _copies_done(st):
+        """Events marking the end of this batch's GPU -> pinned copies (one per device that copied), or None."""
+        if not st.buffers:
+            return None
+        devices = {i.device for i in st.index_on.values() if i.is_cuda}
+        evs = []
+        for dev in devices:
+            with torch.cuda.device(dev):
+                ev = torch.cuda.Event()
+                ev.record()
+                evs.append(ev)
+        return _Events(evs)
 
     def _prepare_target(self, name, t, b):
         t = t.detach()
@@ -494,7 +563,7 @@ class HiddenStateCapture:
                 t = (t if t.dtype == torch.float64 else t.float()).mean(dim=1, keepdim=True)
         if t.shape[0] != b:
             raise TokenGridError("target %r has %d samples; the batch has %d" % (name, t.shape[0], b))
-        return t.to(self.dtype).cpu()
+        return self._to_host(self._state, t)
 
     def _attention_target(self, st, out):
         atts = out.get("attentions") if isinstance(out, dict) else getattr(out, "attentions", None)
@@ -542,7 +611,8 @@ def _register_pre_hook(module, fn):
 @contextlib.contextmanager
 def capture_hidden_states(model, writer, *, layers=None, image_token_mask=None, pooling="none", dtype=torch.float16,
                           expected_image_tokens=None, grid=None, capture_attentions=False, num_samples=None,
-                          target_dims=None, clip_target=False, vision_feature_layer=None):
+                          target_dims=None, clip_target=False, vision_feature_layer=None, background=True,
+                          max_pending=2):
     """Capture LLM hidden states at the image-token positions of every forward of ``model`` into ``writer``.
 
     Hooks: a forward pre-hook on the first decoder layer gives hidden_states index 0 (``embed``: the LLM input
@@ -565,17 +635,25 @@ def capture_hidden_states(model, writer, *, layers=None, image_token_mask=None, 
     (a forward hook on the vision tower picks ``vision_feature_layer`` and drops CLS as the model does), so they
     carry the forward's own autocast / dtype (a Trainer's bf16 autocast included); the manifest's
     ``targets[].compute`` records the dtype and autocast. A batch's own ``targets={"clip": ...}`` wins.
+    ``background``: the forward only gathers the image tokens and starts their copy to the CPU (into pinned
+    buffers, ``non_blocking``, on CUDA); a writer thread, at most ``max_pending`` batches behind, writes them
+    (back-pressure when it falls behind). A write error is raised at the next captured forward or on exit;
+    leaving the block (normally or by an exception) writes every batch already captured. ``background=False``
+    writes inside the forward.
     Yields a :class:`HiddenStateCapture` (use ``cap.expect(ids, labels, targets)`` before each forward).
     """
     cap = HiddenStateCapture(model, writer, layers=layers, image_token_mask=image_token_mask, pooling=pooling,
                              dtype=dtype, expected_image_tokens=expected_image_tokens, grid=grid,
                              capture_attentions=capture_attentions, num_samples=num_samples, target_dims=target_dims,
-                             vision_target="clip" if clip_target else None, vision_feature_layer=vision_feature_layer)
+                             vision_target="clip" if clip_target else None, vision_feature_layer=vision_feature_layer,
+                             background=background, max_pending=max_pending)
     cap._install()
     try:
         yield cap
-    finally:
-        cap._remove()
+    except BaseException:
+        cap._remove(raise_errors=False)  # the queued batches are still written; the original error wins
+        raise
+    cap._remove()
 
 
 @contextlib.contextmanager
@@ -701,7 +779,7 @@ def capture_dataset(model, batches, out_dir, *, layers=None, image_token_mask=No
                     vision_feature_layer=None, extra_encoders=None, capture_attentions=False, shuffle_seed=None,
                     resume=True, overwrite=False, model_info=None, variant="baseline", checkpoint=None,
                     provenance=None, num_samples=None, ingest_url=None, token=None, run=None, step=None,
-                    progress=None):
+                    progress=None, background=True):
     """Run ``model`` over ``batches`` in eval mode under ``torch.no_grad()`` and write a capture to ``out_dir``.
 
     Each batch is a dict: ``ids`` (list of unique strings; default: running index ``"000000"``...), optional
@@ -745,7 +823,8 @@ def capture_dataset(model, batches, out_dir, *, layers=None, image_token_mask=No
                 model, writer, layers=layers, image_token_mask=image_token_mask, pooling=pooling, dtype=dtype,
                 expected_image_tokens=expected_image_tokens, grid=grid, capture_attentions=capture_attentions,
                 num_samples=num_samples, target_dims=_target_dims(model, layout, clip_target, extra_encoders),
-                clip_target=clip_target, vision_feature_layer=vision_feature_layer))
+                clip_target=clip_target, vision_feature_layer=vision_feature_layer, background=background))
+            start_count = writer.count
             for batch in batches:
                 if not isinstance(batch, dict):
                     raise CaptureFormatError("capture_dataset: each batch must be a dict, got %s" % type(batch).__name__)
@@ -788,7 +867,7 @@ def capture_dataset(model, batches, out_dir, *, layers=None, image_token_mask=No
                 if cap._pending is not None:
                     raise RuntimeError("model(**inputs) did not call model.forward; nothing was captured")
                 if progress is not None:
-                    progress(writer.count)
+                    progress(start_count + cap.samples_written)  # captured; the writer may be a batch behind
     except BaseException:
         if writer.discard_if_empty():
             log.info("viral-lens capture %s: removed the directory (the capture failed before its first batch)",
