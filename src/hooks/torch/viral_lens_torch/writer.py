@@ -1,5 +1,6 @@
 """CaptureWriter: writes the viral-lens capture format (docs/capture-format.md), atomically and resumably."""
 
+import concurrent.futures
 import copy
 import datetime
 import json
@@ -21,6 +22,10 @@ VERSION = 1
 MANIFEST = "manifest.json"
 LAYER_TENSOR = "hidden"
 TARGET_TENSOR = "features"
+
+# shards of one batch written in parallel (CaptureWriter._write_shards; 1 = one after the other). I/O-bound, so
+# not tied to the core count: on a 2-core VM 1 -> 287, 4 -> 620, 8 -> 580-700 MB/s vs 780 MB/s for one plain file
+WRITE_WORKERS = 8
 
 _TMP_RE = re.compile(r"\.tmp-\d+(-[0-9a-f]+)?$")  # ours and the TS writer's
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -117,6 +122,7 @@ class CaptureWriter:
         self._dtypes = {}  # (kind, name) -> safetensors dtype of the shards written so far
         self.ingest = ingest
         self._made_dir = False  # create() made out_dir (discard_if_empty may then remove it)
+        self.write_workers = WRITE_WORKERS
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -460,14 +466,16 @@ class CaptureWriter:
                 k += 1
             return "%s/%05d.safetensors" % (folder, k)
 
+        jobs = []
         for e in new_m["layers"]:
             rel = shard_name("layers/%03d" % e["index"], len(e["shards"]))
-            self._write_shard(rel, LAYER_TENSOR, layers[e["name"]], dict(meta, layer=e["name"]))
+            jobs.append((rel, LAYER_TENSOR, layers[e["name"]], dict(meta, layer=e["name"])))
             e["shards"].append({"file": rel, "tensor": LAYER_TENSOR, "start": start, "count": n})
         for e in new_m["targets"]:
             rel = shard_name("targets/%s" % e["name"], len(e["shards"]))
-            self._write_shard(rel, TARGET_TENSOR, targets[e["name"]], dict(meta, target=e["name"]))
+            jobs.append((rel, TARGET_TENSOR, targets[e["name"]], dict(meta, target=e["name"])))
             e["shards"].append({"file": rel, "tensor": TARGET_TENSOR, "start": start, "count": n})
+        self._write_shards(jobs)
         new_m["samples"]["ids"].extend(ids)
         new_m["samples"]["count"] = start + n
         for k, v in clean_labels.items():
@@ -502,6 +510,19 @@ class CaptureWriter:
             raise CaptureFormatError("%s has %d tokens; earlier batches had %d" % (what, t.shape[1], entry["tokens"]))
         if dtype and _st_dtype(t) != dtype:
             raise CaptureFormatError("%s has dtype %s; earlier batches had %s" % (what, _st_dtype(t), dtype))
+
+    def _write_shards(self, jobs):
+        """Write the batch's shards, each atomically, ``write_workers`` at a time: one file's write + fsync
+        rarely fills a fast disk, and both release the GIL. All are attempted; the first error is raised."""
+        workers = min(self.write_workers, len(jobs))
+        if workers <= 1:
+            for job in jobs:
+                self._write_shard(*job)
+            return
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="viral-lens-shard") as ex:
+            futures = [ex.submit(self._write_shard, *job) for job in jobs]
+        for f in futures:
+            f.result()
 
     def _write_shard(self, rel, tensor_name, t, meta):
         path = os.path.join(self.out_dir, *rel.split("/"))
