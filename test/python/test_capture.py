@@ -4,6 +4,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import unittest
 from types import SimpleNamespace
 from unittest import mock
@@ -402,6 +403,35 @@ class TestBackgroundWriter(CaptureTestCase):
         for k in lb:
             self.assertTrue(torch.equal(la[k], lb[k]), k)
         self.assertTrue(torch.equal(ta["clip"], tb["clip"]))
+
+    def test_writer_waits_for_the_copies_and_returns_buffers(self):
+        # stands in for CUDA (no GPU here): the writer must not touch a batch before its copy event completes,
+        # and must give the pinned buffers back to the pool afterwards
+        from viral_lens_torch.background import BackgroundWriter, PinnedPool
+
+        order = []
+        copied = threading.Event()
+
+        class FakeEvent:
+            def synchronize(self):
+                copied.wait(5)
+                order.append("synchronized")
+
+        class FakeWriter:
+            def append_batch(self, ids, labels, layers, targets, **kw):
+                order.append("written %s" % ids[0])
+
+        pool = PinnedPool()
+        buf = torch.zeros(1, 2, 3)
+        bg = BackgroundWriter(FakeWriter(), max_pending=2, pool=pool)
+        bg.submit(["a"], None, {"embed": buf}, {}, event=FakeEvent(), buffers=[buf])
+        time.sleep(0.2)
+        self.assertEqual(order, [], "written before the copy finished")
+        copied.set()
+        bg.close()
+        self.assertEqual(order, ["synchronized", "written a"])
+        self.assertIs(pool.take((1, 2, 3), torch.float32), buf)  # reused, not a new pinned allocation
+        self.assertEqual(bg.bytes_written, 6 * 4)
 
     def test_write_error_is_raised_in_the_caller_and_stops_writing(self):
         model = TinyLlavaForConditionalGeneration(n_layers=1).eval()

@@ -100,6 +100,7 @@ class _BatchState:
         self.layers = {}
         self.index_on = {}  # device -> flat indices of the image tokens in [b * seq]
         self.buffers = []  # pinned host buffers holding this batch (back to the pool once written)
+        self.copy_devices = set()  # CUDA devices whose streams carry this batch's copies into those buffers
         self.vision = None  # (features the projector received, autocast regions active then)
 
 
@@ -414,6 +415,7 @@ class HiddenStateCapture:
         host, pooled = to_host(t, self.dtype, self._pool)
         if pooled is not None:
             st.buffers.append(pooled)
+            st.copy_devices.add(t.device)
         return host
 
     def _mask_for(self, st, h):
@@ -546,9 +548,8 @@ class HiddenStateCapture:
         """Events marking the end of this batch's GPU -> pinned copies (one per device that copied), or None."""
         if not st.buffers:
             return None
-        devices = {i.device for i in st.index_on.values() if i.is_cuda}
         evs = []
-        for dev in devices:
+        for dev in st.copy_devices:
             with torch.cuda.device(dev):
                 ev = torch.cuda.Event()
                 ev.record()
