@@ -135,7 +135,7 @@ class CaptureWriter:
         optionally declare the layer set (``[{"name", "dim"}]``) and target set (``[{"name", "dim", "tokens",
         "description"}]``) up front; otherwise the first batch declares them. Anything not known yet can be set
         with :meth:`configure` before the first batch (capture_hidden_states does that). ``manifest.json`` is
-        written as soon as it is a valid manifest (model name, token layout and at least one layer known).
+        written with the first batch (a 0-sample capture is never left on disk; see :meth:`discard_if_empty`).
         A directory holding only leftovers of a writer that died before its first manifest (``layers/``,
         ``targets/``, temp files) is cleaned and reused.
         """
