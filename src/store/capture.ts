@@ -400,6 +400,8 @@ export async function validateCapture(dir: string, options: ValidateOptions = {}
   const { manifest: m, problems } = await loadManifest(dir);
   // Without a schema-valid manifest there is nothing to check the shards against.
   if (!m) return problems;
+  // A writer that stopped before its first batch leaves a schema-valid manifest with nothing to analyse.
+  if (m.samples.count === 0) problems.push(`${join(dir, MANIFEST)}: samples.count: the capture holds no samples`);
   problems.push(...(await shardProblems(dir, m, options.checkValues ?? false)));
   for (const f of await strayFiles(dir, m)) {
     problems.push(
