@@ -181,7 +181,10 @@ class TorchWorker {
     this.dead = err;
     this.helloWaiter?.reject(err);
     this.helloWaiter = null;
-    for (const p of this.pending.values()) p.reject(new Error(`${err.message} (during '${p.op}')`));
+    for (const p of this.pending.values()) {
+      const msg = `${err.message} (during '${p.op}')`;
+      p.reject(err instanceof TorchWorkerDiedError ? new TorchWorkerDiedError(msg) : new Error(msg));
+    }
     this.pending.clear();
     this.unref();
   }
@@ -336,7 +339,14 @@ export class TorchEngine implements Engine {
     this.onGpu = !info.device.startsWith('cpu');
   }
 
+  /** `device`/`precision` default to VIRAL_LENS_DEVICE / VIRAL_LENS_PRECISION (how `serve` and `demo` pass them). */
   static async create(options: TorchEngineOptions = {}): Promise<TorchEngine> {
+    const env = process.env;
+    options = {
+      ...options,
+      ...(options.device ?? env.VIRAL_LENS_DEVICE ? { device: options.device ?? env.VIRAL_LENS_DEVICE } : {}),
+      precision: options.precision ?? parseTorchPrecision(env.VIRAL_LENS_PRECISION || undefined),
+    };
     const { worker, info } = await startWorker(options);
     // Pin the device the worker chose, so a restarted worker uses the same one.
     return new TorchEngine(worker, info, { ...options, device: info.device });
