@@ -9,7 +9,7 @@ import { promisify } from 'node:util';
 import { main } from '../cli/main.js';
 import { createEngine, describeEngine, type Engine } from '../src/engine/index.js';
 import { RefEngine } from '../src/engine/ref.js';
-import { TorchEngine, TorchUnavailableError, TorchWorkerDiedError } from '../src/engine/torch.js';
+import { TorchEngine, torchStatus, TorchUnavailableError, TorchWorkerDiedError } from '../src/engine/torch.js';
 import type { Matrix } from '../src/matrix.js';
 import { computeMetric, Features, METRIC_NAMES, preprocess, PREPROCESS_NAMES } from '../src/metrics/index.js';
 import { writeNpy } from '../src/store/npy.js';
@@ -234,4 +234,14 @@ test('torch engine: createEngine("torch") self-checks and describes the device',
   } finally {
     await e.dispose();
   }
+});
+
+test('torch engine: doctor\'s torch status names the interpreter, torch version and device, or why not', { skip: missing }, async () => {
+  const ok = await torchStatus({ python: python!, device: 'cpu' });
+  assert.equal(ok.python, python);
+  assert.match(ok.info!.torch, /^\d+\.\d+/);
+  assert.equal(ok.info!.device, 'cpu');
+  assert.ok(ok.info!.free_bytes! > 0);
+  const bad = await torchStatus({ python: join(dir, 'no-such-python') });
+  assert.match(bad.error!, /no python interpreter/);
 });
