@@ -1,5 +1,5 @@
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
-import { existsSync, unlinkSync, writeFileSync, accessSync, constants } from 'node:fs';
+import { accessSync, constants, existsSync, statfsSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -67,14 +67,17 @@ export function torchPython(options: TorchEngineOptions = {}): string {
   return options.python ?? process.env.VIRAL_LENS_PYTHON ?? 'python3';
 }
 
-function shmDir(): string {
-  // /dev/shm keeps the transfer in memory; elsewhere the OS temp folder (page cache) does nearly as well.
+function shmDir(bytes: number): string {
+  // /dev/shm keeps the transfer in memory; where it is missing or too small (containers often give it 64 MB) the OS
+  // temp folder (page cache) does nearly as well.
   try {
     accessSync('/dev/shm', constants.W_OK);
-    return '/dev/shm';
+    const fs = statfsSync('/dev/shm');
+    if (fs.bavail * fs.bsize > 1.1 * bytes) return '/dev/shm';
   } catch {
-    return tmpdir();
+    // no /dev/shm
   }
+  return tmpdir();
 }
 
 interface Pending {
@@ -373,9 +376,14 @@ export class TorchEngine implements Engine {
     const w = await this.live();
     const key = m.data;
     const known = this.loaded.get(key);
-    if (known && known.startsWith(`w${this.seq}:`) && this.resident.some((r) => r.name === known)) return { w, name: known };
+    const at = known === undefined ? -1 : this.resident.findIndex((r) => r.name === known);
+    if (at >= 0) {
+      // Least recently used goes first: a sweep's targets stay while its layers stream through.
+      this.resident.push(...this.resident.splice(at, 1));
+      return { w, name: known! };
+    }
     const name = `w${this.seq}:m${this.resident.length}:${Math.random().toString(36).slice(2, 10)}`;
-    const path = join(shmDir(), `viral-lens-torch-${process.pid}-${name.replace(/:/g, '-')}.bin`);
+    const path = join(shmDir(m.data.byteLength), `viral-lens-torch-${process.pid}-${name.replace(/:/g, '-')}.bin`);
     const dtype = m.data instanceof Float64Array ? 'float64' : 'float32';
     // The typed array's own bytes: no conversion, no extra copy on Node's heap.
     writeFileSync(path, new Uint8Array(m.data.buffer, m.data.byteOffset, m.data.byteLength));

@@ -104,6 +104,12 @@ def _matmul(a, b_t, precision):
     return a @ b_t.T
 
 
+def _compute_copy(x, precision):
+    """The matrix in the products' dtype, converted once per kNN rather than once per tile."""
+    torch = _torch()
+    return x.to(torch.bfloat16) if precision == 'bf16' else x
+
+
 def tile_rows_for(n, device, requested=None):
     """Rows per Gram tile: as many as half the device's free memory allows (tiles are t × n float32)."""
     torch = _torch()
@@ -168,6 +174,7 @@ def knn_lists(x, k, precision='float32', tile_rows=None, progress=None):
     val = torch.empty(n, k, dtype=torch.float32, device=x.device)
     nxt = torch.empty(n, dtype=torch.float32, device=x.device)
     top = torch.zeros((), dtype=torch.float32, device=x.device)
+    x = _compute_copy(x, precision)
     s = 0
     while s < n:
         e = min(n, s + t)
