@@ -197,6 +197,21 @@ test('torch engine: a worker killed mid-request fails that request clearly (no h
   }
 });
 
+test('torch engine: an aborted kNN stops at once (the worker is killed) and the engine keeps working', { skip: missing }, async () => {
+  const engine = await TorchEngine.create({ device: 'cpu' });
+  try {
+    const controller = new AbortController();
+    const x = randn(3000, 256, 61);
+    const pending = engine.knn(x, 5, { signal: controller.signal });
+    setTimeout(() => controller.abort(), 300);
+    await assert.rejects(pending, { name: 'AbortError' });
+    const y = randn(20, 5, 62);
+    assert.deepEqual([...(await engine.knn(y, 3)).indices], [...(await ref.knn(y, 3)).indices]);
+  } finally {
+    await engine.dispose();
+  }
+});
+
 test('torch engine: no interpreter / no torch is one line naming what is missing and how to install it', { skip: missing }, async () => {
   await assert.rejects(TorchEngine.create({ python: join(dir, 'no-such-python') }), (err: Error) => {
     return err instanceof TorchUnavailableError && err.missing === 'python' && /no python interpreter .*pip install torch/.test(err.message);

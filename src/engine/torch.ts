@@ -411,6 +411,7 @@ export class TorchEngine implements Engine {
   async knn(x: Matrix, k: number, options: KnnOptions = {}): Promise<KnnLists> {
     options.signal?.throwIfAborted();
     const { w, name } = await this.load(x);
+    options.signal?.throwIfAborted();
     const onAbort = () => w.child.kill('SIGKILL');
     options.signal?.addEventListener('abort', onAbort, { once: true });
     try {
