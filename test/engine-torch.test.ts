@@ -45,6 +45,10 @@ before(async () => {
   if (!python) return;
   dir = await mkdtemp(join(tmpdir(), 'viral-lens-torch-'));
   torch = await TorchEngine.create({ device: 'cpu' });
+  const A = randn(40, 12, 21);
+  const B = randn(40, 12, 22);
+  await writeNpy(join(dir, 'A.npy'), [40, 12], Float32Array.from(A.data));
+  await writeNpy(join(dir, 'B.npy'), [40, 12], Float32Array.from(B.data, (v, i) => v + A.data[i]!));
 });
 
 after(async () => {
@@ -127,10 +131,6 @@ async function cliJson(args: string[]): Promise<{ code: number; out: string }> {
 }
 
 test('torch engine: every metric and preprocessing equals ref to 2e-5 (CLI compare --engine torch)', { skip: missing }, async () => {
-  const A = randn(40, 12, 21);
-  const B = randn(40, 12, 22);
-  await writeNpy(join(dir, 'A.npy'), [40, 12], Float32Array.from(A.data));
-  await writeNpy(join(dir, 'B.npy'), [40, 12], Float32Array.from(B.data, (v, i) => v + A.data[i]!));
   for (const prep of PREPROCESS_NAMES) {
     for (const metric of METRIC_NAMES) {
       const args = ['compare', join(dir, 'A.npy'), join(dir, 'B.npy'), '--metric', metric, '--preprocess', prep, '--topk', '5', '--json'];

@@ -308,7 +308,9 @@ function describeDevice(info: TorchWorkerInfo, precision: TorchPrecision): strin
         ? 'fp32, TF32 off'
         : 'fp32'
       : precision === 'tf32'
-        ? 'TF32 FAST MODE (10-bit mantissa products)'
+        ? info.device.startsWith('cuda')
+          ? 'TF32 FAST MODE (10-bit mantissa products)'
+          : 'TF32 FAST MODE requested (no TF32 on this device: fp32 products, tf32 tie tolerance)'
         : 'BF16 FAST MODE (8-bit mantissa products)';
   return `torch ${info.torch} (${info.python}, Python ${info.python_version}) on ${info.device} = ${info.device_name}${mem}, ${math}`;
 }

@@ -341,6 +341,8 @@ class Worker:
     def op_load(self, req):
         m = map_matrix(req['path'], req['dtype'], int(req['rows']), int(req['cols']), int(req.get('offset', 0)), req.get('order', 'C'))
         check_finite(m, req.get('label') or req['path'])
+        if self.device.type == 'mps' and m.dtype == self.torch.float64:
+            m = m.float()  # MPS has no float64; the products are float32 anyway
         # A real copy (onto the device, or off the mapping on the CPU), so the file may go away.
         t = m.to(self.device, copy=True).contiguous()
         del m
