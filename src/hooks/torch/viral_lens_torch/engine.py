@@ -178,12 +178,15 @@ def knn_lists(x, k, precision='float32', tile_rows=None, progress=None):
     s = 0
     while s < n:
         e = min(n, s + t)
+        oom = False
         try:
             v, ix, tile_top = _knn_tile(x, s, e, k, precision)
         except Exception as err:  # noqa: BLE001 (only OOM is retried; everything else propagates)
             if not is_oom(err) or t == 1:
                 raise
-            del err
+            oom = True
+        if oom:
+            # Outside the except block, so the failed tile's tensors (held by the traceback) are already released.
             if x.device.type == 'cuda':
                 torch.cuda.empty_cache()
             t = max(1, t // 2)
