@@ -152,6 +152,9 @@ def main():
     ap.add_argument('--check-n', type=int, default=2000, help='n of the correctness check against the dense reference')
     ap.add_argument('--gemm', default='8192,8192,8192', help='m,k,n of the GEMM ceiling measurement')
     ap.add_argument('--tile-mib', type=int, default=0, help='Gram tile budget (0 = the engine\'s choice from free memory)')
+    ap.add_argument('--sweep-layers', type=int, default=0, help='layers of the sweep timing (0 = skip)')
+    ap.add_argument('--sweep-targets', type=int, default=2)
+    ap.add_argument('--sweep-n', type=int, default=100000)
     ap.add_argument('--dense-sizes', default='20000', help='n of the dense torch baseline (platonic-rep style), side by side')
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--json')
@@ -212,6 +215,31 @@ def main():
             if device.type == 'cuda':
                 torch.cuda.empty_cache()
         del A, B, pa, pb
+    # 4. A layer sweep: each target's kNN once, then every layer's kNN and its CKNNA against every target.
+    if args.sweep_layers > 0:
+        n = args.sweep_n
+        t0 = time.perf_counter()
+        targets = []
+        for ti in range(args.sweep_targets):
+            _, T = synthetic(n, 8, args.dB, 99 + ti, device)
+            targets.append(knn_lists(prh(T), args.k))
+            del T
+        values = []
+        for layer in range(args.sweep_layers):
+            H, _ = synthetic(n, args.dA, 8, 500 + layer, device)
+            ia, va, _ = knn_lists(prh(H), args.k)
+            del H
+            for ib, vb, _ in targets:
+                kl = hsic_sparse(n, *masked_entries(ia, va, ib, vb))
+                kk = hsic_sparse(n, *masked_entries(ia, va))
+                ll = hsic_sparse(n, *masked_entries(ib, vb))
+                values.append(kl / (math.sqrt(kk * ll) + 1e-6) if kk * ll >= 0 else float('nan'))
+        sync(device)
+        t_sweep = time.perf_counter() - t0
+        report['sweep'] = {'n': n, 'layers': args.sweep_layers, 'targets': args.sweep_targets, 'seconds': t_sweep,
+                           'knn_computed': args.sweep_layers + args.sweep_targets}
+        print(f'sweep: {args.sweep_layers} layers x {args.sweep_targets} targets at n={n} (dA {args.dA}, dB {args.dB}): '
+              f'{t_sweep:.1f} s incl. synthesis and prh; {args.sweep_layers + args.sweep_targets} kNN computations (targets once)')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(report, f, indent=2)

@@ -53,7 +53,7 @@ echo "== 1. PyTorch: GEMM ceiling, the torch engine's tile loop in-process, dens
 if [ -z "$PY" ]; then
   echo "skipped: no python3 with torch that sees a CUDA GPU"
 else
-  if timeout "${TORCH_TIMEOUT:-300}" "$PY" bench/gpu/cknna_torch.py --sizes "$SIZES" --dense-sizes "${DENSE_SIZES:-20000}" --json "$OUT/torch-python.json"; then
+  if timeout "${TORCH_TIMEOUT:-600}" "$PY" bench/gpu/cknna_torch.py --sizes "$SIZES" --dense-sizes "${DENSE_SIZES:-20000}" --sweep-layers "${SWEEP_LAYERS:-33}" --sweep-n "${SWEEP_N:-100000}" --json "$OUT/torch-python.json"; then
     status=0
   else
     echo "PyTorch path FAILED (exit $?)"
@@ -103,6 +103,9 @@ tp = json.load(open(os.path.join(out, 'torch-python.json'))) if os.path.exists(o
 if tp:
     print(f"device: {tp['device']}; fp32 GEMM ceiling {tp['gemm']['fp32_tflops']:.1f} TFLOP/s (TF32 {tp['gemm']['tf32_tflops']:.1f})")
 dense = {r['n']: r.get('dense_seconds') for r in (tp or {}).get('cknna', [])}
+if tp and tp.get('sweep'):
+    sw = tp['sweep']
+    print(f"sweep (engine functions in Python): {sw['layers']} layers x {sw['targets']} targets at n = {sw['n']}: {sw['seconds']:.1f} s")
 ceiling = tp['gemm']['fp32_tflops'] if tp else float('nan')
 runs = {}
 for f in sorted(glob.glob(os.path.join(out, 'node-*.json'))):
