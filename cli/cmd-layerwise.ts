@@ -18,7 +18,7 @@ import { createEngine, describeEngine } from '../src/engine/index.js';
 import { InputError } from '../src/errors.js';
 import { DEFAULT_K, parseMetric, parsePreprocess } from '../src/metrics/index.js';
 import { parseTokenMode } from '../src/tokens.js';
-import { intOption, listOption, numberOption } from './args.js';
+import { engineOptions, intOption, listOption, numberOption } from './args.js';
 import { fmt, table, toCsv, toJson } from './format.js';
 import { Progress } from './progress.js';
 
@@ -76,6 +76,8 @@ export async function run(argv: string[]): Promise<number> {
       seed: { type: 'string' },
       layers: { type: 'string' },
       engine: { type: 'string', default: 'auto' },
+      device: { type: 'string' },
+      precision: { type: 'string' },
       knn: { type: 'string', default: 'auto' },
       shard: { type: 'string' },
       json: { type: 'boolean', default: false },
@@ -117,7 +119,7 @@ export async function run(argv: string[]): Promise<number> {
   const knnMode = parseKnnMode(values.knn!);
   // Exact kNN wherever it is the faster path; `auto` uses HNSW only on CPU engines above EXACT_MAX_ROWS rows, and
   // every score from approximate lists carries its measured recall.
-  const engine = withKnnPolicy(await createEngine(values.engine), { mode: knnMode });
+  const engine = withKnnPolicy(await createEngine(values.engine, engineOptions(values)), { mode: knnMode });
   const progress = new Progress(!values.quiet);
   let rows: LayerwiseRow[];
   let shardText: string | null = null;

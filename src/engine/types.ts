@@ -15,11 +15,17 @@ export interface KnnLists {
   readonly tieTolerance: number;
 }
 
+/**
+ * Arithmetic of the Gram products. `tf32` and `bf16` are the torch engine's opt-in fast modes (10 and 7 mantissa bits
+ * in the products): their values do not equal `ref` to 2e-5, which is why the name travels with every result.
+ */
+export type EnginePrecision = 'float64' | 'float32' | 'tf32' | 'bf16';
+
 export interface EngineInfo {
-  /** `ref`, `cpu`, `webgpu`, `cuda`. */
+  /** `ref`, `cpu`, `webgpu`, `cuda`, `torch`. */
   readonly name: string;
   /** Arithmetic of the Gram products; sums over many terms always accumulate in float64. */
-  readonly precision: 'float64' | 'float32';
+  readonly precision: EnginePrecision;
   /** What actually ran it, e.g. `onnxruntime-node 1.23.2 CPU EP, 2 threads`. Never claims a device it did not use. */
   readonly device: string;
 }
