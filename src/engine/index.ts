@@ -7,7 +7,7 @@ import type { Engine } from './types.js';
 import { webGpuAdapter } from './webgpu.js';
 
 export type { Engine, EngineInfo, KnnLists, KnnOptions } from './types.js';
-export { describeEngine } from './types.js';
+export { checkCrossInput, checkKnnInput, describeEngine } from './types.js';
 
 export const ENGINE_NAMES = ['auto', 'ref', 'cpu', 'webgpu', 'cuda'] as const;
 export type EngineName = (typeof ENGINE_NAMES)[number];
