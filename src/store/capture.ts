@@ -11,7 +11,7 @@
  */
 import { mkdir, readdir, readFile, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, relative, sep } from 'node:path';
-import { InputError, quoteName } from '../errors.js';
+import { boundMessage, InputError, quoteName } from '../errors.js';
 import { describeOsError, fsyncDir, isTempFileName, writeFileAtomic } from './atomic.js';
 import { fmtShape, withFile } from './io.js';
 import {
@@ -418,6 +418,11 @@ async function strayFiles(dir: string, m: Manifest): Promise<string[]> {
  * dtype, shape), and stray files. Returns all problems, each naming its file and field; [] means valid.
  */
 export async function validateCapture(dir: string, options: ValidateOptions = {}): Promise<string[]> {
+  // Each problem is printed as one line, like an InputError's message (a JSON.parse message can quote line breaks).
+  return (await collectProblems(dir, options)).map(boundMessage);
+}
+
+async function collectProblems(dir: string, options: ValidateOptions): Promise<string[]> {
   const { manifest: m, problems } = await loadManifest(dir);
   // Without a schema-valid manifest there is nothing to check the shards against.
   if (!m) return problems;

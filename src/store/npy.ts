@@ -63,13 +63,14 @@ const PY_ESCAPES: Record<string, string> = {
   '\n': '', '\\': '\\', "'": "'", '"': '"', a: '\x07', b: '\b', f: '\f', n: '\n', r: '\r', t: '\t', v: '\v',
 };
 
-function parsePyLiteral(text: string): PyValue {
+function parsePyLiteral(text: string, options: { longs: boolean }): PyValue {
   let pos = 0;
   const fail = (what: string): never => {
     throw new PyParseError(`${what} at character ${pos}`);
   };
   const skipWs = (): void => {
-    while (pos < text.length && /\s/.test(text[pos]!)) pos++;
+    // Python's whitespace between tokens, not JavaScript's \s (which also takes U+00A0 and other spaces Python refuses).
+    while (pos < text.length && ' \t\n\r\f'.includes(text[pos]!)) pos++;
   };
   // Recursive descent, so nesting is bounded: a header of 5,000 '(' must be refused, not overflow the stack.
   let depth = 0;
@@ -87,7 +88,10 @@ function parsePyLiteral(text: string): PyValue {
     if (c === '(') return nested(() => parseSeq(')'));
     if (c === '[') return nested(() => parseSeq(']'));
     if (c === "'" || c === '"') return parseString();
-    const word = /^(?:True|False|None|[-+]?\d+L?)/.exec(text.slice(pos, pos + 40));
+    // Python 3 integers (no leading zeros), and Python 2's 3L, which numpy filters out of 1.0/2.0 headers only.
+    const word = (options.longs ? /^(?:True|False|None|[-+]?(?:0+|[1-9]\d*)L?)(?![\w.])/ : /^(?:True|False|None|[-+]?(?:0+|[1-9]\d*))(?![\w.])/).exec(
+      text.slice(pos, pos + 40),
+    );
     if (!word) return fail(`unexpected ${JSON.stringify(c)}`);
     pos += word[0].length;
     if (word[0] === 'True') return true;
@@ -129,19 +133,23 @@ function parsePyLiteral(text: string): PyValue {
     pos++;
     return out;
   };
-  const parseSeq = (close: string): PyValue[] => {
+  const parseSeq = (close: string): PyValue => {
     pos++; // skip the opening bracket
     const items: PyValue[] = [];
+    let comma = false;
     for (;;) {
       skipWs();
       if (text[pos] === close) {
         pos++;
-        return items;
+        // Python: (3) is the number 3; only (3,) is a tuple.
+        return close === ')' && items.length === 1 && !comma ? items[0]! : items;
       }
       items.push(parseValue());
       skipWs();
-      if (text[pos] === ',') pos++;
-      else if (text[pos] !== close) fail(`expected ',' or '${close}'`);
+      if (text[pos] === ',') {
+        pos++;
+        comma = true;
+      } else if (text[pos] !== close) fail(`expected ',' or '${close}'`);
     }
   };
   const parseDict = (): { [key: string]: PyValue } => {
@@ -224,7 +232,7 @@ async function readHeaderFrom(fh: FileHandle, fileSize: number, path: string): P
 
   let dict: PyValue;
   try {
-    dict = parsePyLiteral(text);
+    dict = parsePyLiteral(text, { longs: major < 3 });
   } catch (err) {
     if (!(err instanceof PyParseError)) throw err;
     throw new InputError(`${path}: unparseable header dict (${err.message}): ${JSON.stringify(text.trim().slice(0, 120))}`);
