@@ -142,6 +142,14 @@ test('item 1: zero-width .npy and safetensors matrices are refused from the head
   }
 });
 
+// Found by the fuzz harness: the Fortran-order reordering looped over the 10**15 empty rows.
+test('item 1: the generic reader returns a Fortran-order (10**15, 0) .npy as an empty array without looping over its rows', { timeout: 60_000 }, async () => {
+  const p = await file(npyBytes("{'descr': '<f4', 'fortran_order': True, 'shape': (1000000000000000, 0), }"), '.npy');
+  const a = await readNpy(p);
+  assert.deepEqual(a.shape, [1e15, 0]);
+  assert.equal(a.data.length, 0);
+});
+
 test('item 1: engines and metrics refuse n = 0 / d = 0 at their entry (no RangeError from huge allocations)', async () => {
   const empty = { rows: 1e15, cols: 0, data: new Float32Array(0) };
   const onnx = await OnnxEngine.create('cpu', 1);

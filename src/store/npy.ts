@@ -297,7 +297,8 @@ export async function readNpyHeader(path: string): Promise<NpyHeader> {
 /** Reorders a column-major (Fortran) array of the given shape into row-major order. */
 function fortranToC<T extends Float32Array | Float64Array>(src: T, shape: readonly number[]): T {
   const n = shape.length;
-  if (n < 2) return src;
+  // Nothing to reorder; also keeps a (10**15, 0) array from looping over its 10**15 empty rows.
+  if (n < 2 || src.length === 0) return src;
   const out = new (src.constructor as { new (len: number): T })(src.length);
   if (n === 2) {
     const [r, c] = shape as [number, number];
