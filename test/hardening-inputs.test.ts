@@ -273,6 +273,17 @@ test("item 4: .npy descr is parsed like numpy: '<f\\4' is '<f' + chr(4), refused
   assert.deepEqual(Array.from((await readNpy(hex)).data), [1, 2]);
   const extra = await file(npyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1, }", data), '.npy');
   await rejectsInput(() => readNpy(extra), /header dict has unexpected key\(s\) 'x'/);
+  // Python's literal rules, as numpy reads them: a list is not a tuple, (2) is the number 2, 02 is a syntax error,
+  // U+00A0 is not whitespace. (The list case was found by the fuzz harness.)
+  for (const [shape, pattern] of [
+    ['[2]', /'shape' must be a tuple/],
+    ['(2)', /'shape' must be a tuple/],
+    ['(02,)', /unparseable header dict/],
+    ['\u00a0(2,)', /unparseable header dict/],
+  ] as const) {
+    const p = await file(npyBytes(`{'descr': '<f4', 'fortran_order': False, 'shape': ${shape}, }`, data), '.npy');
+    await rejectsInput(() => readNpy(p), pattern);
+  }
 });
 
 test('item 4: invalid UTF-8 in a safetensors header or a .npy 3.0 header is refused', async () => {

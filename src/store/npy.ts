@@ -54,6 +54,9 @@ type PyValue = string | number | boolean | null | PyValue[] | { [key: string]: P
 
 class PyParseError extends Error {}
 
+/** Arrays that were Python lists, not tuples: numpy's header check wants a tuple for 'shape'. */
+const PY_LISTS = new WeakSet<PyValue[]>();
+
 /** numpy headers are flat dicts; a structured dtype nests a few levels. Anything deeper is not a numpy header. */
 const MAX_NESTING = 32;
 /** numpy ≥ 2.0's NPY_MAXDIMS (1.x: 32). */
@@ -142,6 +145,7 @@ function parsePyLiteral(text: string, options: { longs: boolean }): PyValue {
       if (text[pos] === close) {
         pos++;
         // Python: (3) is the number 3; only (3,) is a tuple.
+        if (close === ']') PY_LISTS.add(items);
         return close === ')' && items.length === 1 && !comma ? items[0]! : items;
       }
       items.push(parseValue());
@@ -252,7 +256,7 @@ async function readHeaderFrom(fh: FileHandle, fileSize: number, path: string): P
     throw new InputError(`${path}: header 'fortran_order' must be True or False, got ${JSON.stringify(fortranOrder)}`);
   }
   const shape = dict['shape'];
-  if (!Array.isArray(shape) || !shape.every((d) => typeof d === 'number' && Number.isSafeInteger(d) && d >= 0)) {
+  if (!Array.isArray(shape) || PY_LISTS.has(shape) || !shape.every((d) => typeof d === 'number' && Number.isSafeInteger(d) && d >= 0)) {
     throw new InputError(`${path}: header 'shape' must be a tuple of non-negative integers, got ${JSON.stringify(shape).slice(0, 120)}`);
   }
   if (shape.length > MAX_DIMS) throw new InputError(`${path}: header 'shape' has ${shape.length} dimensions (numpy allows at most ${MAX_DIMS})`);
