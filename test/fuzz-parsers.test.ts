@@ -9,7 +9,9 @@
  * A sample of the files also goes through the CLI (`info`), which must exit 0, or 2 with one line.
  *
  * Runs: FUZZ_RUNS (default 1000) cases per parser, each parser stopped after FUZZ_TIME_MS (default 60 s) whatever
- * the count, with the seed printed (FUZZ_SEED replays a run). Counts are printed per parser.
+ * the count, with the seed printed (FUZZ_SEED replays a run). Counts are printed per parser; FUZZ_DEBUG=1 also
+ * prints why each .npy case was refused, to check that the generators still reach the code they aim at.
+ * A parser that hangs (a synchronous loop) cannot be interrupted from here: the run's own time limit catches it.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
