@@ -15,6 +15,7 @@ import { basename, dirname, join, relative, resolve, sep } from 'node:path';
 import { layerProvenance, openCapture, type Capture, type LayerProvenance, type Tensor3 } from '../src/store/capture.js';
 import { readTensor } from '../src/store/safetensors.js';
 import { readNpy } from '../src/store/npy.js';
+import { requireNonEmpty } from '../src/store/load.js';
 import { rowGroups, type PermutationUnit } from '../src/stats/index.js';
 import { rowsFor, subsampleRows, tokensToMatrix, type TokenMode } from '../src/tokens.js';
 import { similarityStats, type SimilarityStats } from './stats.js';
@@ -322,7 +323,15 @@ async function loadTarget(capture: Capture, spec: TargetSpec): Promise<Tensor3> 
   }
   const arr = /\.npy$/i.test(spec.path) ? await readNpy(spec.path) : await readTensor(spec.path, spec.key);
   const shape = arr.shape;
+  requireNonEmpty(spec.path, `target ${spec.name}`, shape);
   const data = arr.data instanceof Float32Array ? arr.data : Float32Array.from(arr.data);
+  const bad = data.findIndex((v) => !Number.isFinite(v));
+  if (bad >= 0) {
+    const dim = shape[shape.length - 1]!;
+    const tokens = shape.length === 3 ? shape[1]! : 1;
+    const where = `sample ${Math.floor(bad / (tokens * dim))}${shape.length === 3 ? `, token ${Math.floor(bad / dim) % tokens}` : ''}, dim ${bad % dim}`;
+    throw new InputError(`${spec.path}: target ${spec.name}: non-finite value ${data[bad]} at ${where}; NaN/Inf values are not allowed`);
+  }
   if (shape.length === 2) return { samples: shape[0]!, tokens: 1, dim: shape[1]!, data };
   if (shape.length === 3) return { samples: shape[0]!, tokens: shape[1]!, dim: shape[2]!, data };
   throw new InputError(`${spec.path}: target must be [samples, dim] or [samples, tokens, dim], got [${shape.join(', ')}]`);

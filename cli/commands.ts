@@ -64,8 +64,8 @@ export const COMMANDS: Record<string, Command> = {
     load: () => import('./cmd-info.js'),
   },
   validate: {
-    summary: 'check a capture (or every capture under a directory) and report every problem found',
-    usage: 'PATH [--json]',
+    summary: 'check a capture (or every capture under a directory) and report every problem found, NaN/Inf values included',
+    usage: 'PATH [--json] [--headers-only]   (every shard value is checked for NaN/Inf unless --headers-only)',
     load: () => import('./cmd-validate.js'),
   },
 };

@@ -8,7 +8,7 @@ import type { Engine } from './types.js';
 import { webGpuAdapter } from './webgpu.js';
 
 export type { Engine, EngineInfo, EnginePrecision, KnnLists, KnnOptions } from './types.js';
-export { describeEngine } from './types.js';
+export { checkCrossInput, checkKnnInput, describeEngine } from './types.js';
 export { parseTorchPrecision, TORCH_PRECISIONS, type TorchPrecision } from './torch.js';
 
 export const ENGINE_NAMES = ['auto', 'ref', 'cpu', 'webgpu', 'cuda', 'torch'] as const;

@@ -5,7 +5,7 @@ import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { InputError } from '../errors.js';
 import type { Matrix } from '../matrix.js';
-import type { Engine, EnginePrecision, KnnLists, KnnOptions } from './types.js';
+import { checkCrossInput, checkKnnInput, type Engine, type EnginePrecision, type KnnLists, type KnnOptions } from './types.js';
 
 /**
  * `--engine torch`: the O(n²·d) work on a PyTorch device, run by a long-lived Python worker from the capture shim's
@@ -411,6 +411,7 @@ export class TorchEngine implements Engine {
   }
 
   async knn(x: Matrix, k: number, options: KnnOptions = {}): Promise<KnnLists> {
+    checkKnnInput(x, k);
     options.signal?.throwIfAborted();
     const { w, name } = await this.load(x);
     options.signal?.throwIfAborted();
@@ -435,6 +436,7 @@ export class TorchEngine implements Engine {
   }
 
   async crossProduct(a: Matrix, b: Matrix): Promise<Float64Array> {
+    checkCrossInput(a, b);
     const A = await this.load(a);
     const B = await this.load(b);
     const r = await B.w.request('cross', { a: A.name, b: B.name });
