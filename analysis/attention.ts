@@ -17,7 +17,7 @@
 import { join } from 'node:path';
 import { z } from 'zod';
 import { InputError } from '../src/errors.js';
-import { readJsonFile, writeJsonFile } from '../src/store/json.js';
+import { readJsonFile, writeJsonFile, type TextReader } from '../src/store/json.js';
 import { PAPER_CONFIG, type Figure, type VlSpec } from './figures.js';
 
 const SCHEMA = 'https://vega.github.io/schema/vega-lite/v6.json';
@@ -328,8 +328,8 @@ const AttentionFileSchema = z.object({
  * viral-lens.attention v1 file is an InputError naming the file and the first bad field, so a reader (dashboard,
  * CLI, notebook) reports it instead of failing on a missing property later.
  */
-export async function readAttention(dir: string): Promise<AttentionFile> {
-  return readJsonFile(join(dir, ATTENTION_FILE), AttentionFileSchema, () => ({ format: 'viral-lens.attention' as const, version: 1 as const, results: [] }));
+export async function readAttention(dir: string, read?: TextReader): Promise<AttentionFile> {
+  return readJsonFile(join(dir, ATTENTION_FILE), AttentionFileSchema, () => ({ format: 'viral-lens.attention' as const, version: 1 as const, results: [] }), read);
 }
 
 /** Merges a result into DIR/attention.json, replacing the one for the same variant and step. */

@@ -9,6 +9,10 @@
  * variant (baseline black, residual orange, VIRAL blue), point shapes as a second cue for greyscale print, viridis for
  * sequential and blue–orange for diverging scales.
  */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { InputError } from '../src/errors.js';
 import { METRICS, type MetricName } from '../src/metrics/index.js';
 
 export type VlSpec = Record<string, unknown>;
@@ -789,23 +793,118 @@ export async function renderSvg(spec: VlSpec, options: RenderOptions = {}): Prom
   }
 }
 
-/** SVG → PNG (resvg, system fonts) at `scale`× the SVG's pixel size. */
+/**
+ * The TrueType fonts exports embed. The PDF core fonts (Helvetica) cover WinAnsi only, so ℓ, Δ, −, ≤, →, ·² and the
+ * like vanished from PDFs; DejaVu Sans has every character the figures use. Looked up in the npm package
+ * `dejavu-fonts-ttf` first (no system dependency), then in the usual system folders (Debian's fonts-dejavu-core,
+ * Fedora, Arch, Homebrew). null when neither has it.
+ */
+export interface ExportFonts {
+  sans: string;
+  sansBold: string;
+  sansOblique: string;
+  sansBoldOblique: string;
+  mono: string;
+  monoBold: string;
+  /** Where they came from (for messages and tests). */
+  source: string;
+}
+
+const FONT_FILES = {
+  sans: 'DejaVuSans.ttf',
+  sansBold: 'DejaVuSans-Bold.ttf',
+  sansOblique: 'DejaVuSans-Oblique.ttf',
+  sansBoldOblique: 'DejaVuSans-BoldOblique.ttf',
+  mono: 'DejaVuSansMono.ttf',
+  monoBold: 'DejaVuSansMono-Bold.ttf',
+} as const;
+
+export const SYSTEM_FONT_DIRS = [
+  '/usr/share/fonts/truetype/dejavu',
+  '/usr/share/fonts/dejavu-sans-fonts',
+  '/usr/share/fonts/dejavu',
+  '/usr/share/fonts/TTF',
+  '/opt/homebrew/share/fonts',
+  '/usr/local/share/fonts',
+];
+
+let fontsFound: ExportFonts | null | undefined;
+
+function fontsIn(dir: string, source: string): ExportFonts | null {
+  const files = Object.fromEntries(Object.entries(FONT_FILES).map(([k, f]) => [k, join(dir, f)])) as Omit<ExportFonts, 'source'>;
+  return Object.values(files).every((f) => existsSync(f)) ? { ...files, source } : null;
+}
+
+export function exportFonts(): ExportFonts | null {
+  if (fontsFound !== undefined) return fontsFound;
+  let pkgDir: string | null = null;
+  try {
+    pkgDir = dirname(createRequire(import.meta.url).resolve('dejavu-fonts-ttf/package.json'));
+  } catch {
+    // not installed: try the system's copy
+  }
+  fontsFound = (pkgDir && fontsIn(join(pkgDir, 'ttf'), 'npm package dejavu-fonts-ttf')) || null;
+  for (const dir of SYSTEM_FONT_DIRS) fontsFound ??= fontsIn(dir, dir);
+  return fontsFound;
+}
+
+/** SVG → PNG (resvg) at `scale`× the SVG's pixel size, with the export fonts (and the system's) available. */
 export async function svgToPng(svg: string, scale = 3): Promise<Uint8Array> {
   const { Resvg } = await import('@resvg/resvg-js');
+  const fonts = exportFonts();
   const r = new Resvg(svg, {
     fitTo: { mode: 'zoom', value: scale },
     background: 'white',
-    font: { loadSystemFonts: true, defaultFontFamily: 'DejaVu Sans', sansSerifFamily: 'DejaVu Sans' },
+    font: {
+      loadSystemFonts: true,
+      ...(fonts ? { fontFiles: [fonts.sans, fonts.sansBold, fonts.sansOblique, fonts.sansBoldOblique, fonts.mono, fonts.monoBold] } : {}),
+      defaultFontFamily: 'DejaVu Sans',
+      sansSerifFamily: 'DejaVu Sans',
+    },
   });
   return new Uint8Array(r.render().asPng());
 }
 
-/** SVG → single-page vector PDF, page size = chart size (1 CSS px = 0.75 pt), text in the PDF core Helvetica. */
+/** Characters of the PDF core fonts' WinAnsi encoding (printable ASCII and Latin-1, plus the cp1252 extras). */
+const WIN_ANSI = /^[\x20-\x7e\xa0-\xff\u20ac\u201a\u0192\u201e\u2026\u2020\u2021\u02c6\u2030\u0160\u2039\u0152\u017d\u2018\u2019\u201c\u201d\u2022\u2013\u2014\u02dc\u2122\u0161\u203a\u0153\u017e\u0178\s]*$/;
+
+/** The text content of an SVG's text elements, entities decoded (enough to know which characters are drawn). */
+function svgText(svg: string): string {
+  return [...svg.matchAll(/<text\b[^>]*>([^<]*)</g)]
+    .map((m) => m[1]!)
+    .join(' ')
+    .replace(/&#x([0-9a-f]+);/gi, (_, h: string) => String.fromCodePoint(parseInt(h, 16)))
+    .replace(/&#(\d+);/g, (_, d: string) => String.fromCodePoint(Number(d)))
+    .replace(/&(amp|lt|gt|quot|apos);/g, (_, e: string) => ({ amp: '&', lt: '<', gt: '>', quot: '"', apos: "'" })[e]!);
+}
+
+/**
+ * SVG → single-page vector PDF, page size = chart size (1 CSS px = 0.75 pt). Text is set in DejaVu Sans (embedded,
+ * subset) so every glyph survives; without that font the core Helvetica is used only when every character is in its
+ * encoding, otherwise the export fails and says what to install rather than dropping characters.
+ */
 export async function svgToPdf(svg: string): Promise<Uint8Array> {
   const [{ default: PDFDocument }, { default: SVGtoPDF }] = await Promise.all([import('pdfkit'), import('svg-to-pdfkit')]);
+  const fonts = exportFonts();
+  if (!fonts) {
+    const outside = [...new Set([...svgText(svg)].filter((c) => !WIN_ANSI.test(c)))];
+    if (outside.length) {
+      throw new InputError(
+        `PDF export: the figure uses ${outside.join(' ')}, which the PDF core fonts lack, and no DejaVu Sans TTF was found (npm package dejavu-fonts-ttf, or fonts-dejavu-core in ${SYSTEM_FONT_DIRS[0]}); install one, or export SVG/PNG`,
+      );
+    }
+  }
   const w = Number(/<svg[^>]*\swidth="([\d.]+)"/.exec(svg)?.[1] ?? 600);
   const h = Number(/<svg[^>]*\sheight="([\d.]+)"/.exec(svg)?.[1] ?? 400);
   const doc = new PDFDocument({ size: [w * 0.75, h * 0.75], margin: 0, info: { Title: 'viral-lens figure', Creator: 'viral-lens' } });
+  if (fonts) {
+    doc.registerFont('Sans', fonts.sans);
+    doc.registerFont('Sans-Bold', fonts.sansBold);
+    doc.registerFont('Sans-Oblique', fonts.sansOblique);
+    doc.registerFont('Sans-BoldOblique', fonts.sansBoldOblique);
+    doc.registerFont('Mono', fonts.mono);
+    doc.registerFont('Mono-Bold', fonts.monoBold);
+  }
   const chunks: Buffer[] = [];
   const done = new Promise<void>((resolve, reject) => {
     doc.on('data', (c: Buffer) => chunks.push(c));
@@ -815,11 +914,18 @@ export async function svgToPdf(svg: string): Promise<Uint8Array> {
   SVGtoPDF(doc, svg, 0, 0, {
     width: w * 0.75,
     height: h * 0.75,
-    // The 14 core PDF fonts need no embedding; map every sans family to Helvetica and monospace to Courier.
-    fontCallback: (family: string, bold: boolean, italic: boolean) => {
+    // Every sans family → DejaVu Sans (or Helvetica), monospace → DejaVu Sans Mono (or Courier).
+    fontCallback: (family: string, bold: boolean, italic: boolean, options: Record<string, unknown>) => {
       const mono = /mono|courier/i.test(family);
+      if (fonts) {
+        if (mono) {
+          if (italic) options.fauxItalic = true;
+          return bold ? 'Mono-Bold' : 'Mono';
+        }
+        return `Sans${bold && italic ? '-BoldOblique' : bold ? '-Bold' : italic ? '-Oblique' : ''}`;
+      }
       const baseName = mono ? 'Courier' : 'Helvetica';
-      const style = bold && italic ? (mono ? '-BoldOblique' : '-BoldOblique') : bold ? '-Bold' : italic ? '-Oblique' : '';
+      const style = bold && italic ? '-BoldOblique' : bold ? '-Bold' : italic ? '-Oblique' : '';
       return baseName + style;
     },
     warningCallback: () => {},

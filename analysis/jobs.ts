@@ -4,7 +4,8 @@
  * are computed once however many callers ask at the same time, and stop when the last caller stops waiting.
  *
  * - Key: sha256 over the analysis kind, its parameters (canonical JSON), a fingerprint of every capture it reads
- *   (manifest.json's bytes + size and mtime of every listed shard), CACHE_VERSION and a fingerprint of the code
+ *   (manifest.json's bytes + size and a sampled-content hash of every listed shard, see contentSample),
+ *   CACHE_VERSION and a fingerprint of the code
  *   (size + mtime of the sources under src/ and analysis/). A capture that gains a batch or is rewritten gets a new
  *   key, and so does every analysis after a code change; otherwise the cache holds across server restarts.
  * - De-duplication: one in-flight computation per key; later callers subscribe to it. Each caller may abort its own
@@ -17,7 +18,7 @@
  * so the pool needs no separate script. Workers load TypeScript through tsx (registered by a bootstrap, see spawn).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -87,6 +88,9 @@ export interface JobTypes {
   render: { params: RenderJobParams; result: { body: Uint8Array | string; contentType: string } };
 }
 export type JobKind = keyof JobTypes;
+const JOB_KINDS: readonly JobKind[] = ['layerwise', 'umap', 'pca-grid', 'render'];
+/** Names of the files the cache writes (entries, and temporaries a crash may leave behind). */
+const CACHE_ENTRY = /^[0-9a-f]{64}\.json(\.tmp-\d+-[0-9a-f]{8})?$/;
 
 export interface JobProgress {
   stage: string;
@@ -405,7 +409,59 @@ class WorkerPool {
 // ---------------------------------------------------------------------------------------------------------------
 // Fingerprints and the disk cache
 
-/** What identifies a capture's content without reading its shards: manifest bytes + size/mtime of each listed file. */
+/** Bytes hashed at each end of a file, and the blocks sampled evenly in between (contentSample). */
+const EDGE_BYTES = 64 * 1024;
+const SAMPLE_BLOCKS = 8;
+const BLOCK_BYTES = 4096;
+
+/**
+ * A cheap hash of a file's content: its size, the first and last 64 KiB (a shard's header and its last rows) and
+ * 8 blocks of 4 KiB spread evenly in between; files up to 128 KiB are hashed whole. Size and mtime alone keep a
+ * stale result for a shard rewritten with the same size and its mtime restored (or within the mtime's resolution).
+ */
+export async function contentSample(path: string): Promise<string> {
+  const fh = await open(path, 'r');
+  try {
+    const { size } = await fh.stat();
+    const h = createHash('sha256').update(`${size}\0`);
+    const take = async (position: number, length: number) => {
+      const buf = Buffer.alloc(length);
+      const { bytesRead } = await fh.read(buf, 0, length, position);
+      h.update(buf.subarray(0, bytesRead));
+    };
+    if (size <= 2 * EDGE_BYTES) await take(0, size);
+    else {
+      await take(0, EDGE_BYTES);
+      const span = size - 2 * EDGE_BYTES - BLOCK_BYTES;
+      for (let i = 1; i <= SAMPLE_BLOCKS; i++) await take(EDGE_BYTES + Math.max(0, Math.floor((i * span) / (SAMPLE_BLOCKS + 1))), BLOCK_BYTES);
+      await take(size - EDGE_BYTES, EDGE_BYTES);
+    }
+    return h.digest('hex');
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * contentSample per path, reused while the file's inode, size, mtime and ctime stay the same: every write changes
+ * ctime (which, unlike mtime, utimes cannot set back), so a repeat request hashes nothing new.
+ */
+const samples = new Map<string, { stamp: string; hash: string }>();
+const MAX_SAMPLES = 50_000;
+
+async function shardPrint(path: string): Promise<string> {
+  const st = await stat(path);
+  const stamp = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+  const known = samples.get(path);
+  if (known?.stamp === stamp) return known.hash;
+  const hash = await contentSample(path);
+  samples.delete(path);
+  samples.set(path, { stamp, hash });
+  if (samples.size > MAX_SAMPLES) samples.delete(samples.keys().next().value!);
+  return hash;
+}
+
+/** What identifies a capture's content: manifest bytes + size and sampled-content hash of each listed file. */
 export async function fingerprintCapture(dir: string): Promise<string> {
   const manifestPath = join(dir, 'manifest.json');
   let text: string;
@@ -424,8 +480,7 @@ export async function fingerprintCapture(dir: string): Promise<string> {
   }
   for (const f of files) {
     try {
-      const st = await stat(join(dir, f));
-      h.update(`\0${f}:${st.size}:${st.mtimeMs}`);
+      h.update(`\0${f}:${await shardPrint(join(dir, f))}`);
     } catch {
       h.update(`\0${f}:missing`);
     }
@@ -709,7 +764,7 @@ export class JobRunner {
     const path = this.pathFor(kind, key);
     if (!path) return;
     try {
-      await mkdir(join(this.options.cacheDir!, kind), { recursive: true });
+      if (!(await this.realCacheFolder(kind, true))) return;
       const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
       await writeFile(tmp, JSON.stringify({ version: CACHE_VERSION, kind, created: new Date().toISOString(), result }));
       await rename(tmp, path);
@@ -719,16 +774,33 @@ export class JobRunner {
     }
   }
 
-  /** Deletes the oldest cache entries beyond the byte budget. */
+  /**
+   * Whether the cache folder (or its `kind` subfolder, made when `create`) is a plain folder: one replaced by a
+   * symlink would make the cache write, and the pruner delete, wherever it points.
+   */
+  private async realCacheFolder(kind: JobKind, create = false): Promise<boolean> {
+    const dir = this.options.cacheDir;
+    if (!dir) return false;
+    const plain = async (path: string, recursive: boolean) => {
+      if (create) await mkdir(path, { recursive }).catch(() => {});
+      return (await lstat(path).catch(() => null))?.isDirectory() === true;
+    };
+    // The cache folder first: a subfolder made through a symlinked one would already be outside.
+    return (await plain(dir, true)) && (await plain(join(dir, kind), false));
+  }
+
+  /** Deletes the oldest cache entries beyond the byte budget: only `<kind>/<sha256>.json` files (and torn temps). */
   async prune(): Promise<void> {
     const dir = this.options.cacheDir;
     if (!dir) return;
     const budget = this.options.maxCacheBytes ?? 512 * 2 ** 20;
     const entries: { path: string; size: number; mtime: number }[] = [];
-    for (const kind of await readdir(dir).catch(() => [] as string[])) {
-      for (const f of await readdir(join(dir, kind)).catch(() => [] as string[])) {
-        const path = join(dir, kind, f);
-        const st = await stat(path).catch(() => null);
+    for (const kind of JOB_KINDS) {
+      if (!(await this.realCacheFolder(kind))) continue;
+      for (const e of await readdir(join(dir, kind), { withFileTypes: true }).catch(() => [])) {
+        if (!e.isFile() || !CACHE_ENTRY.test(e.name)) continue;
+        const path = join(dir, kind, e.name);
+        const st = await lstat(path).catch(() => null);
         if (st?.isFile()) entries.push({ path, size: st.size, mtime: st.mtimeMs });
       }
     }

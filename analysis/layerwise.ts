@@ -10,9 +10,12 @@ import {
   type MetricResult,
   type Preprocess,
 } from '../src/metrics/index.js';
+import { readdir, stat } from 'node:fs/promises';
+import { basename, dirname, join, relative, resolve, sep } from 'node:path';
 import { layerProvenance, openCapture, type Capture, type LayerProvenance, type Tensor3 } from '../src/store/capture.js';
 import { readTensor } from '../src/store/safetensors.js';
 import { readNpy } from '../src/store/npy.js';
+import { requireNonEmpty } from '../src/store/load.js';
 import { rowGroups, type PermutationUnit } from '../src/stats/index.js';
 import { rowsFor, subsampleRows, tokensToMatrix, type TokenMode } from '../src/tokens.js';
 import { similarityStats, type SimilarityStats } from './stats.js';
@@ -48,6 +51,44 @@ export interface LayerwiseOptions {
   permUnit?: PermutationUnit;
   onProgress?: (event: { stage: string; done: number; total: number }) => void;
   signal?: AbortSignal;
+  /** Shared across the captures of one run: a target whose values are identical to the last one seen is reused. */
+  targetCache?: TargetCache;
+}
+
+/**
+ * Targets of a run's checkpoints are often the same tensor at every step (a frozen vision encoder on the same
+ * images): the cache keeps the last prepared target per spec and hands it back, kNN lists included, when the next
+ * capture's raw values are byte-identical (same shape and row selection); otherwise it is prepared anew.
+ */
+export class TargetCache {
+  private readonly last = new Map<string, { t: Tensor3; rows: number; features: Features }>();
+  /** Targets prepared (and their kNN computed) vs handed back unchanged. */
+  prepared = 0;
+  reused = 0;
+
+  private static key(spec: TargetSpec): string {
+    return JSON.stringify([spec.name, spec.path ?? null, spec.key ?? null]);
+  }
+
+  lookup(spec: TargetSpec, t: Tensor3, rows: number): Features | undefined {
+    const hit = this.last.get(TargetCache.key(spec));
+    const same =
+      hit !== undefined &&
+      hit.rows === rows &&
+      hit.t.samples === t.samples &&
+      hit.t.tokens === t.tokens &&
+      hit.t.dim === t.dim &&
+      Buffer.from(hit.t.data.buffer, hit.t.data.byteOffset, hit.t.data.byteLength).equals(Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+    if (same) this.reused++;
+    return same ? hit.features : undefined;
+  }
+
+  remember(spec: TargetSpec, t: Tensor3, rows: number, features: Features): void {
+    const key = TargetCache.key(spec);
+    if (this.last.get(key)?.features === features) return;
+    this.prepared++;
+    this.last.set(key, { t, rows, features });
+  }
 }
 
 /** One long-form result row: the metric result plus every parameter that produced it (and its statistics, if asked). */
@@ -94,7 +135,8 @@ export async function runLayerwise(captureOrDir: Capture | string, options: Laye
     options.signal?.throwIfAborted();
     const t = await loadTarget(capture, spec);
     checkTokens(t, layerShape, options.tokenMode, spec.name, capture.dir);
-    const features = prepare(t, `target ${spec.name}`);
+    const features = options.targetCache?.lookup(spec, t, total) ?? prepare(t, `target ${spec.name}`);
+    options.targetCache?.remember(spec, t, total, features);
     if (needsKnn) await features.knn(options.k);
     targets.push({ name: spec.name, features });
     progress({ stage: 'targets', done: i + 1, total: targetSpecs.length });
@@ -135,6 +177,130 @@ export async function runLayerwise(captureOrDir: Capture | string, options: Laye
   return rows;
 }
 
+/** A layer-sweep row of one checkpoint among several: `checkpoint` is its path relative to the captures' common parent. */
+export interface CheckpointRow extends LayerwiseRow {
+  checkpoint: string;
+}
+
+const STEP_DIR = /^step-(\d+)$/;
+
+/**
+ * The step-<N> captures of a run folder (as the demo and the dashboard lay them out: RUN/step-<N>/manifest.json), in
+ * step order. A step folder without manifest.json yet (still being written) is listed in `pending`, not read.
+ */
+export async function findStepCaptures(runDir: string): Promise<{ dirs: string[]; pending: string[] }> {
+  let entries;
+  try {
+    entries = await readdir(runDir, { withFileTypes: true });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new InputError(`${runDir}: ${code === 'ENOENT' ? 'not found' : code === 'ENOTDIR' ? 'not a directory' : `cannot read (${code})`}`);
+  }
+  const visible = entries.filter((e) => !e.name.startsWith('.'));
+  if (visible.length === 0) throw new InputError(`${runDir}: empty folder; expected a capture directory or a run folder of step-<N>/ captures`);
+  const steps = visible.filter((e) => e.isDirectory() && STEP_DIR.test(e.name)).sort((a, b) => Number(STEP_DIR.exec(a.name)![1]) - Number(STEP_DIR.exec(b.name)![1]));
+  const dirs: string[] = [];
+  const pending: string[] = [];
+  for (const e of steps) {
+    const has = await stat(join(runDir, e.name, 'manifest.json')).then(
+      (st) => st.isFile(),
+      () => false,
+    );
+    (has ? dirs : pending).push(join(runDir, e.name));
+  }
+  if (dirs.length === 0) {
+    const folders = visible.filter((e) => e.isDirectory()).map((e) => e.name);
+    const nested = [];
+    for (const f of folders.slice(0, 50)) {
+      const inner = await readdir(join(runDir, f)).catch(() => [] as string[]);
+      if (inner.some((x) => STEP_DIR.test(x))) nested.push(f);
+    }
+    throw new InputError(
+      `${runDir}: no step-<N>/ captures with a manifest.json${pending.length ? ` (${pending.length} step folder(s) without one yet)` : ''}` +
+        (nested.length ? `; its subfolders ${nested.join(', ')} are runs: pass one of them` : folders.length ? ` (folders: ${folders.slice(0, 8).join(', ')}${folders.length > 8 ? ', …' : ''})` : ''),
+    );
+  }
+  return { dirs, pending };
+}
+
+/** The longest common parent folder of absolute paths. */
+function commonParent(paths: string[]): string {
+  const split = paths.map((p) => dirname(resolve(p)).split(sep));
+  const first = split[0]!;
+  let n = first.length;
+  for (const s of split) {
+    let i = 0;
+    while (i < n && s[i] === first[i]) i++;
+    n = i;
+  }
+  return first.slice(0, n).join(sep) || sep;
+}
+
+/**
+ * Several checkpoints side by side: the layer sweep of each capture, on the same samples (refused otherwise), each
+ * row carrying `checkpoint` (the path relative to the common parent) and `step` (the manifest's step, else the
+ * number of a step-<N> folder). A target whose values are identical in every capture has its kNN computed once.
+ */
+export async function runCheckpoints(dirs: readonly string[], options: LayerwiseOptions): Promise<{ rows: CheckpointRow[]; targetCache: TargetCache }> {
+  if (dirs.length === 0) throw new InputError('no captures given');
+  const seen = new Set<string>();
+  for (const d of dirs) {
+    if (seen.has(resolve(d))) throw new InputError(`capture '${d}' is given twice`);
+    seen.add(resolve(d));
+  }
+  const captures: Capture[] = [];
+  for (const d of dirs) captures.push(await openCapture(d));
+  const first = captures[0]!;
+  for (const c of captures.slice(1)) {
+    const a = first.sampleIds;
+    const b = c.sampleIds;
+    if (a.length !== b.length) throw new InputError(`${c.dir}: ${b.length} samples, but ${first.dir} has ${a.length}; checkpoints are compared on the same samples`);
+    const i = a.findIndex((id, j) => id !== b[j]);
+    if (i >= 0) throw new InputError(`${c.dir}: sample ${i} is '${b[i]}', but in ${first.dir} it is '${a[i]}'; checkpoints are compared on the same samples in the same order`);
+  }
+  const parent = commonParent(captures.map((c) => c.dir));
+  const targetCache = options.targetCache ?? new TargetCache();
+  const rows: CheckpointRow[] = [];
+  const report = options.onProgress;
+  for (const [i, capture] of captures.entries()) {
+    options.signal?.throwIfAborted();
+    const checkpoint = relative(parent, resolve(capture.dir)).split(sep).join('/') || basename(capture.dir);
+    const folderStep = STEP_DIR.exec(basename(capture.dir));
+    const part = await runLayerwise(capture, {
+      ...options,
+      targetCache,
+      ...(report ? { onProgress: (e) => report({ stage: `${checkpoint} ${e.stage}`, done: e.done, total: e.total }) } : {}),
+    });
+    for (const r of part) rows.push({ ...r, step: r.step ?? (folderStep ? Number(folderStep[1]) : null), checkpoint });
+    report?.({ stage: 'checkpoints', done: i + 1, total: captures.length });
+  }
+  return { rows, targetCache };
+}
+
+/**
+ * The distinct warnings of a set of result rows (e.g. CKNNA at small n), each once with where it applies; warnings
+ * that differ only in the value (`CKNNA = 1.0213 > 1 …`) are counted together with their largest value. At most `max`
+ * lines, then a count of the rest.
+ */
+export function summariseWarnings(rows: readonly { warning?: string; layer?: string; target?: string; capture?: string }[], max = 4): string[] {
+  const groups = new Map<string, { at: string[]; top: number }>();
+  for (const r of rows) {
+    if (!r.warning) continue;
+    const value = /CKNNA = ([\d.]+) > 1/.exec(r.warning);
+    const key = value ? r.warning.replace(value[0], 'CKNNA > 1') : r.warning;
+    const g = groups.get(key) ?? { at: [], top: -Infinity };
+    g.at.push([r.capture, r.layer === undefined ? undefined : `layer ${r.layer}`, r.target === undefined ? undefined : `vs ${r.target}`].filter(Boolean).join(' '));
+    if (value) g.top = Math.max(g.top, Number(value[1]));
+    groups.set(key, g);
+  }
+  const lines = [...groups.entries()].map(([w, { at, top }]) => {
+    const where = at.length === 1 ? (at[0] ? `${at[0]}: ` : '') : '';
+    const text = Number.isFinite(top) ? w.replace('CKNNA > 1', at.length === 1 ? `CKNNA = ${top.toFixed(4)} > 1` : `CKNNA > 1 in ${at.length} scores (up to ${top.toFixed(4)})`) : w;
+    return `${where}${text}${at.length > 1 && !Number.isFinite(top) ? ` (${at.length} scores)` : ''}`;
+  });
+  return lines.length > max ? [...lines.slice(0, max), `… and ${lines.length - max} more warning(s) (see the warning field of each row)`] : lines;
+}
+
 function selectLayers(capture: Capture, wanted?: (string | number)[]) {
   if (!wanted?.length) return capture.layers;
   return wanted.map((w) => {
@@ -157,7 +323,15 @@ async function loadTarget(capture: Capture, spec: TargetSpec): Promise<Tensor3> 
   }
   const arr = /\.npy$/i.test(spec.path) ? await readNpy(spec.path) : await readTensor(spec.path, spec.key);
   const shape = arr.shape;
+  requireNonEmpty(spec.path, `target ${spec.name}`, shape);
   const data = arr.data instanceof Float32Array ? arr.data : Float32Array.from(arr.data);
+  const bad = data.findIndex((v) => !Number.isFinite(v));
+  if (bad >= 0) {
+    const dim = shape[shape.length - 1]!;
+    const tokens = shape.length === 3 ? shape[1]! : 1;
+    const where = `sample ${Math.floor(bad / (tokens * dim))}${shape.length === 3 ? `, token ${Math.floor(bad / dim) % tokens}` : ''}, dim ${bad % dim}`;
+    throw new InputError(`${spec.path}: target ${spec.name}: non-finite value ${data[bad]} at ${where}; NaN/Inf values are not allowed`);
+  }
   if (shape.length === 2) return { samples: shape[0]!, tokens: 1, dim: shape[1]!, data };
   if (shape.length === 3) return { samples: shape[0]!, tokens: shape[1]!, dim: shape[2]!, data };
   throw new InputError(`${spec.path}: target must be [samples, dim] or [samples, tokens, dim], got [${shape.join(', ')}]`);

@@ -19,7 +19,7 @@ import { InputError } from '../src/errors.js';
 import type { Matrix } from '../src/matrix.js';
 import { inferTask, runProbe, type ControlBy, type ProbeScore, type ProbeTask } from '../src/probes/index.js';
 import { captureProvenance, openCapture, type Capture, type Tensor3 } from '../src/store/capture.js';
-import { readJsonFile, writeJsonFile } from '../src/store/json.js';
+import { readJsonFile, writeJsonFile, type TextReader } from '../src/store/json.js';
 import { deriveSeed, mulberry32, shuffleInPlace } from '../src/stats/index.js';
 import { tokensToMatrix, type TokenMode } from '../src/tokens.js';
 
@@ -156,8 +156,9 @@ const ProbesFileSchema = z.object({
   ),
 });
 
-export async function readProbes(dir: string): Promise<ProbesFile> {
-  const file = await readJsonFile(join(dir, PROBES_FILE), ProbesFileSchema, () => ({ format: 'viral-lens.probes' as const, version: 1 as const, probes: [] }));
+/** Reads DIR/probes.json (empty when absent); `read` reads its text (the dashboard passes one confined to RUNS_DIR). */
+export async function readProbes(dir: string, read?: TextReader): Promise<ProbesFile> {
+  const file = await readJsonFile(join(dir, PROBES_FILE), ProbesFileSchema, () => ({ format: 'viral-lens.probes' as const, version: 1 as const, probes: [] }), read);
   return file as unknown as ProbesFile;
 }
 

@@ -11,7 +11,7 @@
 import { join } from 'node:path';
 import { z } from 'zod';
 import { InputError } from '../src/errors.js';
-import { readJsonFile, writeJsonFile } from '../src/store/json.js';
+import { readJsonFile, writeJsonFile, type TextReader } from '../src/store/json.js';
 import { checkLevel, deriveSeed, mcnemarExact, mulberry32, percentileInterval, randInt } from '../src/stats/index.js';
 import { PAPER_CONFIG, VARIANT_COLORS, type Figure, type VlSpec } from './figures.js';
 
@@ -326,8 +326,8 @@ const ShuffleFileSchema = z.object({
  * Reads DIR/shuffle.json (an empty file structure when there is none). Anything that is not a well-formed
  * viral-lens.shuffle v1 file is an InputError naming the file and the first bad field.
  */
-export async function readShuffle(dir: string): Promise<ShuffleFile> {
-  return readJsonFile(join(dir, SHUFFLE_FILE), ShuffleFileSchema, () => ({ format: 'viral-lens.shuffle' as const, version: 1 as const, results: [] }));
+export async function readShuffle(dir: string, read?: TextReader): Promise<ShuffleFile> {
+  return readJsonFile(join(dir, SHUFFLE_FILE), ShuffleFileSchema, () => ({ format: 'viral-lens.shuffle' as const, version: 1 as const, results: [] }), read);
 }
 
 /** Merges a result into DIR/shuffle.json, replacing one for the same model and step. */

@@ -8,6 +8,8 @@
  *   dense   : n×n Gram matrices materialised, then TopK and the masked HSIC over them (skipped where 2 n×n float32
  *             matrices would not fit in the memory budget)
  *   sweep   : L layers against one target, counting the Gram products actually computed
+ *   torch   : the torch engine on the CPU (its Python worker, VIRAL_LENS_PYTHON), side by side with the onnxruntime
+ *             CPU engine at n = --torch-n (default 8000; 0 skips): which one `auto` should prefer on a CPU
  *
  * Usage: npm run bench [-- --sizes 2000,8000,20000 --dA 4096 --dB 1024 --repeats 3 --json out.json]
  */
@@ -19,6 +21,7 @@ import onnxProto from 'onnx-proto';
 import * as ort from 'onnxruntime-node';
 import { runLayerwise } from '../analysis/layerwise.js';
 import { OnnxEngine } from '../src/engine/onnx.js';
+import { TorchEngine } from '../src/engine/torch.js';
 import type { Engine, KnnLists } from '../src/engine/types.js';
 import type { Matrix } from '../src/matrix.js';
 import { computeMetric, Features } from '../src/metrics/index.js';
@@ -165,7 +168,18 @@ async function child(mode: string, n: number, dA: number, dB: number, repeats: n
   const { A, B } = synthetic(n, dA, dB, 7);
   const engine = await OnnxEngine.create('cpu');
   const out: Record<string, number> = { n, dA, dB };
-  if (mode === 'tiled') {
+  if (mode === 'torch') {
+    const torch = await TorchEngine.create({ device: 'cpu' });
+    const times: number[] = [];
+    let value = NaN;
+    for (let r = 0; r < repeats; r++) {
+      const [t, res] = await timeIt(() => computeMetric('cknna', new Features(A, torch), new Features(B, torch), K, 'l2'));
+      times.push(t);
+      value = res.value;
+    }
+    await torch.dispose();
+    Object.assign(out, { value, seconds: median(times) });
+  } else if (mode === 'tiled') {
     const times: number[] = [];
     const gemm: number[] = [];
     let value = NaN;
@@ -226,6 +240,7 @@ async function main() {
       dA: { type: 'string', default: '4096' },
       dB: { type: 'string', default: '1024' },
       repeats: { type: 'string', default: '3' },
+      'torch-n': { type: 'string', default: '8000' },
       json: { type: 'string' },
     },
   });
@@ -276,6 +291,25 @@ async function main() {
     `sweep: ${sweep.layers} layers × 1 target × 2 metrics at n = ${sweepN}: ${sweep.gram_products} Gram products (L+1 = ${sweep.layers + 1}; naive 2L = ${2 * sweep.layers}), ${sweep.seconds.toFixed(2)} s`,
   );
   results.push({ sweep });
+  const torchN = Number(values['torch-n']);
+  if (torchN > 0) {
+    // One repeat each: on a 2-core machine these take minutes, and the ratio is far from 1 either way.
+    const ort = run('tiled', torchN, 1);
+    let torch: Record<string, number> | null = null;
+    try {
+      torch = run('torch', torchN, 1);
+    } catch (err) {
+      console.log(`torch engine on the CPU: not run (${String((err as Error).message).split('\n').find((l) => /torch engine/.test(l)) ?? 'worker did not start'})`);
+    }
+    if (torch) {
+      const ratio = torch.seconds! / ort.seconds!;
+      console.log(
+        `CPU side by side at n = ${torchN} (dA ${dA}, dB ${dB}, l2, k ${K}): onnxruntime cpu ${ort.seconds!.toFixed(2)} s, torch on CPU ${torch.seconds!.toFixed(2)} s ` +
+          `(torch/cpu = ${ratio.toFixed(2)}, |Δ value| = ${Math.abs(torch.value! - ort.value!).toExponential(1)}); auto should prefer ${ratio < 1 ? 'torch' : 'cpu'} on a CPU-only machine`,
+      );
+      results.push({ cpu_side_by_side: { n: torchN, ort_seconds: ort.seconds, torch_seconds: torch.seconds, torch_over_ort: ratio } });
+    }
+  }
   if (values.json) writeFileSync(values.json, JSON.stringify(results, null, 2));
 }
 

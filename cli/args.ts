@@ -1,3 +1,4 @@
+import { type EngineOptions, parseTorchPrecision } from '../src/engine/index.js';
 import { InputError } from '../src/errors.js';
 
 export function intOption(name: string, v: string | undefined, fallback: number): number {
@@ -17,4 +18,15 @@ export function numberOption(name: string, v: string | undefined): number | unde
 export function listOption(v: string | string[] | undefined): string[] {
   if (v === undefined) return [];
   return (Array.isArray(v) ? v : [v]).flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean);
+}
+
+/** `--device cuda:N|mps|cpu` and `--precision float32|tf32|bf16`: the torch engine's options (createEngine rejects them elsewhere). */
+export function engineOptions(values: { device?: string | undefined; precision?: string | undefined }): EngineOptions {
+  const out: { device?: string; precision?: EngineOptions['precision'] } = {};
+  if (values.device !== undefined) {
+    if (!/^(cuda(:\d+)?|mps|cpu)$/.test(values.device)) throw new InputError(`--device: expected cuda:N, mps or cpu, got '${values.device}'`);
+    out.device = values.device;
+  }
+  if (values.precision !== undefined) out.precision = parseTorchPrecision(values.precision);
+  return out;
 }

@@ -5,7 +5,7 @@ import { assertFinite } from '../src/matrix.js';
 import { computeMetric, DEFAULT_K, describePreprocess, Features, METRICS, parseMetric, parsePreprocess, preprocess } from '../src/metrics/index.js';
 import { loadMatrix } from '../src/store/load.js';
 import { describeStats, similarityStats } from '../analysis/stats.js';
-import { intOption, numberOption } from './args.js';
+import { engineOptions, intOption, numberOption } from './args.js';
 import { fmtWithStats, statsOptions } from './cmd-layerwise.js';
 import { fmt, toJson } from './format.js';
 
@@ -19,6 +19,8 @@ export async function run(argv: string[]): Promise<number> {
       preprocess: { type: 'string' },
       q: { type: 'string' },
       engine: { type: 'string', default: 'auto' },
+      device: { type: 'string' },
+      precision: { type: 'string' },
       'key-a': { type: 'string' },
       'key-b': { type: 'string' },
       json: { type: 'boolean', default: false },
@@ -40,7 +42,7 @@ export async function run(argv: string[]): Promise<number> {
   const B = await loadMatrix(pathB, values['key-b'] === undefined ? {} : { key: values['key-b'] });
   assertFinite(A, pathA);
   assertFinite(B, pathB);
-  const engine = await createEngine(values.engine);
+  const engine = await createEngine(values.engine, engineOptions(values));
   try {
     const opts = q === undefined ? {} : { q };
     const a = new Features(preprocess(A, prep, opts), engine, pathA);
@@ -49,6 +51,7 @@ export async function run(argv: string[]): Promise<number> {
     // Rows of two plain files are taken as independent samples (images); permutations shuffle rows.
     const stats = await similarityStats(metric, a, b, k, r, { ...statsOptions(values), seed: intOption('seed', values.seed, 0) });
     const out = { ...r, ...stats, a: pathA, b: pathB };
+    if (r.warning) process.stderr.write(`warning: ${r.warning}\n`);
     if (values.json) process.stdout.write(toJson(out));
     else {
       process.stdout.write(

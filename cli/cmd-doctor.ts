@@ -5,6 +5,7 @@ import * as ort from 'onnxruntime-node';
 import { EXACT_MAX_ROWS } from '../src/engine/approx.js';
 import { cudaProviderFiles } from '../src/engine/cuda.js';
 import { probeEngines, type EngineProbe } from '../src/engine/index.js';
+import { torchStatus } from '../src/engine/torch.js';
 import { webGpuAdapter } from '../src/engine/webgpu.js';
 import { table, toJson } from './format.js';
 
@@ -31,6 +32,8 @@ export interface DoctorReport {
   auto: string;
   webgpu_adapter: Awaited<ReturnType<typeof webGpuAdapter>>;
   cuda_provider: ReturnType<typeof cudaProviderFiles>;
+  /** The torch engine's interpreter (VIRAL_LENS_PYTHON, else python3) and what its worker reported, or why it does not start. */
+  torch: Awaited<ReturnType<typeof torchStatus>>;
   approximate_knn: { library: string; available: boolean; detail: string };
 }
 
@@ -56,6 +59,7 @@ export async function doctorReport(): Promise<DoctorReport> {
     auto,
     webgpu_adapter: await webGpuAdapter(),
     cuda_provider: cudaProviderFiles(),
+    torch: await torchStatus(),
     approximate_knn: hnsw,
   };
 }
@@ -74,8 +78,17 @@ export function renderDoctor(r: DoctorReport): string {
     `auto → ${r.auto}${autoEngine?.device ? `: ${autoEngine.device}` : ''}`,
     `WebGPU adapter: ${a.kind === 'gpu' ? a.name : a.kind === 'cpu' ? `${a.name} (a CPU software adapter, not a GPU)` : 'not identified'} — ${a.source}` +
       (a.devices.length ? `; Vulkan devices: ${a.devices.map((d) => `${d.name} [${d.type}]`).join(', ')}` : ''),
+    `torch: ${renderTorch(r.torch)}`,
     `CUDA provider: ${r.cuda_provider.missing.length ? `missing ${r.cuda_provider.missing.join(', ')}` : 'libraries present'} in ${r.cuda_provider.dir}`,
     `approximate kNN: ${r.approximate_knn.library} ${r.approximate_knn.available ? 'available' : 'NOT available'} (${r.approximate_knn.detail})`,
   ];
   return lines.join('\n') + '\n';
+}
+
+function renderTorch(t: DoctorReport['torch']): string {
+  if (!t.info) return `unavailable with ${t.python} — ${t.error}`;
+  const i = t.info;
+  const gib = (b: number | null) => (b == null ? '?' : `${(b / 2 ** 30).toFixed(1)} GiB`);
+  const mem = i.total_bytes != null ? `${gib(i.free_bytes)} free of ${gib(i.total_bytes)}` : `${gib(i.free_bytes)} free host memory`;
+  return `${i.python} (Python ${i.python_version}), torch ${i.torch}${i.cuda ? ` (CUDA ${i.cuda})` : ''}, device ${i.device} = ${i.device_name}, ${mem}`;
 }

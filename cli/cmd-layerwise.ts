@@ -1,6 +1,16 @@
-import { writeFile } from 'node:fs/promises';
+import { stat, writeFile } from 'node:fs/promises';
+import { extname, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { runLayerwise, type LayerwiseRow, type TargetSpec } from '../analysis/layerwise.js';
+import { layerwiseFigure, renderFigure, type CurvePoint, type Series } from '../analysis/figures.js';
+import {
+  findStepCaptures,
+  runCheckpoints,
+  runLayerwise,
+  summariseWarnings,
+  type CheckpointRow,
+  type LayerwiseRow,
+  type TargetSpec,
+} from '../analysis/layerwise.js';
 import { parseShard, runShard } from '../analysis/shard.js';
 import { describeStats, type SimilarityStats } from '../analysis/stats.js';
 import { describeKnnPolicy, parseKnnMode, withKnnPolicy } from '../src/engine/approx.js';
@@ -8,7 +18,7 @@ import { createEngine, describeEngine } from '../src/engine/index.js';
 import { InputError } from '../src/errors.js';
 import { DEFAULT_K, parseMetric, parsePreprocess } from '../src/metrics/index.js';
 import { parseTokenMode } from '../src/tokens.js';
-import { intOption, listOption, numberOption } from './args.js';
+import { engineOptions, intOption, listOption, numberOption } from './args.js';
 import { fmt, table, toCsv, toJson } from './format.js';
 import { Progress } from './progress.js';
 
@@ -29,9 +39,31 @@ export function parseTargets(values: string[]): TargetSpec[] {
   });
 }
 
+/**
+ * `--csv` alone selects CSV on stdout (as before); `--csv FILE.csv` or `--csv=FILE` writes the CSV to FILE as well as
+ * printing the table. parseArgs has no optional values, so the file form is rewritten to `--csv-file` first.
+ */
+function splitCsvFile(argv: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a.startsWith('--csv=')) out.push('--csv-file', a.slice('--csv='.length));
+    else if (a === '--csv' && /\.csv$/i.test(argv[i + 1] ?? '')) out.push('--csv-file', argv[++i]!);
+    else out.push(a);
+  }
+  return out;
+}
+
+async function isCapture(dir: string): Promise<boolean> {
+  return stat(join(dir, 'manifest.json')).then(
+    (st) => st.isFile(),
+    () => false,
+  );
+}
+
 export async function run(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
-    args: argv,
+    args: splitCsvFile(argv),
     allowPositionals: true,
     options: {
       target: { type: 'string', multiple: true },
@@ -44,10 +76,14 @@ export async function run(argv: string[]): Promise<number> {
       seed: { type: 'string' },
       layers: { type: 'string' },
       engine: { type: 'string', default: 'auto' },
+      device: { type: 'string' },
+      precision: { type: 'string' },
       knn: { type: 'string', default: 'auto' },
       shard: { type: 'string' },
       json: { type: 'boolean', default: false },
       csv: { type: 'boolean', default: false },
+      'csv-file': { type: 'string' },
+      figure: { type: 'string' },
       out: { type: 'string' },
       quiet: { type: 'boolean', default: false },
       permutations: { type: 'string' },
@@ -58,17 +94,36 @@ export async function run(argv: string[]): Promise<number> {
   });
   // --shard runs one slice of the (capture, layer) jobs of one or more captures (docs/scale.md).
   const shard = values.shard === undefined ? null : parseShard(values.shard);
-  if (shard ? positionals.length < 1 : positionals.length !== 1) {
-    throw new InputError(`expected ${shard ? 'one or more capture directories' : 'one capture directory'}, got ${positionals.length} argument(s)`);
+  if (positionals.length < 1) {
+    throw new InputError(
+      shard ? 'expected one or more capture directories' : 'expected a capture directory, a run folder of step-<N>/ captures, or several capture directories',
+    );
+  }
+  const figureFile = values.figure;
+  const figureFormat = figureFile === undefined ? null : extname(figureFile).slice(1).toLowerCase();
+  if (figureFormat !== null && figureFormat !== 'svg' && figureFormat !== 'png' && figureFormat !== 'pdf') {
+    throw new InputError(`--figure ${figureFile}: expected a .svg, .png or .pdf file`);
+  }
+  if (shard && (figureFile || values['csv-file'])) throw new InputError('--figure and --csv FILE are not available with --shard (merge the shards first)');
+  // One capture → its layer table; a run folder (step-<N>/ captures) or several captures → checkpoints side by side.
+  let checkpointDirs: string[] | null = null;
+  if (!shard) {
+    if (positionals.length > 1) checkpointDirs = positionals;
+    else if (!(await isCapture(positionals[0]!))) {
+      const found = await findStepCaptures(positionals[0]!);
+      for (const p of found.pending) process.stderr.write(`note: ${p} has no manifest.json yet (still being written?); left out\n`);
+      checkpointDirs = found.dirs;
+    }
   }
   const metrics = (listOption(values.metric).length ? listOption(values.metric) : ['cknna']).map(parseMetric);
   const knnMode = parseKnnMode(values.knn!);
   // Exact kNN wherever it is the faster path; `auto` uses HNSW only on CPU engines above EXACT_MAX_ROWS rows, and
   // every score from approximate lists carries its measured recall.
-  const engine = withKnnPolicy(await createEngine(values.engine), { mode: knnMode });
+  const engine = withKnnPolicy(await createEngine(values.engine, engineOptions(values)), { mode: knnMode });
   const progress = new Progress(!values.quiet);
   let rows: LayerwiseRow[];
   let shardText: string | null = null;
+  let sharedTargets = '';
   try {
     const maxRows = numberOption('max-rows', values['max-rows']);
     const q = numberOption('q', values.q);
@@ -106,16 +161,113 @@ export async function run(argv: string[]): Promise<number> {
       const doc = await runShard(positionals, options, shard, params);
       rows = doc.rows;
       shardText = toJson(doc);
+    } else if (checkpointDirs) {
+      const r = await runCheckpoints(checkpointDirs, options);
+      rows = r.rows;
+      if (r.targetCache.reused) sharedTargets = `targets identical across checkpoints: prepared (preprocessing, kNN) ${r.targetCache.prepared} time(s) for ${r.targetCache.prepared + r.targetCache.reused} (checkpoint, target) pairs`;
     } else rows = await runLayerwise(positionals[0]!, options);
   } finally {
     progress.stop();
     await engine.dispose();
   }
+  const engineText = describeEngine(engine);
+  for (const w of summariseWarnings(rows)) process.stderr.write(`warning: ${w}\n`);
+  const csv = () => toCsv(rows as unknown as Record<string, unknown>[]);
   const text =
-    shardText ?? (values.json ? toJson(rows) : values.csv ? toCsv(rows as unknown as Record<string, unknown>[]) : render(rows, describeEngine(engine)));
+    shardText ??
+    (values.json
+      ? toJson(rows)
+      : values.csv
+        ? csv()
+        : checkpointDirs
+          ? renderCheckpoints(rows as CheckpointRow[], engineText, sharedTargets)
+          : render(rows, engineText));
   if (values.out) await writeFile(values.out, text);
   else process.stdout.write(text);
+  if (values['csv-file']) await writeFile(values['csv-file'], csv());
+  if (figureFile) {
+    const figure = sweepFigure(rows, checkpointDirs !== null, engineText);
+    await writeFile(figureFile, (await renderFigure(figure.spec, figureFormat as 'svg' | 'png' | 'pdf')).body);
+  }
   return 0;
+}
+
+/** The sweep as the dashboard draws it: one curve per checkpoint (or the capture), a panel per target, first metric. */
+function sweepFigure(rows: readonly LayerwiseRow[], checkpoints: boolean, engine: string) {
+  const label = (r: LayerwiseRow) => (checkpoints ? checkpointLabel(r as CheckpointRow) : r.variant);
+  const series = new Map<string, Series>();
+  for (const r of rows) if (!series.has(label(r))) series.set(label(r), { label: label(r), variant: r.variant, step: r.step, run: r.capture });
+  const points: CurvePoint[] = rows.map((r) => ({
+    series: label(r),
+    variant: r.variant,
+    step: r.step,
+    target: r.target,
+    metric: r.metric,
+    layer: r.layer,
+    layer_index: r.layer_index,
+    value: r.value,
+    ...(r.ci_low === undefined ? {} : { ci_low: r.ci_low, ci_high: r.ci_high ?? null }),
+    k: r.k,
+    n: r.n,
+    preprocess: r.preprocess,
+    token_mode: r.token_mode,
+    engine: r.engine,
+  }));
+  const first = rows[0];
+  if (!first) throw new InputError('--figure: no rows to draw');
+  const ns = [...new Set(rows.map((r) => r.n))];
+  return layerwiseFigure(points, {
+    metric: first.metric,
+    colorBy: checkpoints ? 'step' : 'variant',
+    series: [...series.values()],
+    provenance: { preprocess: first.preprocess, token_mode: first.token_mode, n: ns.length === 1 ? ns[0] : ns, engine },
+  });
+}
+
+/** `step 300` when the step is known and unique among the rows, else the checkpoint path. */
+function checkpointLabel(r: CheckpointRow): string {
+  return r.step === null ? r.checkpoint : `step ${r.step}`;
+}
+
+/** One table per metric and target: layers down, checkpoints across, with every parameter in the heading. */
+export function renderCheckpoints(rows: CheckpointRow[], engine: string, sharedTargets = ''): string {
+  if (rows.length === 0) return 'no rows\n';
+  const first = rows[0]!;
+  const checkpoints = [...new Map(rows.map((r) => [r.checkpoint, r])).values()];
+  const byLabel = new Map<string, number>();
+  for (const c of checkpoints) byLabel.set(checkpointLabel(c), (byLabel.get(checkpointLabel(c)) ?? 0) + 1);
+  // Two checkpoints with the same step (two runs) are told apart by their paths.
+  const head = (c: CheckpointRow) => (byLabel.get(checkpointLabel(c))! > 1 ? c.checkpoint : checkpointLabel(c));
+  const out: string[] = [
+    `${checkpoints.length} checkpoint(s): ${checkpoints.map((c) => `${c.checkpoint}${c.step === null ? '' : ` (step ${c.step})`}`).join(', ')}`,
+    `model ${[...new Set(rows.map((r) => r.model))].join(', ')}  variant ${[...new Set(rows.map((r) => r.variant))].join(', ')}`,
+    `A = layer hidden states, B = target; tokens ${first.token_mode}, preprocess ${first.preprocess}, n = ${first.n}` +
+      (first.rows_sampled ? ` (seeded subsample, seed ${first.seed})` : '') +
+      `, engine ${engine}`,
+  ];
+  if (sharedTargets) out.push(sharedTargets);
+  const layers = [...new Map(rows.map((r) => [r.layer_index, r.layer])).entries()].sort((a, b) => a[0] - b[0]);
+  for (const metric of [...new Set(rows.map((r) => r.metric))]) {
+    const k = rows.find((r) => r.metric === metric)?.k;
+    for (const target of [...new Set(rows.map((r) => r.target))]) {
+      out.push('', `${metric}${k ? ` (k = ${k})` : ''} vs ${target}`);
+      const withStats = rows.find((r) => r.metric === metric && (r.n_perm || r.n_boot));
+      if (withStats) out.push(describeStats(withStats));
+      const body = layers.map(([index, name]) => [
+        index,
+        name,
+        ...checkpoints.map((c) => {
+          const r = rows.find((x) => x.metric === metric && x.target === target && x.layer_index === index && x.checkpoint === c.checkpoint);
+          return r ? fmtWithStats(r) + recallNote(r) : fmt(undefined);
+        }),
+      ]);
+      out.push(table(['idx', 'layer', ...checkpoints.map(head)], body).trimEnd());
+    }
+  }
+  const tied = rows.filter((r) => (r.tied_rows_a ?? 0) + (r.tied_rows_b ?? 0) > 0);
+  if (tied.length) out.push('', `warning: ${tied.length} result(s) have ties at the k-th neighbour (see tied_rows_a/b in --json)`);
+  for (const r of rows.filter((x) => x.undefined_reason)) out.push(`undefined: ${r.metric} ${r.checkpoint} layer ${r.layer} vs ${r.target}: ${r.undefined_reason}`);
+  return out.join('\n') + '\n';
 }
 
 /** --permutations N, --bootstrap N, --ci LEVEL, --perm-unit row|image (shared with `compare`). */

@@ -10,8 +10,15 @@ export async function run(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { json: { type: 'boolean', default: false }, values: { type: 'boolean', default: false } },
+    // Values (NaN/Inf) are checked by default: a capture that passes validate must also pass every analysis.
+    // --values is kept for scripts written when it was opt-in; --headers-only skips reading the data.
+    options: {
+      json: { type: 'boolean', default: false },
+      values: { type: 'boolean', default: false },
+      'headers-only': { type: 'boolean', default: false },
+    },
   });
+  if (values.values && values['headers-only']) throw new InputError('--values and --headers-only contradict each other');
   if (positionals.length !== 1) throw new InputError(`expected one PATH, got ${positionals.length} argument(s)`);
   const path = positionals[0]!;
   const isCapture = await stat(join(path, 'manifest.json')).then(
@@ -21,7 +28,7 @@ export async function run(argv: string[]): Promise<number> {
   const dirs = isCapture ? [path] : (await listRuns(path)).map((r) => r.dir);
   if (dirs.length === 0) throw new InputError(`${path}: no capture found (no manifest.json under it)`);
   const report: { dir: string; problems: string[] }[] = [];
-  for (const dir of dirs) report.push({ dir, problems: await validateCapture(dir, { checkValues: values.values }) });
+  for (const dir of dirs) report.push({ dir, problems: await validateCapture(dir, { checkValues: !values['headers-only'] }) });
   const bad = report.filter((r) => r.problems.length);
   if (values.json) process.stdout.write(toJson({ valid: bad.length === 0, captures: report }));
   else {

@@ -8,13 +8,13 @@ export interface Command {
 export const COMMANDS: Record<string, Command> = {
   compare: {
     summary: 'one similarity score between two feature files (npy / safetensors)',
-    usage: 'A B --metric cknna|mutual_knn|cycle_knn|cka|unbiased_cka|cosine [--topk K] [--preprocess none|l2|prh] [--q 0.95] [--engine auto|ref|cpu|webgpu|cuda] [--key-a NAME] [--key-b NAME] [--permutations N] [--bootstrap N --ci 0.95] [--seed S] [--json]',
+    usage: 'A B --metric cknna|mutual_knn|cycle_knn|cka|unbiased_cka|cosine [--topk K] [--preprocess none|l2|prh] [--q 0.95] [--engine auto|ref|cpu|webgpu|cuda|torch [--device cuda:N|mps|cpu] [--precision float32|tf32|bf16]] [--key-a NAME] [--key-b NAME] [--permutations N] [--bootstrap N --ci 0.95] [--seed S] [--json]',
     load: () => import('./cmd-compare.js'),
   },
   layerwise: {
-    summary: 'every layer of a capture against target features (CKNNA curves)',
+    summary: 'every layer of a capture against target features (CKNNA curves); a run folder or several captures → checkpoints side by side',
     usage:
-      'CAPTURE_DIR [--target NAME[=PATH]]... [--metric cknna[,cka,...]] [--topk K] [--preprocess none|l2|prh] [--tokens per-token|mean|first] [--max-rows N --seed S] [--layers 0,4,8] [--engine auto|ref|cpu|webgpu|cuda] [--knn auto|exact|hnsw] [--permutations N [--perm-unit row|image]] [--bootstrap N --ci 0.95] [--json|--csv] [--out FILE]   |   CAPTURE_DIR... --shard I/N [same options] [--out SHARD.json]',
+      'CAPTURE_DIR | RUN_DIR (step-<N>/ captures) | CAPTURE_DIR... [--target NAME[=PATH]]... [--metric cknna[,cka,...]] [--topk K] [--preprocess none|l2|prh] [--tokens per-token|mean|first] [--max-rows N --seed S] [--layers 0,4,8] [--engine auto|ref|cpu|webgpu|cuda|torch [--device cuda:N|mps|cpu] [--precision float32|tf32|bf16]] [--knn auto|exact|hnsw] [--permutations N [--perm-unit row|image]] [--bootstrap N --ci 0.95] [--json|--csv] [--out FILE] [--csv FILE.csv] [--figure FILE.svg|.png|.pdf]   |   CAPTURE_DIR... --shard I/N [same options] [--out SHARD.json]',
     load: () => import('./cmd-layerwise.js'),
   },
   merge: {
@@ -45,12 +45,12 @@ export const COMMANDS: Record<string, Command> = {
   },
   serve: {
     summary: 'the dashboard: layer-wise curves, checkpoints, variants, embeddings, probes, attention, patch shuffle; live while runs train',
-    usage: 'RUNS_DIR [--port 7860] [--host 127.0.0.1] [--engine auto|ref|cpu|webgpu|cuda] [--workers N] [--token T (or VIRAL_LENS_TOKEN)] [--no-cache] [--log]',
+    usage: 'RUNS_DIR [--port 7860] [--host 127.0.0.1] [--engine auto|ref|cpu|webgpu|cuda|torch] [--workers N] [--token T (or VIRAL_LENS_TOKEN)] [--no-cache] [--log]',
     load: () => import('./cmd-serve.js'),
   },
   demo: {
     summary: 'train a mini-LLaVA here (baseline, residual, VIRAL), capture every layer, print layer-wise CKNNA and accuracy',
-    usage: '[--out runs/demo] [--steps N] [--seed S] [--quick] [--variants baseline,residual,viral] [--backend auto|wasm|cpu|tensorflow] [--engine auto|ref|cpu|webgpu|cuda] [--no-workers] [--quiet] [--serve|--no-serve] [--port 7860]',
+    usage: '[--out runs/demo] [--steps N] [--seed S] [--quick] [--variants baseline,residual,viral] [--backend auto|wasm|cpu|tensorflow] [--engine auto|ref|cpu|webgpu|cuda|torch] [--no-workers] [--quiet] [--serve|--no-serve] [--port 7860]',
     load: () => import('./cmd-demo.js'),
   },
   embed: {
@@ -64,8 +64,8 @@ export const COMMANDS: Record<string, Command> = {
     load: () => import('./cmd-info.js'),
   },
   validate: {
-    summary: 'check a capture (or every capture under a directory) and report every problem found',
-    usage: 'PATH [--json]',
+    summary: 'check a capture (or every capture under a directory) and report every problem found, NaN/Inf values included',
+    usage: 'PATH [--json] [--headers-only]   (every shard value is checked for NaN/Inf unless --headers-only)',
     load: () => import('./cmd-validate.js'),
   },
 };

@@ -7,7 +7,8 @@ export function toJson(value: unknown): string {
 }
 
 export function table(header: string[], body: (string | number)[][]): string {
-  const widths = header.map((h, c) => Math.max(h.length, ...body.map((r) => String(r[c]).length)));
+  // A loop, not Math.max(...rows): spreading a million rows as arguments overflows the stack.
+  const widths = header.map((h, c) => body.reduce((w, r) => Math.max(w, String(r[c]).length), h.length));
   const line = (r: (string | number)[]) => r.map((v, c) => (typeof v === 'number' ? String(v).padStart(widths[c]!) : String(v).padEnd(widths[c]!))).join('  ');
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)].join('\n') + '\n';
 }

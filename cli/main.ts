@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { pathToFileURL } from 'node:url';
-import { InputError } from '../src/errors.js';
+import { boundMessage, InputError } from '../src/errors.js';
 import { COMMANDS } from './commands.js';
 
 /** Exit code for bad input (files, flags, manifests): the message is one line naming the file/field/row. */
@@ -26,7 +26,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   const command = COMMANDS[name];
   if (!command) {
-    process.stderr.write(`viral-lens: unknown command '${name}' (commands: ${Object.keys(COMMANDS).join(', ')}; see viral-lens --help)\n`);
+    process.stderr.write(`viral-lens: unknown command '${boundMessage(name).slice(0, 100)}' (commands: ${Object.keys(COMMANDS).join(', ')}; see viral-lens --help)\n`);
     return EXIT_INPUT;
   }
   try {
@@ -46,7 +46,7 @@ export async function main(argv: string[]): Promise<number> {
     return code;
   } catch (err) {
     if (err instanceof InputError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`viral-lens ${name}: ${(err as Error).message.split('\n')[0]}\n`);
+      process.stderr.write(`viral-lens ${name}: ${boundMessage((err as Error).message.split('\n')[0]!)}\n`);
       return EXIT_INPUT;
     }
     throw err;

@@ -2,7 +2,7 @@
  * The viral-lens dashboard server (Fastify). See server/README.md for the API.
  *
  * - Binds 127.0.0.1:7860 by default; when bound to loopback, requests whose Host header is not a loopback name are
- *   refused (a DNS-rebinding page cannot read the API).
+ *   refused (a DNS-rebinding page cannot read the API): exactly 127.0.0.1, localhost, [::1] and the bound host.
  * - Every route has a JSON schema for its params/query/body; unknown query parameters are refused, and every error
  *   is a JSON body `{statusCode, error, message}` whose message names the parameter, file or capture at fault.
  * - Analyses run in worker threads through analysis/jobs.ts (cached under RUNS_DIR/.viral-lens-cache/, shared
@@ -11,17 +11,17 @@
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import type { AddressInfo } from 'node:net';
+import { isIP, type AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { toCsv } from '../analysis/figures.js';
 import { JobRunner } from '../analysis/jobs.js';
 import { InputError } from '../src/errors.js';
 import { parseManifestJson } from '../src/store/manifest.js';
 import { EventHub } from './events.js';
 import { analysisFolders, buildFigure, FIGURES, figureQuerySchema, HOW_TO, parseResults, readAnalysis, type FigureName, type FigureQuery } from './figures-api.js';
-import { CACHE_DIR_NAME, readJsonIfPresent, RunsIndex } from './runs.js';
+import { CACHE_DIR_NAME, checkCacheDir, RunsIndex } from './runs.js';
 
 export const DEFAULT_PORT = 7860;
 export const DEFAULT_HOST = '127.0.0.1';
@@ -85,10 +85,37 @@ function tokenMatches(expected: string, header: string | undefined): 'ok' | 'mis
   return timingSafeEqual(a, b) ? 'ok' : 'bad';
 }
 
-const LOOPBACK_NAMES = new Set(['localhost', '127.0.0.1', '[::1]', '::1']);
+/** Whether the address the server binds is loopback (127.0.0.0/8 as an IP literal, ::1, localhost). */
+function isLoopbackBind(host: string): boolean {
+  if (host === 'localhost' || host === '::1' || host === '[::1]') return true;
+  return isIP(host) === 4 && host.startsWith('127.');
+}
 
-function isLoopback(host: string): boolean {
-  return LOOPBACK_NAMES.has(host) || host.startsWith('127.');
+/**
+ * Host names a loopback-bound server answers to: exactly 127.0.0.1, localhost, [::1] and the bound host. A prefix
+ * test would let `127.evil.example` or `127.0.0.1.nip.io` through, names a rebinding page can point at 127.0.0.1.
+ */
+function allowedHostNames(host: string): Set<string> {
+  const bound = host.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+  return new Set(['127.0.0.1', 'localhost', '[::1]', isIP(bound) === 6 ? `[${bound}]` : bound]);
+}
+
+/**
+ * Whether a Host header is `name` or `name:port` with an allowed name. The port is any valid one, not pinned to
+ * the bound port: an SSH tunnel (`ssh -L 9000:localhost:7860`) sends its own, and the name is what a rebinding
+ * page controls.
+ */
+function hostAllowed(header: string | undefined, names: ReadonlySet<string>): boolean {
+  const m = /^(\[[0-9A-Fa-f:.]+\]|[^:[\]]+)(?::(\d{1,5}))?$/.exec(header ?? '');
+  if (!m || !names.has(m[1]!.toLowerCase())) return false;
+  return m[2] === undefined || (Number(m[2]) >= 1 && Number(m[2]) <= 65535);
+}
+
+/** The analysis cache folder, checked (server/runs.ts checkCacheDir) before anything is written or pruned there. */
+async function cacheDirOf(options: ServerOptions, root: string): Promise<string | null> {
+  if (options.cacheDir === null) return null;
+  if (options.cacheDir === undefined) return checkCacheDir(join(root, CACHE_DIR_NAME), root);
+  return checkCacheDir(options.cacheDir);
 }
 
 /** Aborted when the client goes away before the response is complete. */
@@ -125,7 +152,8 @@ const runParams = {
   type: 'object',
   required: ['run'],
   additionalProperties: false,
-  properties: { run: { type: 'string', minLength: 1, maxLength: 255, pattern: '^[^/\\\\\\u0000]+$' } },
+  // A run id is its folder's path relative to RUNS_DIR (server/runs.ts runOf); only scanned ids resolve.
+  properties: { run: { type: 'string', minLength: 1, maxLength: 1024, pattern: '^[^\\\\\\u0000]+$' } },
 } as const;
 const captureParams = {
   type: 'object',
@@ -172,7 +200,7 @@ export async function buildApp(options: ServerOptions): Promise<Dashboard> {
   const index = await RunsIndex.open(options.runsDir, options.pollMs === undefined ? {} : { pollMs: options.pollMs });
   const hub = new EventHub();
   const runner = new JobRunner({
-    cacheDir: options.cacheDir === undefined ? join(index.root, CACHE_DIR_NAME) : options.cacheDir,
+    cacheDir: await cacheDirOf(options, index.root),
     ...(options.workers === undefined ? {} : { workers: options.workers }),
     onEvent: (e) => {
       if (e.state !== 'progress' || hub.size) hub.send('job', e);
@@ -195,10 +223,10 @@ export async function buildApp(options: ServerOptions): Promise<Dashboard> {
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   });
 
+  const hostNames = isLoopbackBind(host) ? allowedHostNames(host) : null;
   app.addHook('onRequest', async (request, reply) => {
-    if (isLoopback(host)) {
-      const h = (request.headers.host ?? '').replace(/:\d+$/, '');
-      if (!isLoopback(h)) throw new HttpError(403, `Host header '${request.headers.host ?? ''}' is not allowed (the server is bound to ${host})`);
+    if (hostNames && !hostAllowed(request.headers.host, hostNames)) {
+      throw new HttpError(403, `Host header '${(request.headers.host ?? '').slice(0, 200)}' is not allowed (the server is bound to ${host}; use ${[...hostNames].join(', ')})`);
     }
     reply.header('x-content-type-options', 'nosniff');
     reply.header('referrer-policy', 'no-referrer');
@@ -260,7 +288,7 @@ export async function buildApp(options: ServerOptions): Promise<Dashboard> {
     const runs = await Promise.all(
       index.runs().map(async (r) => {
         const dir = await index.runDir(r.run).catch(() => null);
-        const results = dir ? await readJsonIfPresent(join(dir, 'results.json')).catch(() => undefined) : null;
+        const results = dir ? await index.readJson(join(dir, 'results.json')).catch(() => undefined) : null;
         return { ...r, has_results: results !== null && results !== undefined };
       }),
     );
@@ -276,7 +304,7 @@ export async function buildApp(options: ServerOptions): Promise<Dashboard> {
     let resultsError: string | null = null;
     if (dir) {
       try {
-        results = await readJsonIfPresent(join(dir, 'results.json'));
+        results = await index.readJson(join(dir, 'results.json'));
       } catch (err) {
         resultsError = (err as Error).message;
       }
@@ -360,12 +388,16 @@ export async function buildApp(options: ServerOptions): Promise<Dashboard> {
 
   app.get('/api/events', { schema: { querystring: emptyQuery } }, (request, reply) => hub.handle(request, reply));
 
-  app.post('/api/ingest', { bodyLimit: INGEST_BODY_LIMIT, schema: { body: ingestBody, querystring: emptyQuery } }, async (request, reply) => {
+  // The token is checked in onRequest, before the body is read: unauthenticated 16 MiB bodies cost nothing to refuse.
+  const requireToken = async (request: FastifyRequest, reply: FastifyReply) => {
     const auth = tokenMatches(token, request.headers.authorization);
-    if (auth !== 'ok') {
-      reply.header('www-authenticate', 'Bearer realm="viral-lens ingest"');
-      throw new HttpError(401, auth === 'missing' ? 'missing bearer token (Authorization: Bearer <token printed at server start>)' : 'invalid bearer token');
-    }
+    if (auth === 'ok') return;
+    reply.header('www-authenticate', 'Bearer realm="viral-lens ingest"');
+    // The unread body would otherwise keep the socket busy; the client is told not to reuse it.
+    reply.header('connection', 'close');
+    throw new HttpError(401, auth === 'missing' ? 'missing bearer token (Authorization: Bearer <token printed at server start>)' : 'invalid bearer token');
+  };
+  app.post('/api/ingest', { bodyLimit: INGEST_BODY_LIMIT, onRequest: requireToken, schema: { body: ingestBody, querystring: emptyQuery } }, async (request, reply) => {
     const body = request.body as { run: string; step?: number | null; manifest: unknown };
     const parsed = parseManifestJson(body.manifest, 'manifest');
     if (!parsed.ok) throw new HttpError(400, `${parsed.problems[0]}${parsed.problems.length > 1 ? ` (and ${parsed.problems.length - 1} more)` : ''}`);

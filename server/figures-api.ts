@@ -24,6 +24,7 @@ import {
   type Series,
 } from '../analysis/figures.js';
 import type { JobProgress, JobRunner } from '../analysis/jobs.js';
+import { summariseWarnings } from '../analysis/layerwise.js';
 import { readProbes } from '../analysis/probes.js';
 import { readShuffle, shuffleFigure, type ShuffleResult } from '../analysis/shuffle.js';
 import { PCA_RGB_NORMALISATION } from '../src/embeddings/index.js';
@@ -31,7 +32,7 @@ import { InputError } from '../src/errors.js';
 import { METRIC_NAMES, type MetricName, type Preprocess } from '../src/metrics/index.js';
 import { DEMO_MODEL_NAME, sceneImageDataUrl } from '../src/model/scenes.js';
 import { TOKEN_MODES, type TokenMode } from '../src/tokens.js';
-import { ANALYSIS_FILES, readJsonIfPresent, type AnalysisFileName, type CaptureSummary, type RunsIndex } from './runs.js';
+import { ANALYSIS_FILES, type AnalysisFileName, type CaptureSummary, type RunsIndex } from './runs.js';
 
 /** Figures drawn from a run's analysis files (attention.json, shuffle.json) rather than from captures. */
 export const FILE_FIGURES = ['attention-entropy', 'attention-overlay', 'patch-shuffle'] as const;
@@ -263,6 +264,7 @@ async function curves(ctx: FigureContext, sel: Selected[], q: FigureQuery, signa
   const provenance: Record<string, unknown> = { metric: p.metric, k: p.k, preprocess: p.preprocess, token_mode: p.tokens };
   const ns = new Set<number>();
   const engines = new Set<string>();
+  const warned: { warning?: string; capture: string; layer: string; target: string }[] = [];
   let done = 0;
   await Promise.all(
     sel.map(async ({ capture, series }) => {
@@ -286,6 +288,7 @@ async function curves(ctx: FigureContext, sel: Selected[], q: FigureQuery, signa
           { signal, ...(onProgress ? { onProgress } : {}) },
         );
         for (const r of result) {
+          if (r.warning) warned.push({ warning: r.warning, capture: capture.id, layer: r.layer, target: r.target });
           ns.add(r.n);
           engines.add(`${r.engine} (${r.precision})`);
           if (typeof r.preprocess === 'string') provenance.preprocess = r.preprocess;
@@ -324,7 +327,9 @@ async function curves(ctx: FigureContext, sel: Selected[], q: FigureQuery, signa
   provenance.engine = [...engines].join(', ') || ctx.engine;
   if (q.bootstrap) provenance.bootstrap = { draws: q.bootstrap, ci: q.ci ?? 0.95 };
   if (q.max_rows) provenance.max_rows = q.max_rows;
-  return { points, errors, provenance };
+  // Caveats on the numbers (e.g. CKNNA at small n relative to k), shown in the page's notes.
+  const warnings = summariseWarnings(warned).map((w) => `warning: ${w}`);
+  return { points, errors, provenance, warnings };
 }
 
 function pickTarget(points: CurvePoint[], wanted: string | undefined): string {
@@ -347,9 +352,9 @@ async function accuracyFor(ctx: FigureContext, sel: Selected[], notes: string[])
     if (!dir) continue;
     let json: unknown;
     try {
-      json = await readJsonIfPresent(join(dir, 'results.json'));
+      json = await ctx.index.readJson(join(dir, 'results.json'));
     } catch (err) {
-      notes.push(`${capture.run}/${describeError(err)}`);
+      notes.push(describeError(err));
       continue;
     }
     if (json === null) continue;
@@ -419,6 +424,7 @@ export async function buildFigure(ctx: FigureContext, name: FigureName, q: Figur
       const sel = labelSeries(picked.chosen, by);
       const c = await curves(ctx, sel, q, signal, onProgress);
       errors.push(...c.errors);
+      notes.push(...c.warnings);
       const series = uniqueSeries(sel);
       if (name === 'layerwise') {
         const target = pickTarget(c.points, q.target);
@@ -434,6 +440,7 @@ export async function buildFigure(ctx: FigureContext, name: FigureName, q: Figur
       const sel = labelRuns(picked.chosen);
       const c = await curves(ctx, sel, q, signal, onProgress);
       errors.push(...c.errors);
+      notes.push(...c.warnings);
       const series = uniqueSeries(sel);
       const target = pickTarget(c.points, q.target);
       if (name === 'checkpoints') {
@@ -530,7 +537,7 @@ export async function buildFigure(ctx: FigureContext, name: FigureName, q: Figur
       const points: ProbePoint[] = [];
       for (const { capture, series } of sel) {
         try {
-          const file = await readProbes(await ctx.index.dirOf(capture.id));
+          const file = await readProbes(await ctx.index.dirOf(capture.id), ctx.index.readText);
           for (const report of file.probes) {
             const task = `${report.label} · ${report.rows[0]?.score_name ?? 'score'} · ${report.token_mode}`;
             for (const row of report.rows) {
@@ -655,8 +662,8 @@ export async function analysisFolders(index: RunsIndex): Promise<AnalysisFolder[
       }
       if (real === null) continue;
       try {
-        if (key === 'attention') entry.attention = { file: shown(dir, file), error: null, results: (await readAttention(real)).results.map(summariseAttention) };
-        else entry.shuffle = { file: shown(dir, file), error: null, results: (await readShuffle(real)).results.map(summariseShuffle) };
+        if (key === 'attention') entry.attention = { file: shown(dir, file), error: null, results: (await readAttention(real, index.readText)).results.map(summariseAttention) };
+        else entry.shuffle = { file: shown(dir, file), error: null, results: (await readShuffle(real, index.readText)).results.map(summariseShuffle) };
       } catch (err) {
         if (!(err instanceof InputError)) throw err;
         entry[key] = { file: shown(dir, file), error: describeError(err, index.root), results: [] };
@@ -691,7 +698,7 @@ export async function readAnalysis(index: RunsIndex, file: AnalysisFileName, dir
     if (!chosen) throw new MissingAnalysisError(`no ${file} in RUNS_DIR or any run folder under it. ${HOW_TO[file]}`);
   }
   try {
-    const results = file === 'attention.json' ? (await readAttention(chosen.real)).results : (await readShuffle(chosen.real)).results;
+    const results = file === 'attention.json' ? (await readAttention(chosen.real, index.readText)).results : (await readShuffle(chosen.real, index.readText)).results;
     if (results.length === 0) throw new MissingAnalysisError(`${shown(chosen.dir, file)} holds no results. ${HOW_TO[file]}`);
     return { dir: chosen.dir, file: shown(chosen.dir, file), results };
   } catch (err) {

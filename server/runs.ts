@@ -3,8 +3,10 @@
  * summary of each read from its manifest only, and change notifications while runs are being written.
  *
  * - Capture ids are paths relative to RUNS_DIR with '/' separators (`demo-viral/step-300`); `.` when RUNS_DIR is
- *   itself a capture. Only ids found by the scan resolve, and every path handed to an analysis is re-checked with
- *   realpath to lie inside RUNS_DIR, shards included (a symlinked shard pointing elsewhere is an error, not a read).
+ *   itself a capture. A run id is likewise the path of the run's folder (`demo-viral`, `sweep-a/exp1`; runOf).
+ *   Only ids found by the scan resolve, and every path handed to an analysis is re-checked with realpath to lie
+ *   inside RUNS_DIR, shards included (a symlinked shard pointing elsewhere is an error, not a read).
+ *   Side files (results.json, probes.json, attention.json, shuffle.json) are read only through readFileInside.
  * - Watching: fs.watch (recursive) where the platform supports it, plus a poll every `pollMs` as the fallback (and to
  *   catch what inotify misses on network filesystems); bursts of events are debounced into one rescan. A rescan
  *   re-reads a manifest only when its size or mtime changed.
@@ -14,12 +16,13 @@
  *   accepted, and `model.residual_layer` as its alias).
  */
 import { EventEmitter } from 'node:events';
-import { watch, type FSWatcher } from 'node:fs';
-import { readFile, realpath, stat } from 'node:fs/promises';
-import { basename, isAbsolute, join, relative, sep } from 'node:path';
+import { constants, watch, type FSWatcher } from 'node:fs';
+import { lstat, open, realpath, stat, type FileHandle } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, relative, sep } from 'node:path';
 import { ATTENTION_FILE } from '../analysis/attention.js';
 import { SHUFFLE_FILE } from '../analysis/shuffle.js';
 import { InputError } from '../src/errors.js';
+import { parseJsonText, type TextReader } from '../src/store/json.js';
 import { listRuns, openCapture } from '../src/store/capture.js';
 
 export const CACHE_DIR_NAME = '.viral-lens-cache';
@@ -86,6 +89,10 @@ export function unsafeRelative(p: string): string | null {
   return null;
 }
 
+function isInside(rootReal: string, real: string): boolean {
+  return real === rootReal || real.startsWith(rootReal + sep);
+}
+
 /**
  * Resolves `rel` under `root` (both real paths checked): throws an InputError when it escapes, through '..' or
  * through a symlink anywhere on the way.
@@ -100,7 +107,87 @@ export async function resolveInside(rootReal: string, rel: string): Promise<stri
   } catch {
     throw new InputError(`path '${rel}' does not exist under RUNS_DIR`);
   }
-  if (real !== rootReal && !real.startsWith(rootReal + sep)) throw new InputError(`path '${rel}' resolves outside RUNS_DIR`);
+  if (!isInside(rootReal, real)) throw new InputError(`path '${rel}' resolves outside RUNS_DIR`);
+  return real;
+}
+
+/** A path under RUNS_DIR as errors show it (relative; never the file's content). */
+function shownPath(rootReal: string, path: string): string {
+  const rel = relative(rootReal, path);
+  return rel && !rel.startsWith('..') && !isAbsolute(rel) ? rel.split(sep).join('/') : basename(path);
+}
+
+/** Largest side file (results.json, probes.json, attention.json, shuffle.json) the dashboard reads. */
+const MAX_SIDE_FILE_BYTES = 256 * 2 ** 20;
+
+/**
+ * The real path of file `path` when it lies inside the real RUNS_DIR; null when it does not exist (a dangling link
+ * included); an InputError when it resolves outside (a symlinked results.json pointing elsewhere).
+ */
+export async function realFileInside(rootReal: string, path: string): Promise<string | null> {
+  let real: string;
+  try {
+    real = await realpath(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw new InputError(`${shownPath(rootReal, path)}: cannot read (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+  }
+  if (!isInside(rootReal, real)) throw new InputError(`${shownPath(rootReal, path)} resolves outside RUNS_DIR; not read`);
+  return real;
+}
+
+/**
+ * The one way the server reads a file under RUNS_DIR: through its real path (checked by realFileInside), opened
+ * without following a link swapped in meanwhile, and only when it is a regular file. An absent file is an error
+ * with code ENOENT (what readJsonFile's callers expect); every other refusal is an InputError naming the file.
+ */
+export async function readFileInside(rootReal: string, path: string): Promise<string> {
+  const real = await realFileInside(rootReal, path);
+  if (real === null) throw Object.assign(new Error(`${shownPath(rootReal, path)}: not found`), { code: 'ENOENT' });
+  const shown = shownPath(rootReal, path);
+  let fh: FileHandle;
+  try {
+    // O_NONBLOCK: a FIFO planted under RUNS_DIR must not hang the request before fstat refuses it.
+    fh = await open(real, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (err) {
+    throw new InputError(`${shown}: cannot read (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new InputError(`${shown}: not a regular file`);
+    if (st.size > MAX_SIDE_FILE_BYTES) throw new InputError(`${shown}: ${st.size} bytes, more than the ${MAX_SIDE_FILE_BYTES} a side file may have`);
+    return await fh.readFile('utf8');
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * A capture's run id: the folder of its step-<N> captures, or the capture's own folder, as a path relative to
+ * RUNS_DIR ('.' = RUNS_DIR itself). Not the folder's name: `a/exp1` and `b/exp1` are two runs, whose captures,
+ * series and results.json must never be merged.
+ */
+export function runOf(captureId: string): string {
+  const parts = captureId === '.' ? [] : captureId.split('/');
+  if (parts.length && /^step-\d+$/.test(parts.at(-1)!)) return parts.slice(0, -1).join('/') || '.';
+  return captureId;
+}
+
+/**
+ * The analysis cache folder, checked before the server writes and prunes in it: refused when it is a symlink or not
+ * a folder, or (given `within`, RUNS_DIR for the default folder) when it lies outside. Returns its real path.
+ */
+export async function checkCacheDir(dir: string, within?: string): Promise<string> {
+  const st = await lstat(dir).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return null;
+    throw new InputError(`cache folder ${dir}: ${err.code ?? String(err)}`);
+  });
+  const fix = 'remove it (or serve with --no-cache)';
+  if (st?.isSymbolicLink()) throw new InputError(`cache folder ${dir} is a symlink: the analysis cache writes and deletes files there; ${fix}`);
+  if (st && !st.isDirectory()) throw new InputError(`cache folder ${dir} is not a folder; ${fix}`);
+  const parent = await realpath(dirname(dir)).catch(() => dirname(dir));
+  const real = join(parent, basename(dir));
+  if (within !== undefined && !isInside(within, real)) throw new InputError(`cache folder ${dir} resolves outside RUNS_DIR (${real}); ${fix}`);
   return real;
 }
 
@@ -194,12 +281,10 @@ export class RunsIndex extends EventEmitter {
       });
   }
 
-  /** The run's folder (for results.json), when the run is a folder of step captures. */
+  /** The real folder of a scanned run (for its results.json); null for a run the scan did not find. */
   async runDir(run: string): Promise<string | null> {
-    const c = this.captures().find((x) => x.run === run && x.id.includes('/'));
-    if (!c) return null;
-    const rel = c.id.split('/').slice(0, -1).join('/');
-    return resolveInside(this.root, rel);
+    if (!this.captures().some((x) => x.run === run)) return null;
+    return resolveInside(this.root, run);
   }
 
   /** Rescans RUNS_DIR; concurrent calls share one scan (and one more runs after it if asked meanwhile). */
@@ -233,15 +318,12 @@ export class RunsIndex extends EventEmitter {
       let summary: CaptureSummary;
       if (cached && cached.signature === signature) summary = cached.summary;
       else {
-        summary = await this.summarise(rel, e.dir, e.run, e.step, e.error);
+        summary = await this.summarise(rel, e.dir, e.step, e.error);
         this.cache.set(rel, { signature, summary });
         if (this.byId.has(rel)) change.changed.push(rel);
       }
-      // probes.json can appear without the manifest changing.
-      summary.has_probes = await stat(join(e.dir, 'probes.json')).then(
-        (st) => st.isFile(),
-        () => false,
-      );
+      // probes.json can appear without the manifest changing; one symlinked outside RUNS_DIR does not count.
+      summary.has_probes = (await realFileInside(this.root, join(e.dir, 'probes.json')).catch(() => null)) !== null;
       next.set(rel, summary);
       if (!this.byId.has(rel)) change.added.push(rel);
     }
@@ -293,21 +375,14 @@ export class RunsIndex extends EventEmitter {
   async analysisDir(dir: string, file: AnalysisFileName): Promise<string | null> {
     if (!this.analysisFolders().includes(dir)) throw new InputError(`dir: '${dir}' is not RUNS_DIR or a folder above a capture under it`);
     const real = await resolveInside(this.root, dir);
-    let target: string;
-    try {
-      target = await realpath(join(real, file));
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw new InputError(`${dir === '.' ? '' : `${dir}/`}${file}: cannot read (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
-    }
-    if (!target.startsWith(this.root + sep)) throw new InputError(`${dir === '.' ? '' : `${dir}/`}${file} resolves outside RUNS_DIR`);
+    if ((await realFileInside(this.root, join(real, file))) === null) return null;
     return real;
   }
 
-  private async summarise(id: string, dir: string, run: string, step: number | null, listError?: string): Promise<CaptureSummary> {
+  private async summarise(id: string, dir: string, step: number | null, listError?: string): Promise<CaptureSummary> {
     const base: CaptureSummary = {
       id,
-      run: id === '.' ? basename(this.root) : run,
+      run: runOf(id),
       step,
       variant: null,
       model: null,
@@ -334,7 +409,7 @@ export class RunsIndex extends EventEmitter {
       // Every listed file must resolve inside RUNS_DIR (a shard may be a symlink).
       for (const file of [...m.layers.flatMap((l) => l.shards), ...m.targets.flatMap((t) => t.shards)].map((s) => s.file)) {
         const real = await realpath(join(dir, file)).catch(() => null);
-        if (real && real !== this.root && !real.startsWith(this.root + sep)) throw new InputError(`${join(dir, file)} resolves outside RUNS_DIR`);
+        if (real && !isInside(this.root, real)) throw new InputError(`${join(dir, file)} resolves outside RUNS_DIR`);
       }
       const trained = trainedLayers(m.model);
       return {
@@ -357,6 +432,21 @@ export class RunsIndex extends EventEmitter {
       if (!(err instanceof InputError)) throw err;
       return { ...base, error: err.message.split(`${this.root}${sep}`).join('') };
     }
+  }
+
+  /** Reads a file under RUNS_DIR (readFileInside): the reader handed to readProbes / readAttention / readShuffle. */
+  readonly readText: TextReader = (path) => readFileInside(this.root, path);
+
+  /** A JSON side file under RUNS_DIR (results.json): null when absent, an InputError naming it when it cannot be used. */
+  async readJson(path: string): Promise<unknown> {
+    let text: string;
+    try {
+      text = await this.readText(path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw err;
+    }
+    return parseJsonText(text, shownPath(this.root, path));
   }
 
   /** Sample ids of a capture (read on demand: they can be long). */
@@ -403,18 +493,3 @@ export class RunsIndex extends EventEmitter {
   }
 }
 
-/** Reads a JSON file if present; null when absent; an InputError naming the file when it is not JSON. */
-export async function readJsonIfPresent(path: string): Promise<unknown> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw new InputError(`${basename(path)}: cannot read (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
-  }
-  try {
-    return JSON.parse(text);
-  } catch (err) {
-    throw new InputError(`${basename(path)}: invalid JSON (${(err as Error).message})`);
-  }
-}

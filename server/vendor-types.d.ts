@@ -10,6 +10,7 @@ declare module 'pdfkit' {
   }
   class PDFDocument {
     constructor(options?: PDFDocumentOptions);
+    registerFont(name: string, src: string | Buffer): this;
     on(event: 'data', fn: (chunk: Buffer) => void): this;
     on(event: 'end', fn: () => void): this;
     on(event: 'error', fn: (err: Error) => void): this;

@@ -190,6 +190,12 @@ test('CaptureWriter writes batches that read back exactly, concatenated across s
   }
 });
 
+test('validateCapture flags a capture with 0 samples (a writer that stopped before its first batch)', async () => {
+  const dir = fresh();
+  await CaptureWriter.create(dir, INIT);
+  assert.deepEqual(await validateCapture(dir), [`${join(dir, 'manifest.json')}: samples.count: the capture holds no samples`]);
+});
+
 test('un-awaited appendBatch calls are queued, not interleaved', async () => {
   const dir = fresh();
   const w = await CaptureWriter.create(dir, INIT);

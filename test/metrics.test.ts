@@ -132,6 +132,32 @@ test('ref and cpu engines agree on random inputs for every metric', async () => 
   }
 });
 
+test('CKNNA above 1 at small n: the same value as platonic-rep, with a warning naming n and k', async () => {
+  // Eight 2-d points (rows 0/7 and 2/5 coincide) and a copy with a few coordinates moved by 1; no tie at the 5th
+  // neighbour. platonic-rep's AlignmentMetrics.cknna(A, B, topk=5) (metrics.py, torch float64) returns
+  // 1.517102908594955 on exactly these inputs: values above 1 come from the unbiased HSIC's centring terms, not from us.
+  const A = { rows: 8, cols: 2, data: Float64Array.from([-1, -2, -4, -3, -1, -3, -1, -4, 4, -1, -1, -3, -1, 2, -1, -2]) };
+  const B = { rows: 8, cols: 2, data: Float64Array.from([-1, -2, -4, -4, -1, -3, -1, -5, 3, -1, -1, -2, -2, 1, -1, -2]) };
+  const r = await m('cknna', A, B, 5);
+  assert.equal(r.tied_rows_a, 0);
+  assert.equal(r.tied_rows_b, 0);
+  assert.ok(Math.abs(r.value - 1.517102908594955) < 1e-12, `got ${r.value}`);
+  assert.ok(Math.abs(r.value - denseCknna(A, B, 5)) < 1e-12);
+  assert.match(r.warning ?? '', /CKNNA = 1\.5171 > 1 at small n = 8 for k = 5 \(n < 10·k\)/);
+  // Small n relative to k is flagged even when the value happens to stay below 1 …
+  const C = randn(40, 6, 21);
+  const small = await m('cknna', C, matmul(C, randomRotation(6, 22), 6), 5);
+  assert.ok(small.value <= 1);
+  assert.match(small.warning ?? '', /^CKNNA at small n = 40 for k = 5 \(n < 10·k\)/);
+  // … and not at n ≥ 10·k with a value ≤ 1, nor for metrics bounded by construction.
+  const D = randn(120, 6, 23);
+  const E = randn(120, 6, 24);
+  const large = await m('cknna', D, E, 10);
+  assert.ok(large.value <= 1);
+  assert.equal(large.warning, undefined);
+  assert.equal((await m('mutual_knn', C, C, 5)).warning, undefined);
+});
+
 test('a negative masked HSIC under the square root gives NaN with a reason, not a crash', async () => {
   // Unbiased HSIC estimates a non-negative quantity but can itself be negative at small n. This 5×4 Gaussian draw
   // (found by search) has HSIC_u(M_K∘K, M_K∘K) ≈ −0.0195 at k = 2.

@@ -135,5 +135,7 @@ test('PNG and PDF exports are real files of the chart size', async () => {
   const text = Buffer.from(pdf.body as Uint8Array).toString('latin1');
   assert.ok(text.startsWith('%PDF-') && text.trimEnd().endsWith('%%EOF'));
   assert.match(text, /\/MediaBox \[0 0 [\d.]+ [\d.]+\]/);
-  assert.match(text, /\/BaseFont \/Helvetica/);
+  // DejaVu Sans embedded as a subset (the core Helvetica has no ℓ; see test/figures-pdf.test.ts).
+  assert.match(text, /\/BaseFont \/[A-Z]{6}\+DejaVuSans/);
+  assert.doesNotMatch(text, /\/BaseFont \/Helvetica/);
 });

@@ -97,12 +97,18 @@ export async function makeRunsFixture(root: string): Promise<void> {
   }
   const acc = { baseline: { POPE: 85.7, MMVP: 28.2 }, residual: { POPE: 87.17, MMVP: 26.67 }, viral: { POPE: 88.32, MMVP: 33.33 } };
   for (const run of FIXTURE_RUNS) await writeFile(join(root, run, 'results.json'), JSON.stringify({ benchmarks: acc[run] }));
-  // probes.json in the analysis/probes.ts format (viral-lens.probes v1), for the latest step of two runs.
+  // probes.json for the latest step of two runs.
   for (const [run, lift] of [
     ['baseline', 0],
     ['viral', 0.08],
   ] as const) {
-    const rows = Array.from({ length: LAYERS }, (_, l) => ({
+    await writeFile(join(root, run, 'step-200', 'probes.json'), JSON.stringify(makeProbesFile(run, lift)));
+  }
+}
+
+/** A probes.json in the analysis/probes.ts format (viral-lens.probes v1): accuracy per layer, `lift` added at layer 2. */
+export function makeProbesFile(variant: string, lift: number) {
+  const rows = Array.from({ length: LAYERS }, (_, l) => ({
       source: 'layer',
       name: l === 0 ? 'embed' : `blocks.${l - 1}.out`,
       layer_index: l,
@@ -114,13 +120,11 @@ export async function makeRunsFixture(root: string): Promise<void> {
       ci_method: 'bootstrap',
       chance: 0.5,
     }));
-    const file = {
-      format: 'viral-lens.probes',
-      version: 1,
-      probes: [{ capture: '', model: 'test/tiny-vlm', variant: run, step: 200, label: 'class', task: 'classify', token_mode: 'mean', rows }],
-    };
-    await writeFile(join(root, run, 'step-200', 'probes.json'), JSON.stringify(file));
-  }
+  return {
+    format: 'viral-lens.probes',
+    version: 1,
+    probes: [{ capture: '', model: 'test/tiny-vlm', variant, step: 200, label: 'class', task: 'classify', token_mode: 'mean', rows }],
+  };
 }
 
 /** A run whose capture has a manifest that is not JSON, and one whose shard is truncated. */

@@ -39,6 +39,24 @@ function gemmSumModel(): Uint8Array {
   return onnx.ModelProto.encode(onnx.ModelProto.create({ irVersion: 8, opsetImport: [{ domain: '', version: 17 }], graph })).finish();
 }
 
+/** TFLOP/s of one large Gemm on an onnxruntime engine's provider (inputs uploaded per call). */
+async function ortGemmCeiling(engine: OnnxEngine, m: number, kk: number, nn: number): Promise<number> {
+  const session = await ort.InferenceSession.create(gemmSumModel(), { executionProviders: [engine.provider] });
+  const a = new ort.Tensor('float32', Float32Array.from({ length: m * kk }, (_, i) => Math.sin(i)), [m, kk]);
+  const b = new ort.Tensor('float32', Float32Array.from({ length: nn * kk }, (_, i) => Math.cos(i)), [nn, kk]);
+  await session.run({ a, b });
+  const times: number[] = [];
+  for (let r = 0; r < 5; r++) {
+    const t = performance.now();
+    await session.run({ a, b });
+    times.push((performance.now() - t) / 1000);
+  }
+  await session.release();
+  const ceiling = (2 * m * kk * nn) / median(times) / 1e12;
+  console.log(`GEMM ${m}x${kk}x${nn} (inputs uploaded per call): ${ceiling.toFixed(2)} TFLOP/s`);
+  return ceiling;
+}
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)]!;
@@ -65,6 +83,7 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       engine: { type: 'string', default: 'cuda' },
+      device: { type: 'string' },
       sizes: { type: 'string', default: '20000,100000' },
       dA: { type: 'string', default: '4096' },
       dB: { type: 'string', default: '1024' },
@@ -73,25 +92,19 @@ async function main(): Promise<void> {
       json: { type: 'string' },
     },
   });
-  const engine = await createEngine(values.engine);
-  if (!(engine instanceof OnnxEngine)) throw new Error(`engine ${engine.name} is not an onnxruntime engine`);
+  const engine = await createEngine(values.engine, values.device ? { device: values.device } : {});
   console.log(`engine: ${describeEngine(engine)} (self-check against ref passed)`);
-  const report: Record<string, unknown> = { engine: describeEngine(engine) };
+  const report: Record<string, unknown> = { engine: describeEngine(engine), engine_name: engine.name };
 
   const [m, kk, nn] = values.gemm!.split(',').map(Number) as [number, number, number];
-  const session = await ort.InferenceSession.create(gemmSumModel(), { executionProviders: [engine.provider] });
-  const a = new ort.Tensor('float32', Float32Array.from({ length: m * kk }, (_, i) => Math.sin(i)), [m, kk]);
-  const b = new ort.Tensor('float32', Float32Array.from({ length: nn * kk }, (_, i) => Math.cos(i)), [nn, kk]);
-  await session.run({ a, b });
-  const times: number[] = [];
-  for (let r = 0; r < 5; r++) {
-    const t = performance.now();
-    await session.run({ a, b });
-    times.push((performance.now() - t) / 1000);
-  }
-  const ceiling = (2 * m * kk * nn) / median(times) / 1e12;
-  await session.release();
-  console.log(`GEMM ${m}x${kk}x${nn} (inputs uploaded per call): ${ceiling.toFixed(2)} TFLOP/s`);
+  // The torch engine's ceiling is cknna_torch.py's GEMM measurement in the same run.sh run (run.sh prints the ratio).
+  const ceiling =
+    engine instanceof OnnxEngine
+      ? await ortGemmCeiling(engine, m, kk, nn).catch((err: Error) => {
+          console.log(`GEMM ceiling not measured: ${String(err.message).split('\n')[0]}`);
+          return NaN;
+        })
+      : NaN;
   report.gemm = { shape: [m, kk, nn], tflops: ceiling, includes_upload: true };
 
   const dA = Number(values.dA);
@@ -117,4 +130,8 @@ async function main(): Promise<void> {
   if (values.json) writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n');
 }
 
-await main();
+// An engine that does not start here (no CUDA provider, no torch) is one line, not a stack trace: run.sh goes on.
+await main().catch((err: Error) => {
+  console.log(`cknna-gpu: ${String(err?.message ?? err).split('\n')[0]}`);
+  process.exitCode = 1;
+});

@@ -24,6 +24,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, '..', 'reference'))
 import cknna_reference as dense  # noqa: E402  (the dense baseline, used as the small-n oracle)
 
+# One implementation: the tile loop, top-k and prh quantile are the product's torch engine (src/hooks/torch).
+sys.path.insert(0, os.path.join(HERE, '..', '..', 'src', 'hooks', 'torch'))
+from viral_lens_torch import engine  # noqa: E402
+
 
 def sync(device):
     if device.type == 'cuda':
@@ -54,36 +58,32 @@ def gemm_tflops(device, m, k, n, tf32, repeats):
 
 
 def prh(x, q=0.95):
-    """prh preprocessing on the device: clamp at the floor(q·N)-th smallest |x| (kthvalue is 1-based), L2 rows."""
-    flat = x.abs().flatten()
-    n = flat.numel()
-    q_val = torch.kthvalue(flat, min(n - 1, int(math.floor(q * n))) + 1).values
-    x = x.clamp(-q_val, q_val)
-    return x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    """prh on the device, as the product's torch engine does it (exact streamed quantile, no 2³¹-element limit)."""
+    return engine.prh(x, q)
 
 
-def knn_lists(x, k, tile_bytes):
-    """Row top-k of X·Xᵀ, self excluded, tile by tile; also the (k+1)-th value. Returns indices, values, next."""
-    n = x.shape[0]
-    want = min(k + 2, n)
-    t = max(16, min(n, tile_bytes // (4 * n)))
-    idx_out = torch.empty(n, k, dtype=torch.int64, device=x.device)
-    val_out = torch.empty(n, k, dtype=torch.float32, device=x.device)
-    nxt = torch.empty(n, dtype=torch.float32, device=x.device)
-    for s in range(0, n, t):
-        e = min(n, s + t)
-        v, ix = torch.topk(x[s:e] @ x.T, want, dim=1, largest=True, sorted=True)
-        rows = torch.arange(s, e, device=x.device).unsqueeze(1)
-        keep = ix != rows
-        # Drop self (if present) and keep the first k+1 of the rest, in order.
-        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, : k + 1]
-        ix = torch.gather(ix, 1, order)
-        v = torch.gather(v, 1, order)
-        idx_out[s:e] = ix[:, :k]
-        val_out[s:e] = v[:, :k]
-        # With k = n − 1 there is no (k+1)-th neighbour (and column k, if any, is self).
-        nxt[s:e] = v[:, k] if want >= k + 2 else float('-inf')
-    return idx_out, val_out, nxt
+def knn_lists(x, k, tile_bytes=None):
+    """The product's torch-engine kNN (viral_lens_torch.engine.knn_lists): indices, values, next."""
+    tile_rows = max(1, tile_bytes // (4 * x.shape[0])) if tile_bytes else None
+    idx, val, nxt, _ = engine.knn_lists(x, k, 'float32', tile_rows)
+    return idx, val, nxt
+
+
+def dense_cknna(A, B, k):
+    """The dense baseline (platonic-rep's CKNNA, fp32 on the device): n×n kernels, top-k masks, dense unbiased HSIC."""
+    def mask(K):
+        Km = K.clone().fill_diagonal_(float('-inf'))
+        return torch.zeros_like(K).scatter_(1, torch.topk(Km, k, dim=1).indices, 1.0)
+
+    def hsic(K, L):
+        m = K.shape[0]
+        Kt, Lt = K.clone().fill_diagonal_(0), L.clone().fill_diagonal_(0)
+        return (torch.sum(Kt * Lt.T) + Kt.sum() * Lt.sum() / ((m - 1) * (m - 2)) - 2.0 / (m - 2) * torch.sum(Kt @ Lt)) / (m * (m - 3))
+
+    K, L = A @ A.T, B @ B.T
+    MK, ML = mask(K), mask(L)
+    M = MK * ML
+    return (hsic(M * K, M * L) / (torch.sqrt(hsic(MK * K, MK * K) * hsic(ML * L, ML * L)) + 1e-6)).item()
 
 
 def masked_entries(ia, va, ib=None, vb=None):
@@ -151,7 +151,11 @@ def main():
     ap.add_argument('--k', type=int, default=10)
     ap.add_argument('--check-n', type=int, default=2000, help='n of the correctness check against the dense reference')
     ap.add_argument('--gemm', default='8192,8192,8192', help='m,k,n of the GEMM ceiling measurement')
-    ap.add_argument('--tile-mib', type=int, default=2048)
+    ap.add_argument('--tile-mib', type=int, default=0, help='Gram tile budget (0 = the engine\'s choice from free memory)')
+    ap.add_argument('--sweep-layers', type=int, default=0, help='layers of the sweep timing (0 = skip)')
+    ap.add_argument('--sweep-targets', type=int, default=2)
+    ap.add_argument('--sweep-n', type=int, default=100000)
+    ap.add_argument('--dense-sizes', default='20000', help='n of the dense torch baseline (platonic-rep style), side by side')
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--json')
     args = ap.parse_args()
@@ -160,7 +164,7 @@ def main():
         print('cknna_torch.py: torch.cuda.is_available() is False: no usable GPU for PyTorch here', file=sys.stderr)
         return 3
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
-    tile_bytes = args.tile_mib * 2**20
+    tile_bytes = args.tile_mib * 2**20 or None
     report = {'device': name, 'torch': torch.__version__, 'cuda': torch.version.cuda, 'k': args.k, 'dA': args.dA, 'dB': args.dB}
     print(f'device: {name}; torch {torch.__version__}, CUDA {torch.version.cuda}')
 
@@ -198,7 +202,44 @@ def main():
             torch.cuda.reset_peak_memory_stats(device)
         report['cknna'].append(row)
         print(f'CKNNA n={n}: {value:.6f} in {t:.3f} s (+ prh {t_pre:.3f} s); Gram work {achieved:.1f} TFLOP/s = {100 * achieved / fp32:.0f}% of the fp32 GEMM ceiling; tied rows {tied}')
+        if str(n) in args.dense_sizes.split(','):
+            try:
+                t_dense, dense_value = timed(lambda: dense_cknna(pa, pb, args.k), device, 1)
+                row['dense_seconds'] = t_dense
+                row['dense_value'] = dense_value
+                row['speedup_vs_dense'] = t_dense / t
+                print(f'  dense torch baseline n={n}: {dense_value:.6f} in {t_dense:.3f} s; engine is {t_dense / t:.1f}x faster')
+            except Exception as err:  # noqa: BLE001 (the dense baseline runs out of memory at large n: say so)
+                row['dense_error'] = str(err).split('\n')[0]
+                print(f'  dense torch baseline n={n}: failed ({row["dense_error"]})')
+            if device.type == 'cuda':
+                torch.cuda.empty_cache()
         del A, B, pa, pb
+    # 4. A layer sweep: each target's kNN once, then every layer's kNN and its CKNNA against every target.
+    if args.sweep_layers > 0:
+        n = args.sweep_n
+        t0 = time.perf_counter()
+        targets = []
+        for ti in range(args.sweep_targets):
+            _, T = synthetic(n, 8, args.dB, 99 + ti, device)
+            targets.append(knn_lists(prh(T), args.k))
+            del T
+        values = []
+        for layer in range(args.sweep_layers):
+            H, _ = synthetic(n, args.dA, 8, 500 + layer, device)
+            ia, va, _ = knn_lists(prh(H), args.k)
+            del H
+            for ib, vb, _ in targets:
+                kl = hsic_sparse(n, *masked_entries(ia, va, ib, vb))
+                kk = hsic_sparse(n, *masked_entries(ia, va))
+                ll = hsic_sparse(n, *masked_entries(ib, vb))
+                values.append(kl / (math.sqrt(kk * ll) + 1e-6) if kk * ll >= 0 else float('nan'))
+        sync(device)
+        t_sweep = time.perf_counter() - t0
+        report['sweep'] = {'n': n, 'layers': args.sweep_layers, 'targets': args.sweep_targets, 'seconds': t_sweep,
+                           'knn_computed': args.sweep_layers + args.sweep_targets}
+        print(f'sweep: {args.sweep_layers} layers x {args.sweep_targets} targets at n={n} (dA {args.dA}, dB {args.dB}): '
+              f'{t_sweep:.1f} s incl. synthesis and prh; {args.sweep_layers + args.sweep_targets} kNN computations (targets once)')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(report, f, indent=2)

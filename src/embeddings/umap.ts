@@ -37,7 +37,7 @@ export interface UmapEmbedding {
 }
 
 /** Copies rows to unit norm in the engine's precision (zero rows stay zero). */
-export function unitRows(x: Matrix, precision: 'float32' | 'float64'): Matrix {
+export function unitRows(x: Matrix, precision: string): Matrix {
   const out = precision === 'float64' ? new Float64Array(x.rows * x.cols) : new Float32Array(x.rows * x.cols);
   for (let i = 0; i < x.rows; i++) {
     let s = 0;

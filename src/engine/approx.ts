@@ -1,7 +1,7 @@
 import { InputError } from '../errors.js';
 import { type Matrix, toFloat32 } from '../matrix.js';
 import { subsampleRows } from '../tokens.js';
-import type { Engine, KnnLists, KnnOptions } from './types.js';
+import { checkKnnInput, type Engine, type KnnLists, type KnnOptions } from './types.js';
 
 /**
  * Approximate kNN for point counts where the exact O(n²·d) Gram pass no longer fits the time budget, with its quality
@@ -71,6 +71,7 @@ export function describeHnsw(p: HnswParams): string {
  * `next[i]` the (k+1)-th candidate's exact value. `engine` supplies the exact Gram rows for the recall sample.
  */
 export async function hnswKnn(x: Matrix, k: number, engine: Engine, params: Partial<HnswParams> = {}, options: KnnOptions = {}): Promise<ApproxKnnLists> {
+  checkKnnInput(x, k);
   const p = { ...DEFAULT_HNSW, ...params };
   const X = toFloat32(x);
   const { rows: n, cols: d } = X;

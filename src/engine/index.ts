@@ -3,30 +3,50 @@ import type { Matrix } from '../matrix.js';
 import { cudaProviderFiles } from './cuda.js';
 import { OnnxEngine } from './onnx.js';
 import { RefEngine } from './ref.js';
+import { TorchEngine, type TorchEngineOptions } from './torch.js';
 import type { Engine } from './types.js';
 import { webGpuAdapter } from './webgpu.js';
 
-export type { Engine, EngineInfo, KnnLists, KnnOptions } from './types.js';
-export { describeEngine } from './types.js';
+export type { Engine, EngineInfo, EnginePrecision, KnnLists, KnnOptions } from './types.js';
+export { checkCrossInput, checkKnnInput, describeEngine } from './types.js';
+export { parseTorchPrecision, TORCH_PRECISIONS, type TorchPrecision } from './torch.js';
 
-export const ENGINE_NAMES = ['auto', 'ref', 'cpu', 'webgpu', 'cuda'] as const;
+export const ENGINE_NAMES = ['auto', 'ref', 'cpu', 'webgpu', 'cuda', 'torch'] as const;
 export type EngineName = (typeof ENGINE_NAMES)[number];
 
 /** Order in which `auto` tries engines: fastest first. */
-export const AUTO_ORDER = ['cuda', 'webgpu', 'cpu', 'ref'] as const;
+export const AUTO_ORDER = ['torch', 'cuda', 'webgpu', 'cpu', 'ref'] as const;
+
+/** Options that only the torch engine takes (`--device`, `--precision`); other engines reject them. */
+export type EngineOptions = Pick<TorchEngineOptions, 'device' | 'precision'>;
 
 /**
- * `auto` picks the first of cuda > webgpu > cpu > ref that starts here and passes `selfCheck` against the ref engine;
- * WebGPU only on a hardware GPU adapter (on a CPU software adapter it is slower than the CPU engine). `webgpu` and
- * `cuda` by name also run the self-check and fail with its finding. The returned engine's name/device say what was
- * used; callers print them with every result.
+ * `auto` picks the first of torch (on a GPU) > cuda > webgpu > cpu > ref that starts here and passes `selfCheck`
+ * against the ref engine; WebGPU only on a hardware GPU adapter (on a CPU software adapter it is slower than the CPU
+ * engine), torch only on a GPU (on the CPU the onnxruntime engine is faster: bench/cknna.bench.ts). `webgpu`, `cuda`
+ * and `torch` by name also run the self-check and fail with its finding (torch's fast modes tf32/bf16 skip it: they
+ * are not meant to match ref to 2e-5). The returned engine's name/device/precision say what was used; callers print
+ * them with every result.
  */
-export async function createEngine(name: string = 'auto'): Promise<Engine> {
+export async function createEngine(name: string = 'auto', options: EngineOptions = {}): Promise<Engine> {
+  if (name !== 'torch' && name !== 'auto' && (options.device || (options.precision && options.precision !== 'float32'))) {
+    throw new InputError(`--device/--precision: only the torch engine takes them (got --engine ${name})`);
+  }
   switch (name) {
     case 'ref':
       return new RefEngine();
     case 'cpu':
       return OnnxEngine.create('cpu');
+    case 'torch': {
+      const engine = await TorchEngine.create(options);
+      if (engine.precision !== 'float32') return engine;
+      const check = await selfCheck(engine);
+      if (!check.ok) {
+        await engine.dispose();
+        throw new Error(`torch engine started but failed its self-check against ref: ${check.detail}`);
+      }
+      return engine;
+    }
     case 'webgpu':
     case 'cuda': {
       const engine = await OnnxEngine.create(name);
@@ -38,6 +58,7 @@ export async function createEngine(name: string = 'auto'): Promise<Engine> {
       return engine;
     }
     case 'auto': {
+      if (options.device || (options.precision && options.precision !== 'float32')) return createEngine('torch', options);
       for await (const probe of probeEngines({ stopAtFirst: true })) if (probe.engine) return probe.engine;
       return new RefEngine();
     }
@@ -80,6 +101,7 @@ async function probeOne(name: (typeof AUTO_ORDER)[number], keep: boolean): Promi
       return { name, available: false, autoEligible: false, detail: `CUDA EP not installed: ${files.missing.join(', ')} not in ${files.dir} (docs/scale.md)` };
     }
   }
+  if (name === 'torch') return probeTorch(keep);
   let autoEligible = true;
   let note = '';
   if (name === 'webgpu') {
@@ -108,6 +130,31 @@ async function probeOne(name: (typeof AUTO_ORDER)[number], keep: boolean): Promi
   }
   const probe: EngineProbe = { ...base, available: true, autoEligible, detail: `self-check ${check.detail}${note}` };
   if (keep && autoEligible) probe.engine = engine;
+  else await engine.dispose();
+  return probe;
+}
+
+/** torch: eligible for `auto` on a GPU only; a CPU-only torch is reported but not self-checked when `auto` probes. */
+async function probeTorch(keep: boolean): Promise<EngineProbe> {
+  let engine: TorchEngine;
+  try {
+    engine = await TorchEngine.create();
+  } catch (err) {
+    return { name: 'torch', available: false, autoEligible: false, detail: `does not start: ${firstLine(err)}` };
+  }
+  const base = { name: 'torch' as const, device: engine.device, precision: engine.precision };
+  const note = engine.onGpu ? '' : '; not chosen by auto: torch runs on the CPU here (the cpu engine is faster there)';
+  if (keep && !engine.onGpu) {
+    await engine.dispose();
+    return { ...base, available: true, autoEligible: false, detail: `not self-checked${note}` };
+  }
+  const check = await selfCheck(engine);
+  if (!check.ok) {
+    await engine.dispose();
+    return { ...base, available: false, autoEligible: false, detail: `self-check failed: ${check.detail}` };
+  }
+  const probe: EngineProbe = { ...base, available: true, autoEligible: engine.onGpu, detail: `self-check ${check.detail}${note}` };
+  if (keep && engine.onGpu) probe.engine = engine;
   else await engine.dispose();
   return probe;
 }

@@ -5,7 +5,7 @@ import { type Matrix, toFloat32 } from '../matrix.js';
 import { cudaProviderFiles, disableTf32 } from './cuda.js';
 import { deviceTopKModel, loopTopKModel, MAX_DEVICE_ROWS, pairTopKModel, uploadModel } from './gpu-graphs.js';
 import { gemmModel, gramTopKModel } from './onnx-graphs.js';
-import type { Engine, KnnLists, KnnOptions } from './types.js';
+import { checkCrossInput, checkKnnInput, type Engine, type KnnLists, type KnnOptions } from './types.js';
 import { describeAdapter, webGpuAdapter, type WebGpuAdapterInfo } from './webgpu.js';
 
 /** Execution providers of onnxruntime-node this engine can drive with the same graphs. */
@@ -125,6 +125,7 @@ export class OnnxEngine implements Engine {
   }
 
   async knn(x: Matrix, k: number, options: KnnOptions = {}): Promise<KnnLists> {
+    checkKnnInput(x, k);
     const X = toFloat32(x);
     const n = X.rows;
     // k+1 neighbours besides self are needed (the (k+1)-th for tie detection), and self may be among the top.
@@ -240,6 +241,7 @@ export class OnnxEngine implements Engine {
   }
 
   async crossProduct(a: Matrix, b: Matrix): Promise<Float64Array> {
+    checkCrossInput(a, b);
     const A = toFloat32(a);
     const B = toFloat32(b);
     const p = A.cols;

@@ -1,5 +1,5 @@
 import { type Matrix, toFloat64 } from '../matrix.js';
-import type { Engine, KnnLists, KnnOptions } from './types.js';
+import { checkCrossInput, checkKnnInput, type Engine, type KnnLists, type KnnOptions } from './types.js';
 
 /**
  * The reference engine: float64, plain loops, meant to be read as the definition and used as the test oracle.
@@ -26,6 +26,7 @@ export class RefEngine implements Engine {
   }
 
   async knn(x: Matrix, k: number, options: KnnOptions = {}): Promise<KnnLists> {
+    checkKnnInput(x, k);
     const n = x.rows;
     const X = toFloat64(x);
     const indices = new Int32Array(n * k);
@@ -50,6 +51,7 @@ export class RefEngine implements Engine {
   }
 
   async crossProduct(a: Matrix, b: Matrix): Promise<Float64Array> {
+    checkCrossInput(a, b);
     const A = toFloat64(a).data;
     const B = toFloat64(b).data;
     const p = a.cols;

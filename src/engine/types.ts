@@ -1,3 +1,4 @@
+import { InputError } from '../errors.js';
 import type { Matrix } from '../matrix.js';
 
 /**
@@ -15,11 +16,17 @@ export interface KnnLists {
   readonly tieTolerance: number;
 }
 
+/**
+ * Arithmetic of the Gram products. `tf32` and `bf16` are the torch engine's opt-in fast modes (10 and 7 mantissa bits
+ * in the products): their values do not equal `ref` to 2e-5, which is why the name travels with every result.
+ */
+export type EnginePrecision = 'float64' | 'float32' | 'tf32' | 'bf16';
+
 export interface EngineInfo {
-  /** `ref`, `cpu`, `webgpu`, `cuda`. */
+  /** `ref`, `cpu`, `webgpu`, `cuda`, `torch`. */
   readonly name: string;
   /** Arithmetic of the Gram products; sums over many terms always accumulate in float64. */
-  readonly precision: 'float64' | 'float32';
+  readonly precision: EnginePrecision;
   /** What actually ran it, e.g. `onnxruntime-node 1.23.2 CPU EP, 2 threads`. Never claims a device it did not use. */
   readonly device: string;
 }
@@ -45,4 +52,28 @@ export interface Engine extends EngineInfo {
 
 export function describeEngine(e: EngineInfo): string {
   return `${e.name} (${e.precision}; ${e.device})`;
+}
+
+/**
+ * The shapes every engine's entry points accept, checked before anything is allocated: an [n, 0] or [0, d] matrix
+ * (a zero-width file, an empty capture) would otherwise reach allocations sized by n·k and fail with a RangeError
+ * or run for hours on n = 10⁶ rows of nothing. Every engine calls these first.
+ */
+export function checkKnnInput(x: Matrix, k: number): void {
+  checkMatrixShape(x, 'kNN input');
+  if (x.rows < 2) throw new InputError(`kNN input has n = ${x.rows} rows; neighbours need n ≥ 2`);
+  if (!Number.isInteger(k) || k < 1 || k >= x.rows) throw new InputError(`kNN: k = ${k} must be an integer in [1, n − 1] = [1, ${x.rows - 1}]`);
+}
+
+export function checkCrossInput(a: Matrix, b: Matrix): void {
+  checkMatrixShape(a, 'cross product A');
+  checkMatrixShape(b, 'cross product B');
+  if (a.rows !== b.rows) throw new InputError(`cross product: A has ${a.rows} rows but B has ${b.rows}`);
+}
+
+function checkMatrixShape(m: Matrix, what: string): void {
+  if (!(Number.isSafeInteger(m.rows) && Number.isSafeInteger(m.cols) && m.rows >= 1 && m.cols >= 1)) {
+    throw new InputError(`${what} is ${m.rows}×${m.cols}: an empty or zero-width matrix has nothing to compare (n ≥ 1 rows and d ≥ 1 columns needed)`);
+  }
+  if (m.data.length !== m.rows * m.cols) throw new InputError(`${what}: data has ${m.data.length} values, expected ${m.rows}×${m.cols}`);
 }

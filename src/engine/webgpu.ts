@@ -137,6 +137,8 @@ async function probe(): Promise<WebGpuAdapterInfo> {
     };
   }
   const base = drivers.map((d) => d.split('/').pop() ?? d);
+  const nvidia = identifyNvidia(drivers, await nvidiaGpuNames());
+  if (nvidia) return { ...nvidia, devices: [], drivers };
   if (drivers.length > 0 && drivers.every((d) => CPU_DRIVER.test(d))) {
     return { kind: 'cpu', name: `software Vulkan driver (${base.join(', ')})`, source: 'only CPU Vulkan drivers are installed', devices: [], drivers };
   }
@@ -149,6 +151,47 @@ async function probe(): Promise<WebGpuAdapterInfo> {
     devices: [],
     drivers,
   };
+}
+
+/** NVIDIA's Vulkan ICD (the proprietary driver registers libGLX_nvidia.so.0, older ones libnvidia-vulkan*). */
+const NVIDIA_DRIVER = /libGLX_nvidia|libnvidia/i;
+
+/**
+ * Without Mesa's device-select layer (NVIDIA machines rarely have Mesa's Vulkan drivers), the NVIDIA ICD together
+ * with the GPUs the NVIDIA kernel driver lists identifies the adapter: Dawn's default (high-performance) order takes a
+ * discrete GPU before any CPU driver, and NVIDIA's Vulkan devices are the GPUs its kernel driver reports. The name is
+ * the first GPU's (Dawn's first discrete adapter is Vulkan device 0, the same order as the driver's).
+ */
+export function identifyNvidia(drivers: string[], gpuNames: string[]): Pick<WebGpuAdapterInfo, 'kind' | 'name' | 'source'> | null {
+  const icd = drivers.find((d) => NVIDIA_DRIVER.test(d));
+  if (!icd || gpuNames.length === 0) return null;
+  const others = gpuNames.length > 1 ? ` (${gpuNames.length} NVIDIA GPUs: ${gpuNames.join(', ')})` : '';
+  return {
+    kind: 'gpu',
+    name: gpuNames[0]!,
+    source: `NVIDIA Vulkan driver ${icd.split('/').pop()} and the GPUs its kernel driver lists${others}; Dawn prefers a discrete GPU`,
+  };
+}
+
+/** GPU names from the NVIDIA kernel driver (/proc/driver/nvidia/gpus/…/information), else nvidia-smi; [] if neither. */
+export async function nvidiaGpuNames(): Promise<string[]> {
+  const names: string[] = [];
+  try {
+    const dir = '/proc/driver/nvidia/gpus';
+    for (const bus of (await readdir(dir)).sort()) {
+      const info = await readFile(join(dir, bus, 'information'), 'utf8').catch(() => '');
+      const m = /^Model:\s*(.+)$/m.exec(info);
+      if (m) names.push(m[1]!.trim());
+    }
+  } catch {
+    // no NVIDIA kernel driver
+  }
+  if (names.length) return names;
+  return new Promise((resolve) => {
+    execFile('nvidia-smi', ['--query-gpu=name', '--format=csv,noheader'], { timeout: 15_000 }, (err, stdout) => {
+      resolve(err ? [] : stdout.split('\n').map((l) => l.trim()).filter(Boolean));
+    });
+  });
 }
 
 /** Runs a WebGPU session in a child process under MESA_VK_DEVICE_SELECT=list; null when the layer is absent. */

@@ -1,4 +1,5 @@
-import type { Features } from './features.js';
+import { InputError } from '../errors.js';
+import { Features } from './features.js';
 
 /**
  * Linear CKA, biased and unbiased, matching the reference code's kernels (K = A·Aᵀ on the preprocessed features):
@@ -13,9 +14,16 @@ import type { Features } from './features.js';
  */
 export async function hsicPair(a: Features, b: Features): Promise<{ biased: number; unbiased: number }> {
   const n = a.n;
+  Features.checkCrossRange(a, b);
   const cross = await a.engine.crossProduct(a.centred(), b.centred());
   let frob = 0;
   for (let i = 0; i < cross.length; i++) frob += cross[i]! * cross[i]!;
+  // Whatever the engine and its precision: an overflowed entry must not become a printed number.
+  if (!Number.isFinite(frob)) {
+    throw new InputError(
+      `${a.label} vs ${b.label}: the ${a.engine.name} engine's (${a.engine.precision}) cross product overflowed (‖ÃᵀB̃‖² = ${frob}); use --preprocess l2 or prh${a.engine.precision !== 'float64' ? ', or --engine ref' : ''}`,
+    );
+  }
   const na = a.centredSquaredNorms();
   const nb = a === b ? na : b.centredSquaredNorms();
   let sa = 0;

@@ -1,5 +1,16 @@
 import type { Engine, KnnLists } from '../engine/index.js';
+import { InputError } from '../errors.js';
 import type { Matrix } from '../matrix.js';
+
+/**
+ * Largest magnitude a float32 engine's sums may reach here: half of float32's maximum (3.4e38), so rounding in a
+ * sum that the bound below allows can never tip it over into Infinity.
+ */
+export const FLOAT32_SAFE_MAX = 2 ** 127;
+
+function what(engine: Engine): string {
+  return `the ${engine.name} engine computes in ${engine.precision} (float32 range: largest value ≈ 3.4e38)`;
+}
 
 /**
  * One representation after preprocessing, with the expensive per-representation work cached: its kNN lists (one
@@ -28,10 +39,69 @@ export class Features {
     // (k+1)-th value for tie detection, so each k is its own entry.
     let p = this.knnCache.get(k);
     if (!p) {
-      p = this.engine.knn(this.x, k, onProgress ? { onProgress } : {});
+      this.checkGramRange();
+      p = this.engine.knn(this.x, k, onProgress ? { onProgress } : {}).then((lists) => this.checkLists(lists));
       this.knnCache.set(k, p);
     }
     return p;
+  }
+
+  /**
+   * Every partial sum of ⟨x_i, x_j⟩ is at most ‖x_i‖·‖x_j‖ (Cauchy–Schwarz), so max‖x_i‖² within range rules out
+   * overflow in a float32 Gram product; beyond it, an Inf or NaN kernel value would silently reorder the neighbours.
+   */
+  private checkGramRange(): void {
+    // tf32 and bf16 keep float32's exponent range, so the same bound holds for them.
+    if (this.engine.precision === 'float64') return;
+    const { rows, cols, data } = this.x;
+    let max = 0;
+    for (let i = 0; i < rows; i++) {
+      let s = 0;
+      for (let c = 0; c < cols; c++) s += data[i * cols + c]! * data[i * cols + c]!;
+      if (s > max) max = s;
+    }
+    if (!(max <= FLOAT32_SAFE_MAX)) {
+      throw new InputError(
+        `${this.label}: squared row norms reach ${max.toPrecision(3)}, and ${what(this.engine)}: its kernel values would overflow; use --preprocess l2 or prh, or --engine ref`,
+      );
+    }
+  }
+
+  /** A non-finite kernel value in the lists (any engine, any precision) would make every metric from them wrong. */
+  private checkLists(lists: KnnLists): KnnLists {
+    const bad = lists.values.findIndex((v) => !Number.isFinite(v));
+    const badNext = lists.next.findIndex((v) => Number.isNaN(v) || v === Infinity);
+    if (bad >= 0 || badNext >= 0) {
+      const row = bad >= 0 ? Math.floor(bad / lists.k) : badNext;
+      throw new InputError(
+        `${this.label}: the ${this.engine.name} engine (${this.engine.precision}) returned a non-finite kernel value for row ${row}: the values overflow its arithmetic; use --preprocess l2 or prh${this.engine.precision !== 'float64' ? ', or --engine ref' : ''}`,
+      );
+    }
+    return lists;
+  }
+
+  /**
+   * The same guarantee for the cross product ÃᵀB̃: each entry's partial sums are at most ‖Ã_:r‖·‖B̃_:c‖, so the
+   * largest column norms bound them. Called by CKA before a float32 engine multiplies the two sides.
+   */
+  static checkCrossRange(a: Features, b: Features): void {
+    if (a.engine.precision === 'float64') return;
+    const prod = a.maxCentredColumnNorm() * b.maxCentredColumnNorm();
+    if (!(prod <= FLOAT32_SAFE_MAX)) {
+      throw new InputError(
+        `${a.label} vs ${b.label}: centred column norms multiply to ${prod.toPrecision(3)}, and ${what(a.engine)}: the cross product would overflow; use --preprocess l2 or prh, or --engine ref`,
+      );
+    }
+  }
+
+  /** From the stored copy: a value beyond float32's range is Infinity there, which the check then refuses. */
+  private maxCentredColumnNorm(): number {
+    const { rows, cols, data } = this.centred();
+    const sq = new Float64Array(cols);
+    for (let i = 0; i < rows; i++) for (let c = 0; c < cols; c++) sq[c]! += data[i * cols + c]! * data[i * cols + c]!;
+    let max = 0;
+    for (let c = 0; c < cols; c++) max = Math.max(max, sq[c]!);
+    return Math.sqrt(max);
   }
 
   /** Column-centred copy, centred in float64 then stored in the engine's precision. */

@@ -20,6 +20,10 @@ export const DEFAULT_K = 10;
 /** Checks the inputs a metric is defined for; messages name both sides' shapes. */
 export function checkMetricInputs(metric: MetricName, nA: number, nB: number, dA: number, dB: number, k: number, labels = ['A', 'B']): void {
   const spec = METRICS[metric];
+  // Zero-width or empty inputs first: every later check and every engine allocation assumes n, d ≥ 1.
+  for (const [label, n, d] of [[labels[0], nA, dA], [labels[1], nB, dB]] as const) {
+    if (n < 1 || d < 1) throw new InputError(`${label} is ${n}×${d}: ${metric} needs n ≥ 1 rows and d ≥ 1 feature columns (an empty or zero-width matrix)`);
+  }
   if (nA !== nB) throw new InputError(`${labels[0]} has ${nA} rows but ${labels[1]} has ${nB}: metrics compare the same samples row by row`);
   if (spec.needsSameDim && dA !== dB) {
     throw new InputError(`${metric} needs features of the same width: ${labels[0]} is ${nA}×${dA}, ${labels[1]} is ${nB}×${dB}`);
@@ -63,6 +67,7 @@ export async function computeMetric(metric: MetricName, a: Features, b: Features
       const r = cknnaFromKnn(ka, kb);
       base.value = r.value;
       if (r.undefinedReason) base.undefined_reason = r.undefinedReason;
+      if (r.warning) base.warning = r.warning;
     } else if (metric === 'mutual_knn') base.value = mutualKnnFromKnn(ka, kb);
     else base.value = cycleKnnFromKnn(ka, kb);
   } else if (metric === 'cosine') {

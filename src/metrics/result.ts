@@ -1,3 +1,5 @@
+import type { EnginePrecision } from '../engine/types.js';
+
 /** One similarity score with everything that produced it (ReSi-style: results are self-describing rows). */
 export interface MetricResult {
   metric: string;
@@ -9,7 +11,7 @@ export interface MetricResult {
   dB: number;
   preprocess: string;
   engine: string;
-  precision: 'float32' | 'float64';
+  precision: EnginePrecision;
   device: string;
   /** Rows whose k-th neighbour is tied with the (k+1)-th (mask implementation-defined), per side; kNN metrics only. */
   tied_rows_a?: number;
@@ -22,4 +24,6 @@ export interface MetricResult {
   /** Approximate lists only: the index parameters and the recall sample size. */
   knn_params?: string;
   undefined_reason?: string;
+  /** The value is defined but needs a caveat (e.g. CKNNA at small n relative to k can exceed 1). */
+  warning?: string;
 }

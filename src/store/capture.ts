@@ -11,7 +11,7 @@
  */
 import { mkdir, readdir, readFile, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, relative, sep } from 'node:path';
-import { InputError } from '../errors.js';
+import { boundMessage, InputError, quoteName } from '../errors.js';
 import { describeOsError, fsyncDir, isTempFileName, writeFileAtomic } from './atomic.js';
 import { fmtShape, withFile } from './io.js';
 import {
@@ -184,6 +184,29 @@ interface ShardSet {
   dim: number;
 }
 
+function firstNonFinite(values: Float32Array, from: number, to: number): number {
+  for (let i = from; i < to; i++) if (!Number.isFinite(values[i]!)) return i;
+  return -1;
+}
+
+/** `index` counts values from shard row `firstRow`; names the file, the layer/target, sample, token and dim. */
+function nonFiniteMessage(
+  path: string,
+  tensor: string,
+  what: string,
+  value: number,
+  index: number,
+  firstRow: number,
+  shardStart: number,
+  tokens: number,
+  dim: number,
+): string {
+  const perSample = tokens * dim;
+  const row = firstRow + Math.floor(index / perSample);
+  const token = Math.floor((index % perSample) / dim);
+  return `${path}: tensor ${quoteName(tensor)}: non-finite value ${value} at sample ${shardStart + row} (shard row ${row}), token ${token}, dim ${index % dim} of ${what}; NaN/Inf values are not allowed`;
+}
+
 /** Reads the shards of one layer/target into a single [samples, tokens, dim] tensor (all samples, or a range). */
 async function readShards(dir: string, set: ShardSet, range?: SampleRange): Promise<Tensor3> {
   const { what, owner, shards, samples, tokens, dim } = set;
@@ -192,6 +215,7 @@ async function readShards(dir: string, set: ShardSet, range?: SampleRange): Prom
   if (!Number.isInteger(from) || !Number.isInteger(count) || from < 0 || count < 0 || from + count > samples) {
     throw new InputError(`${dir}: ${what}: samples [${from}, ${from + count}) are outside [0, ${samples})`);
   }
+  if (count === 0) throw new InputError(`${dir}: ${what}: no samples to read (samples.count is ${samples}); an empty capture has nothing to analyse`);
   let data: Float32Array;
   try {
     data = new Float32Array(count * tokens * dim);
@@ -210,7 +234,11 @@ async function readShards(dir: string, set: ShardSet, range?: SampleRange): Prom
     await withFile(path, async (fh, size) => {
       const header = await parseSafetensorsHeader(fh, size, path);
       const t = checkShardHeader(path, header, { shard, owner, tokens, dim });
-      await readTensorInto(fh, path, t, data, (lo - from) * tokens * dim, { start: lo - shard.start, count: hi - lo });
+      const offset = (lo - from) * tokens * dim;
+      await readTensorInto(fh, path, t, data, offset, { start: lo - shard.start, count: hi - lo });
+      // Every analysis reads captures through here, so this one check keeps NaN/Inf out of all of them.
+      const bad = firstNonFinite(data, offset, offset + (hi - lo) * tokens * dim);
+      if (bad >= 0) throw new InputError(nonFiniteMessage(path, t.name, what, data[bad]!, bad - offset, lo - shard.start, shard.start, tokens, dim));
     });
   }
   return { samples: count, tokens, dim, data };
@@ -334,15 +362,8 @@ async function shardProblems(dir: string, m: Manifest, checkValues: boolean): Pr
         if (checkValues) {
           const values = new Float32Array(e.shard.count * e.tokens * e.dim);
           await readTensorInto(fh, path, t, values, 0);
-          const bad = values.findIndex((v) => !Number.isFinite(v));
-          if (bad >= 0) {
-            const perSample = e.tokens * e.dim;
-            const s = Math.floor(bad / perSample);
-            const tok = Math.floor((bad % perSample) / e.dim);
-            problems.push(
-              `${path}: tensor '${t.name}': non-finite value ${values[bad]} at sample ${e.shard.start + s} (shard row ${s}), token ${tok}, dim ${bad % e.dim}`,
-            );
-          }
+          const bad = firstNonFinite(values, 0, values.length);
+          if (bad >= 0) problems.push(nonFiniteMessage(path, t.name, e.owner, values[bad]!, bad, 0, e.shard.start, e.tokens, e.dim));
         }
       });
     } catch (err) {
@@ -397,9 +418,16 @@ async function strayFiles(dir: string, m: Manifest): Promise<string[]> {
  * dtype, shape), and stray files. Returns all problems, each naming its file and field; [] means valid.
  */
 export async function validateCapture(dir: string, options: ValidateOptions = {}): Promise<string[]> {
+  // Each problem is printed as one line, like an InputError's message (a JSON.parse message can quote line breaks).
+  return (await collectProblems(dir, options)).map(boundMessage);
+}
+
+async function collectProblems(dir: string, options: ValidateOptions): Promise<string[]> {
   const { manifest: m, problems } = await loadManifest(dir);
   // Without a schema-valid manifest there is nothing to check the shards against.
   if (!m) return problems;
+  // A writer that stopped before its first batch leaves a schema-valid manifest with nothing to analyse.
+  if (m.samples.count === 0) problems.push(`${join(dir, MANIFEST)}: samples.count: the capture holds no samples`);
   problems.push(...(await shardProblems(dir, m, options.checkValues ?? false)));
   for (const f of await strayFiles(dir, m)) {
     problems.push(

@@ -30,7 +30,19 @@ export interface LoadMatrixOptions {
   key?: string;
 }
 
+/**
+ * Refuses a zero dimension anywhere in a feature array's shape, from the header alone: [10¹⁵, 0] holds no bytes, yet
+ * every later step would size its work and memory by the 10¹⁵ rows.
+ */
+export function requireNonEmpty(path: string, what: string, shape: readonly number[]): void {
+  const zero = shape.indexOf(0);
+  if (zero >= 0) {
+    throw new InputError(`${path}: ${what} has shape ${fmtShape(shape)} with a zero dimension (axis ${zero}): an empty or zero-width array has no features to compare`);
+  }
+}
+
 function requireTwoD(path: string, what: string, shape: readonly number[]): void {
+  requireNonEmpty(path, what, shape);
   if (shape.length === 2) return;
   if (shape.length === 3) {
     throw new InputError(

@@ -41,6 +41,16 @@ export const TargetSchema = z.strictObject({
   dim: posInt(),
   tokens: posInt(),
   shards: z.array(ShardSchema),
+  /** How the features were computed (the PyTorch shim: the vision tower's run inside the model's forward). */
+  compute: z
+    .strictObject({
+      source: z.string().optional(),
+      /** dtype of the features before they were cast to the shard dtype, e.g. "bfloat16". */
+      dtype: z.string().optional(),
+      /** Autocast regions active then, e.g. "cuda:bfloat16"; null = none. */
+      autocast: z.string().nullable().optional(),
+    })
+    .optional(),
 });
 
 export const TokenLayoutSchema = z.strictObject({

@@ -5,7 +5,7 @@
  * literal such as `{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }` padded with spaces and a final
  * newline (latin-1 for 1.0/2.0, UTF-8 for 3.0), then the raw data. Reading only touches the header and the data range.
  */
-import { InputError } from '../errors.js';
+import { InputError, listSome, quoteName } from '../errors.js';
 import { writeFileAtomic } from './atomic.js';
 import { decodeInto, encodeFloats, toHostOrderInPlace, type FloatDtype } from './dtype.js';
 import { fmtShape, readFully, shapeSize, withFile } from './io.js';
@@ -54,23 +54,47 @@ type PyValue = string | number | boolean | null | PyValue[] | { [key: string]: P
 
 class PyParseError extends Error {}
 
-function parsePyLiteral(text: string): PyValue {
+/** Arrays that were Python lists, not tuples: numpy's header check wants a tuple for 'shape'. */
+const PY_LISTS = new WeakSet<PyValue[]>();
+
+/** numpy headers are flat dicts; a structured dtype nests a few levels. Anything deeper is not a numpy header. */
+const MAX_NESTING = 32;
+/** numpy ≥ 2.0's NPY_MAXDIMS (1.x: 32). */
+const MAX_DIMS = 64;
+
+const PY_ESCAPES: Record<string, string> = {
+  '\n': '', '\\': '\\', "'": "'", '"': '"', a: '\x07', b: '\b', f: '\f', n: '\n', r: '\r', t: '\t', v: '\v',
+};
+
+function parsePyLiteral(text: string, options: { longs: boolean }): PyValue {
   let pos = 0;
   const fail = (what: string): never => {
     throw new PyParseError(`${what} at character ${pos}`);
   };
   const skipWs = (): void => {
-    while (pos < text.length && /\s/.test(text[pos]!)) pos++;
+    // Python's whitespace between tokens, not JavaScript's \s (which also takes U+00A0 and other spaces Python refuses).
+    while (pos < text.length && ' \t\n\r\f'.includes(text[pos]!)) pos++;
+  };
+  // Recursive descent, so nesting is bounded: a header of 5,000 '(' must be refused, not overflow the stack.
+  let depth = 0;
+  const nested = <T>(parse: () => T): T => {
+    if (++depth > MAX_NESTING) fail(`nesting deeper than ${MAX_NESTING} levels`);
+    const v = parse();
+    depth--;
+    return v;
   };
   const parseValue = (): PyValue => {
     skipWs();
     const c = text[pos];
     if (c === undefined) return fail('unexpected end of header');
-    if (c === '{') return parseDict();
-    if (c === '(') return parseSeq(')');
-    if (c === '[') return parseSeq(']');
+    if (c === '{') return nested(parseDict);
+    if (c === '(') return nested(() => parseSeq(')'));
+    if (c === '[') return nested(() => parseSeq(']'));
     if (c === "'" || c === '"') return parseString();
-    const word = /^(?:True|False|None|[-+]?\d+L?)/.exec(text.slice(pos, pos + 40));
+    // Python 3 integers (no leading zeros), and Python 2's 3L, which numpy filters out of 1.0/2.0 headers only.
+    const word = (options.longs ? /^(?:True|False|None|[-+]?(?:0+|[1-9]\d*)L?)(?![\w.])/ : /^(?:True|False|None|[-+]?(?:0+|[1-9]\d*))(?![\w.])/).exec(
+      text.slice(pos, pos + 40),
+    );
     if (!word) return fail(`unexpected ${JSON.stringify(c)}`);
     pos += word[0].length;
     if (word[0] === 'True') return true;
@@ -78,30 +102,58 @@ function parsePyLiteral(text: string): PyValue {
     if (word[0] === 'None') return null;
     return Number(word[0].replace('L', '')); // Python 2 era headers write longs as 3L
   };
+  // Python's escapes, as ast.literal_eval (numpy's header reader) applies them: '<f\\4' is '<f' + chr(4), not '<f4'.
   const parseString = (): string => {
     const quote = text[pos++];
     let out = '';
     while (pos < text.length && text[pos] !== quote) {
-      if (text[pos] === '\\') pos++;
-      out += text[pos++] ?? '';
+      const c = text[pos++]!;
+      if (c === '\n') fail('line break inside a string');
+      if (c !== '\\') {
+        out += c;
+        continue;
+      }
+      const e = text[pos];
+      if (e === undefined) break;
+      const simple = PY_ESCAPES[e];
+      if (simple !== undefined) {
+        out += simple;
+        pos++;
+      } else if (/[0-7]/.test(e)) {
+        const oct = /^[0-7]{1,3}/.exec(text.slice(pos, pos + 3))![0];
+        out += String.fromCharCode(parseInt(oct, 8));
+        pos += oct.length;
+      } else if (e === 'x') {
+        const hex = /^[0-9a-fA-F]{2}/.exec(text.slice(pos + 1, pos + 3));
+        if (!hex) fail('invalid \\x escape');
+        out += String.fromCharCode(parseInt(hex![0], 16));
+        pos += 3;
+      } else if (e === 'u' || e === 'U' || e === 'N') {
+        fail(`unsupported \\${e} escape`); // never in a float dtype or a dict key numpy writes
+      } else out += '\\'; // Python keeps an unknown escape as written: backslash and character
     }
     if (pos >= text.length) fail('unterminated string');
     pos++;
     return out;
   };
-  const parseSeq = (close: string): PyValue[] => {
+  const parseSeq = (close: string): PyValue => {
     pos++; // skip the opening bracket
     const items: PyValue[] = [];
+    let comma = false;
     for (;;) {
       skipWs();
       if (text[pos] === close) {
         pos++;
-        return items;
+        // Python: (3) is the number 3; only (3,) is a tuple.
+        if (close === ']') PY_LISTS.add(items);
+        return close === ')' && items.length === 1 && !comma ? items[0]! : items;
       }
       items.push(parseValue());
       skipWs();
-      if (text[pos] === ',') pos++;
-      else if (text[pos] !== close) fail(`expected ',' or '${close}'`);
+      if (text[pos] === ',') {
+        pos++;
+        comma = true;
+      } else if (text[pos] !== close) fail(`expected ',' or '${close}'`);
     }
   };
   const parseDict = (): { [key: string]: PyValue } => {
@@ -141,7 +193,7 @@ function parseDescr(path: string, descr: PyValue): { dtype: NpyDtype; littleEndi
   // floats, so those forms only come from other writers, which in practice are little-endian machines.
   const m = /^([<>=|]?)(f[248])$/.exec(descr);
   const info = m ? DTYPES[m[2]!] : undefined;
-  if (!m || !info) throw new InputError(`${path}: unsupported dtype '${descr}' (supported: ${supported})`);
+  if (!m || !info) throw new InputError(`${path}: unsupported dtype ${quoteName(descr, 40)} (supported: ${supported})`);
   return { dtype: info.dtype, littleEndian: m[1] !== '>', size: info.size };
 }
 
@@ -173,11 +225,18 @@ async function readHeaderFrom(fh: FileHandle, fileSize: number, path: string): P
   }
   const raw = Buffer.alloc(headerLen);
   await readFully(fh, raw, headerStart);
-  const text = raw.toString(major === 3 ? 'utf8' : 'latin1');
+  let text: string;
+  if (major === 3) {
+    try {
+      text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(raw);
+    } catch {
+      throw new InputError(`${path}: header is not valid UTF-8 (format 3.0 headers are UTF-8)`);
+    }
+  } else text = raw.toString('latin1');
 
   let dict: PyValue;
   try {
-    dict = parsePyLiteral(text);
+    dict = parsePyLiteral(text, { longs: major < 3 });
   } catch (err) {
     if (!(err instanceof PyParseError)) throw err;
     throw new InputError(`${path}: unparseable header dict (${err.message}): ${JSON.stringify(text.trim().slice(0, 120))}`);
@@ -188,15 +247,19 @@ async function readHeaderFrom(fh: FileHandle, fileSize: number, path: string): P
   for (const key of ['descr', 'fortran_order', 'shape']) {
     if (!(key in dict)) throw new InputError(`${path}: header dict has no '${key}' key`);
   }
+  // numpy refuses any other key ("Header does not contain the correct keys").
+  const extra = Object.keys(dict).filter((k) => !['descr', 'fortran_order', 'shape'].includes(k));
+  if (extra.length) throw new InputError(`${path}: header dict has unexpected key(s) ${listSome(extra.map((k) => quoteName(k, 40)), 5)}`);
   const { dtype, littleEndian, size } = parseDescr(path, dict['descr']!);
   const fortranOrder = dict['fortran_order'];
   if (typeof fortranOrder !== 'boolean') {
     throw new InputError(`${path}: header 'fortran_order' must be True or False, got ${JSON.stringify(fortranOrder)}`);
   }
   const shape = dict['shape'];
-  if (!Array.isArray(shape) || !shape.every((d) => typeof d === 'number' && Number.isSafeInteger(d) && d >= 0)) {
-    throw new InputError(`${path}: header 'shape' must be a tuple of non-negative integers, got ${JSON.stringify(shape)}`);
+  if (!Array.isArray(shape) || PY_LISTS.has(shape) || !shape.every((d) => typeof d === 'number' && Number.isSafeInteger(d) && d >= 0)) {
+    throw new InputError(`${path}: header 'shape' must be a tuple of non-negative integers, got ${JSON.stringify(shape).slice(0, 120)}`);
   }
+  if (shape.length > MAX_DIMS) throw new InputError(`${path}: header 'shape' has ${shape.length} dimensions (numpy allows at most ${MAX_DIMS})`);
   return {
     version: `${major}.${minor}`,
     descr: dict['descr'] as string,
@@ -238,7 +301,8 @@ export async function readNpyHeader(path: string): Promise<NpyHeader> {
 /** Reorders a column-major (Fortran) array of the given shape into row-major order. */
 function fortranToC<T extends Float32Array | Float64Array>(src: T, shape: readonly number[]): T {
   const n = shape.length;
-  if (n < 2) return src;
+  // Nothing to reorder; also keeps a (10**15, 0) array from looping over its 10**15 empty rows.
+  if (n < 2 || src.length === 0) return src;
   const out = new (src.constructor as { new (len: number): T })(src.length);
   if (n === 2) {
     const [r, c] = shape as [number, number];

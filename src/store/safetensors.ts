@@ -7,7 +7,7 @@
  * Readers here parse the header once and read only the byte range of the tensor asked for.
  */
 import type { FileHandle } from 'node:fs/promises';
-import { InputError } from '../errors.js';
+import { clip, InputError, listSome, quoteName } from '../errors.js';
 import { writeFileAtomic } from './atomic.js';
 import { decodeInto, encodeFloats, toHostOrderInPlace, type FloatDtype } from './dtype.js';
 import { fmtShape, readFully, shapeSize, withFile } from './io.js';
@@ -26,8 +26,14 @@ const ITEM_SIZES: Record<string, number> = {
   I64: 8, U64: 8, F64: 8,
 };
 
-/** The reference implementation refuses headers above 100 MB; a larger length means a corrupt or foreign file. */
-const MAX_HEADER_BYTES = 100_000_000;
+/**
+ * Bounds on what a header may declare, checked before the JSON is parsed (size) and right after (count). The
+ * reference implementation allows 100 MB; real headers are far smaller (a shard of a 70B-parameter checkpoint lists
+ * a few hundred tensors in ~50 kB), and a 64 MB header of a million empty tensors costs a second of parsing and a
+ * gigabyte of memory before any check can run. Documented in docs/capture-format.md ("Limits").
+ */
+export const MAX_HEADER_BYTES = 16 * 2 ** 20;
+export const MAX_TENSORS = 65_536;
 
 export interface SafetensorsTensorInfo {
   name: string;
@@ -86,19 +92,32 @@ export async function parseSafetensorsHeader(fh: FileHandle, fileSize: number, p
   }
   const raw = Buffer.alloc(n);
   await readFully(fh, raw, 8);
+  let text: string;
+  try {
+    // The format says UTF-8; a lenient decode would turn bad bytes into U+FFFD and accept names nobody wrote.
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(raw);
+  } catch {
+    throw new InputError(`${path}: header is not valid UTF-8`);
+  }
+  // As the reference implementation: the header is a JSON object from its first byte (padding is trailing only).
+  if (!text.startsWith('{')) throw new InputError(`${path}: invalid header: expected a JSON object starting at byte 8`);
   let json: unknown;
   try {
-    json = JSON.parse(raw.toString('utf8'));
+    json = JSON.parse(text);
   } catch (err) {
     throw new InputError(`${path}: invalid JSON header: ${(err as Error).message}`);
   }
   if (!isObject(json)) throw new InputError(`${path}: invalid header: expected a JSON object`);
+  const entries = Object.entries(json);
+  if (entries.length > MAX_TENSORS + 1) {
+    throw new InputError(`${path}: header lists ${entries.length} entries, more than the ${MAX_TENSORS} tensors this reader accepts`);
+  }
 
   const dataStart = 8 + n;
   const dataSize = fileSize - dataStart;
   let metadata: Record<string, string> | null = null;
   const tensors: SafetensorsTensorInfo[] = [];
-  for (const [name, entry] of Object.entries(json)) {
+  for (const [name, entry] of entries) {
     if (name === '__metadata__') {
       if (entry === null) continue;
       if (!isObject(entry) || !Object.values(entry).every((v) => typeof v === 'string')) {
@@ -107,15 +126,15 @@ export async function parseSafetensorsHeader(fh: FileHandle, fileSize: number, p
       metadata = entry as Record<string, string>;
       continue;
     }
-    const where = `${path}: tensor '${name}'`;
+    const where = `${path}: tensor ${quoteName(name)}`;
     if (!isObject(entry)) throw new InputError(`${where}: header entry is not an object`);
     const { dtype, shape, data_offsets: offsets } = entry;
     if (typeof dtype !== 'string') throw new InputError(`${where}: missing or non-string dtype`);
     if (!Array.isArray(shape) || !shape.every(isCount)) {
-      throw new InputError(`${where}: shape must be an array of non-negative integers, got ${JSON.stringify(shape)}`);
+      throw new InputError(`${where}: shape must be an array of non-negative integers, got ${String(JSON.stringify(shape)).slice(0, 120)}`);
     }
     if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount) || offsets[0]! > offsets[1]!) {
-      throw new InputError(`${where}: data_offsets must be [begin, end] with 0 ≤ begin ≤ end, got ${JSON.stringify(offsets)}`);
+      throw new InputError(`${where}: data_offsets must be [begin, end] with 0 ≤ begin ≤ end, got ${String(JSON.stringify(offsets)).slice(0, 120)}`);
     }
     const [b, e] = offsets as [number, number];
     if (e > dataSize) {
@@ -128,21 +147,37 @@ export async function parseSafetensorsHeader(fh: FileHandle, fileSize: number, p
       const expected = shapeSize(shape) * itemSize;
       if (e - b !== expected) {
         throw new InputError(
-          `${where}: data_offsets span ${e - b} bytes but shape ${fmtShape(shape)} × ${dtype} itemsize ${itemSize} = ${expected} bytes`,
+          `${where}: data_offsets span ${e - b} bytes but shape ${fmtShape(shape)} × ${dtype} itemsize ${itemSize} = ${Number.isSafeInteger(expected) ? expected : 'more than 2^53'} bytes`,
         );
       }
     }
     tensors.push({ name, dtype, shape, begin: dataStart + b, end: dataStart + e });
   }
   tensors.sort((x, y) => x.begin - y.begin || x.end - y.end);
-  for (let i = 1; i < tensors.length; i++) {
-    const prev = tensors[i - 1]!;
+  // As the reference implementation: the tensors tile the data area exactly, from its first byte to the end of the
+  // file. A gap or a tail means the header length or the offsets are wrong, e.g. a length one byte short shifts
+  // every tensor by one byte and leaves one byte over.
+  let covered = 0;
+  for (let i = 0; i < tensors.length; i++) {
+    const prev = tensors[i - 1];
     const cur = tensors[i]!;
-    if (cur.begin < prev.end) {
+    const b = cur.begin - dataStart;
+    if (prev && b < covered) {
       throw new InputError(
-        `${path}: tensors '${prev.name}' and '${cur.name}' overlap (data_offsets [${prev.begin - dataStart}, ${prev.end - dataStart}] and [${cur.begin - dataStart}, ${cur.end - dataStart}])`,
+        `${path}: tensors ${quoteName(prev.name)} and ${quoteName(cur.name)} overlap (data_offsets [${prev.begin - dataStart}, ${prev.end - dataStart}] and [${b}, ${cur.end - dataStart}])`,
       );
     }
+    if (b > covered) {
+      throw new InputError(
+        `${path}: bytes [${covered}, ${b}) of the data area belong to no tensor (tensor ${quoteName(cur.name)} starts at ${b}); the offsets are wrong`,
+      );
+    }
+    covered = cur.end - dataStart;
+  }
+  if (covered !== dataSize) {
+    throw new InputError(
+      `${path}: the tensors' data_offsets end at byte ${covered} of the data area but it holds ${dataSize} bytes (header length ${n}): the header length or the offsets are wrong, or the file has trailing data`,
+    );
   }
   return { tensors, metadata, dataStart, fileSize };
 }
@@ -158,17 +193,17 @@ export function findTensor(path: string, header: SafetensorsHeader, name?: strin
   if (name === undefined) {
     if (header.tensors.length === 1) return header.tensors[0]!;
     if (header.tensors.length === 0) throw new InputError(`${path}: the file holds no tensors`);
-    throw new InputError(`${path}: holds ${names.length} tensors, name one of: ${names.join(', ')}`);
+    throw new InputError(`${path}: holds ${names.length} tensors, name one of: ${listSome(names.map((x) => clip(x, 60)))}`);
   }
   const t = header.tensors.find((x) => x.name === name);
-  if (!t) throw new InputError(`${path}: no tensor named '${name}' (tensors: ${names.join(', ') || 'none'})`);
+  if (!t) throw new InputError(`${path}: no tensor named ${quoteName(name)} (tensors: ${listSome(names.map((x) => clip(x, 60))) || 'none'})`);
   return t;
 }
 
 /** Narrows a tensor's dtype to one this module decodes, or throws naming the tensor and the dtype. */
 export function floatDtypeOf(path: string, t: SafetensorsTensorInfo): SafetensorsFloatDtype {
   if ((SUPPORTED_DTYPES as readonly string[]).includes(t.dtype)) return t.dtype as SafetensorsFloatDtype;
-  throw new InputError(`${path}: tensor '${t.name}' has dtype ${t.dtype}, which is not supported (supported: ${SUPPORTED_DTYPES.join(', ')})`);
+  throw new InputError(`${path}: tensor ${quoteName(t.name)} has dtype ${clip(t.dtype, 40)}, which is not supported (supported: ${SUPPORTED_DTYPES.join(', ')})`);
 }
 
 /**

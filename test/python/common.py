@@ -11,6 +11,12 @@ for p in (HERE, SHIM):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+if os.environ.get("VIRAL_LENS_HIDE_SAFETENSORS"):
+    # run the suite as in an environment without the optional safetensors package (None in sys.modules makes
+    # every `import safetensors...` raise ImportError)
+    for _name in ("safetensors", "safetensors.torch"):
+        sys.modules[_name] = None
+
 try:
     import torch  # noqa: F401
 except ImportError:  # pragma: no cover - depends on the interpreter

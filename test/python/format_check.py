@@ -13,6 +13,13 @@ ST_SIZES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 TMP_RE = re.compile(r"\.tmp-\d+(-[0-9a-f]+)?$")
 
 
+def st_header_json(raw):
+    """The JSON header of safetensors bytes: only the 8 + N header bytes are decoded (the tensor data that
+    follows is binary and usually not valid UTF-8)."""
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + n].decode("utf-8"))
+
+
 def read_st_header(path):
     with open(path, "rb") as f:
         raw = f.read()
@@ -40,7 +47,11 @@ def validate_capture(capture_dir, strays_ok=False):
     for e in m["layers"]:
         assert set(e) == {"name", "index", "dim", "shards"}, sorted(e)
     for e in m["targets"]:
-        assert {"name", "dim", "tokens", "shards"} <= set(e) <= {"name", "description", "dim", "tokens", "shards"}
+        assert {"name", "dim", "tokens", "shards"} <= set(e) <= {"name", "description", "dim", "tokens", "shards",
+                                                                "compute"}
+        if "compute" in e:  # optional: how the target was computed (docs/capture-format.md)
+            assert set(e["compute"]) <= {"source", "dtype", "autocast"}, e["compute"]
+            assert e["compute"].get("autocast") is None or isinstance(e["compute"]["autocast"], str)
     for e in m["layers"] + m["targets"]:
         for s in e["shards"]:
             assert set(s) == {"file", "tensor", "start", "count"}, sorted(s)

@@ -3,7 +3,11 @@
 import os
 import shutil
 import tempfile
+import threading
+import time
 import unittest
+from types import SimpleNamespace
+from unittest import mock
 
 from common import SMALL, as_capture_batch, hooks_left, torch  # noqa: F401  (sets sys.path, skips without torch)
 
@@ -233,6 +237,22 @@ class TestErrors(CaptureTestCase):
             vl.capture_hidden_states(model, writer, expected_image_tokens=16, grid=(3, 5)).__enter__()
         self.assertEqual(hooks_left(model), [])
 
+    def test_failed_first_batch_leaves_no_capture_behind(self):
+        model = TinyLlavaForConditionalGeneration(n_layers=2).eval()
+        batches = [as_capture_batch(make_hf_batch(2, seed=1))]
+        out = self.path("failed")
+        with self.assertRaises(vl.ImageTokenCountError):
+            vl.capture_dataset(model, batches, out, expected_image_tokens=9, grid=(3, 3), clip_target=False)
+        self.assertFalse(os.path.exists(out), "a failed start must not leave a (0-sample) capture directory")
+        # a directory the caller made is kept, but holds no manifest
+        os.makedirs(out)
+        with self.assertRaises(vl.ImageTokenCountError):
+            vl.capture_dataset(model, batches, out, expected_image_tokens=9, grid=(3, 3), clip_target=False)
+        self.assertEqual(os.listdir(out), [])
+        # and the next, correct run starts cleanly there
+        vl.capture_dataset(model, batches, out, clip_target=False, **SMALL)
+        self.assertEqual(validate_capture(out)["samples"]["count"], 2)
+
     def test_discovery_failure_lists_module_names_and_explicit_layers_work(self):
         class Block(nn.Module):
             def __init__(self):
@@ -282,6 +302,202 @@ class TestErrors(CaptureTestCase):
             vl.discover(model, "trunk.nope")
 
 
+class TestTokensFromConfig(CaptureTestCase):
+    """Image-token count and grid read from the model's config (public LlavaConfig / CLIPVisionConfig names)."""
+
+    def _capture(self, model, batch, name, **kw):
+        out = vl.capture_dataset(model, [as_capture_batch(batch)], self.path(name), dtype=torch.float32, **kw)
+        return vl.read_capture(out)
+
+    def test_6x6_model_needs_no_arguments(self):
+        torch.manual_seed(0)
+        model = TinyLlavaForConditionalGeneration(n_layers=1, image_size=24, patch=4).eval()  # 24 / 4 = 6 per side
+        m, layers, targets = self._capture(model, make_hf_batch(2, num_patches=36, image_size=24), "six")
+        self.assertEqual(m["token_layout"], {"kind": "image", "tokens": 36, "source_tokens": 36, "grid": [6, 6],
+                                             "pooling": "none"})
+        self.assertEqual(tuple(layers["embed"].shape), (2, 36, 32))
+        self.assertEqual(tuple(targets["clip"].shape), (2, 36, 24))
+
+    def test_only_expected_image_tokens_gives_its_square_grid(self):
+        # a config without vision geometry: only the count is known, 36 = 6 x 6 (not LLaVA-1.5's 24 x 24)
+        model = TinyLlavaForConditionalGeneration(n_layers=1, image_size=24, patch=4, bare_config=True).eval()
+        with self.assertRaises(vl.ImageTokenCountError) as ctx:
+            self._capture(model, make_hf_batch(2, num_patches=36, image_size=24), "none")
+        self.assertIn("expected_image_tokens=", str(ctx.exception))
+        self.assertIn("grid=", str(ctx.exception))
+        self.assertFalse(os.path.exists(self.path("none")))
+        m, _, targets = self._capture(model, make_hf_batch(2, num_patches=36, image_size=24), "n36",
+                                      expected_image_tokens=36)
+        self.assertEqual(m["token_layout"]["grid"], [6, 6])
+        self.assertEqual(tuple(targets["clip"].shape), (2, 36, 24))
+        # image_seq_length alone (transformers >= 4.45 LlavaConfig)
+        model.config.image_seq_length = 36
+        m, _, _ = self._capture(model, make_hf_batch(2, num_patches=36, image_size=24), "seq")
+        self.assertEqual((m["token_layout"]["source_tokens"], m["token_layout"]["grid"]), (36, [6, 6]))
+
+    def test_full_strategy_keeps_cls_and_has_no_grid(self):
+        model = TinyLlavaForConditionalGeneration(n_layers=1, strategy="full").eval()  # 4 x 4 patches + CLS
+        m, _, targets = self._capture(model, make_hf_batch(2, num_patches=17), "full")
+        self.assertEqual((m["token_layout"]["source_tokens"], m["token_layout"]["grid"]), (17, None))
+        self.assertEqual(tuple(targets["clip"].shape), (2, 17, 24))
+
+    def test_llava_repo_reads_num_patches_per_side(self):
+        model = TinyLlavaLlamaForCausalLM(n_layers=1).eval()
+        m, _, targets = self._capture(model, make_repo_batch(2), "repo")
+        self.assertEqual((m["token_layout"]["source_tokens"], m["token_layout"]["grid"]), (16, [4, 4]))
+        self.assertEqual(tuple(targets["clip"].shape), (2, 16, 24))
+
+    def test_geometry_table_and_anyres(self):
+        from viral_lens_torch.discovery import image_token_geometry, resolve_image_tokens
+
+        def cfg_model(**cfg):
+            m = nn.Module()
+            m.config = SimpleNamespace(**cfg)
+            return m
+
+        clip336 = SimpleNamespace(image_size=336, patch_size=14, model_type="clip_vision_model")
+        siglip384 = SimpleNamespace(image_size=384, patch_size=14, model_type="siglip_vision_model")  # 27 x 27
+        cases = [
+            (dict(vision_config=clip336, vision_feature_select_strategy="default"), 576, (24, 24)),
+            (dict(vision_config=clip336, vision_feature_select_strategy="full"), 577, None),
+            (dict(vision_config=siglip384, vision_feature_select_strategy="full"), 729, (27, 27)),
+            (dict(image_seq_length=576), 576, (24, 24)),
+            (dict(image_seq_length=50), 50, None),
+        ]
+        for cfg, tokens, grid in cases:
+            geo = image_token_geometry(cfg_model(**cfg))
+            self.assertEqual((geo.tokens, geo.grid), (tokens, grid), cfg)
+        self.assertIsNone(image_token_geometry(cfg_model(text_config=SimpleNamespace(hidden_size=8))))
+        nxt = cfg_model(vision_config=clip336, image_grid_pinpoints=[[336, 672], [672, 336]])
+        with self.assertRaises(vl.ImageTokenCountError) as ctx:
+            resolve_image_tokens(nxt)
+        self.assertIn("anyres", str(ctx.exception))
+        # the caller's numbers win over the config; only a grid gives its count
+        self.assertEqual(resolve_image_tokens(nxt, None, 576, None), (576, (24, 24)))
+        self.assertEqual(resolve_image_tokens(nxt, None, None, (3, 5)), (15, (3, 5)))
+
+
+class TestBackgroundWriter(CaptureTestCase):
+    def _batches(self, n=4):
+        return [make_hf_batch(2, seed=40 + i, start=2 * i) for i in range(n)]
+
+    def _run(self, model, out, batches, body=None, **kw):
+        writer = vl.CaptureWriter.create(out)
+        with torch.no_grad(), vl.capture_hidden_states(model, writer, clip_target=True, **SMALL, **kw) as cap:
+            for i, batch in enumerate(batches):
+                cap.expect(batch["ids"], labels={"i": [i] * len(batch["ids"])})
+                model(**model_inputs(batch))
+                if body is not None:
+                    body(i, cap)
+        return writer
+
+    def test_same_capture_as_writing_in_the_forward(self):
+        torch.manual_seed(0)
+        model = TinyLlavaForConditionalGeneration(n_layers=2).eval()
+        self._run(model, self.path("bg"), self._batches())
+        self._run(model, self.path("sync"), self._batches(), background=False)
+        ma, la, ta = vl.read_capture(self.path("bg"))
+        mb, lb, tb = vl.read_capture(self.path("sync"))
+        self.assertEqual(ma["samples"], mb["samples"])
+        self.assertEqual(ma["samples"]["count"], 8)
+        for k in lb:
+            self.assertTrue(torch.equal(la[k], lb[k]), k)
+        self.assertTrue(torch.equal(ta["clip"], tb["clip"]))
+
+    def test_writer_waits_for_the_copies_and_returns_buffers(self):
+        # stands in for CUDA (no GPU here): the writer must not touch a batch before its copy event completes,
+        # and must give the pinned buffers back to the pool afterwards
+        from viral_lens_torch.background import BackgroundWriter, PinnedPool
+
+        order = []
+        copied = threading.Event()
+
+        class FakeEvent:
+            def synchronize(self):
+                copied.wait(5)
+                order.append("synchronized")
+
+        class FakeWriter:
+            def append_batch(self, ids, labels, layers, targets, **kw):
+                order.append("written %s" % ids[0])
+
+        pool = PinnedPool()
+        buf = torch.zeros(1, 2, 3)
+        bg = BackgroundWriter(FakeWriter(), max_pending=2, pool=pool)
+        bg.submit(["a"], None, {"embed": buf}, {}, event=FakeEvent(), buffers=[buf])
+        time.sleep(0.2)
+        self.assertEqual(order, [], "written before the copy finished")
+        copied.set()
+        bg.close()
+        self.assertEqual(order, ["synchronized", "written a"])
+        self.assertIs(pool.take((1, 2, 3), torch.float32), buf)  # reused, not a new pinned allocation
+        self.assertEqual(bg.bytes_written, 6 * 4)
+
+    def test_write_error_is_raised_in_the_caller_and_stops_writing(self):
+        model = TinyLlavaForConditionalGeneration(n_layers=1).eval()
+        real = vl.CaptureWriter.append_batch
+        calls = []
+
+        def failing(self_, *a, **k):
+            calls.append(a[0])
+            if len(calls) == 2:
+                raise vl.CaptureWriteError("disk full (simulated)", path="x")
+            return real(self_, *a, **k)
+
+        with mock.patch.object(vl.CaptureWriter, "append_batch", failing):
+            with self.assertRaises(vl.CaptureWriteError):
+                self._run(model, self.path("err"), self._batches(6))
+        m = validate_capture(self.path("err"))
+        self.assertEqual(m["samples"]["ids"], ["img-0000", "img-0001"])  # the batches before the failure only
+        self.assertLessEqual(len(calls), 2, "no batch may be written after a write error")
+        self.assertEqual(hooks_left(model), [])
+
+    def test_back_pressure_bounds_the_queue(self):
+        model = TinyLlavaForConditionalGeneration(n_layers=1).eval()
+        real = vl.CaptureWriter.append_batch
+        release = threading.Event()
+        state = {"captured": 0, "written": 0, "most_behind": 0}
+
+        def slow(self_, *a, **k):
+            release.wait(5)
+            state["written"] += 1
+            return real(self_, *a, **k)
+
+        def body(i, cap):
+            state["captured"] = cap.batches_written
+            state["most_behind"] = max(state["most_behind"], state["captured"] - state["written"])
+
+        threading.Timer(1.0, release.set).start()  # the writer is stuck for a second; the forwards must wait
+
+        def run():
+            with mock.patch.object(vl.CaptureWriter, "append_batch", slow):
+                self._run(model, self.path("bp"), self._batches(8), body=body, max_pending=1)
+
+        t = threading.Thread(target=run)
+        t.start()
+        t.join(30)
+        self.assertFalse(t.is_alive())
+        # max_pending=1: one batch in the queue + one being written; the third capture waits for the writer
+        self.assertEqual(state["most_behind"], 2)
+        self.assertEqual(validate_capture(self.path("bp"))["samples"]["count"], 16)
+
+    def test_exception_in_the_block_still_writes_captured_batches(self):
+        model = TinyLlavaForConditionalGeneration(n_layers=1).eval()
+
+        def body(i, cap):
+            if i == 2:
+                raise KeyError("user code failed")
+
+        with self.assertRaises(KeyError):
+            self._run(model, self.path("exc"), self._batches(5), body=body)
+        self.assertEqual(validate_capture(self.path("exc"))["samples"]["count"], 6)
+        self.assertEqual(hooks_left(model), [])
+        # and the capture resumes from there
+        batches = [as_capture_batch(b, labels={"i": [i] * 2}) for i, b in enumerate(self._batches(5))]
+        out = vl.capture_dataset(model, batches, self.path("exc"), **SMALL)
+        self.assertEqual(validate_capture(out)["samples"]["count"], 10)
+
+
 class TestTargets(CaptureTestCase):
     def test_vision_tower_features_is_the_projector_input(self):
         for model, key, batch in ((TinyLlavaForConditionalGeneration(), "pixel_values", make_hf_batch(2)),
@@ -306,7 +522,7 @@ class TestTargets(CaptureTestCase):
         px = make_hf_batch(2)["pixel_values"]
         with self.assertRaises(vl.TokenGridError) as ctx:
             with torch.no_grad():
-                vl.vision_tower_features(model, px)  # default 576 = 24x24
+                vl.vision_tower_features(model, px, expected_tokens=576)  # LLaVA-1.5's 24x24
         self.assertIn("16 tokens", str(ctx.exception))
         self.assertIn("576", str(ctx.exception))
         with self.assertRaises(vl.TokenGridError) as ctx:

@@ -151,6 +151,49 @@ class TestTrainingCapture(TrainingTestCase):
         self.assertEqual(hooks_left(model), [])
 
 
+class TestAutocast(TrainingTestCase):
+    def test_clip_target_is_what_the_llm_received_under_bf16_autocast(self):
+        # what accelerate does for a Trainer with bf16=True: the model's forward runs under autocast, the code
+        # around it (our capture) does not
+        torch.manual_seed(0)
+        model = TinyLlavaForConditionalGeneration(n_layers=2).eval()
+        model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(model.forward)
+        received = []
+        proj = vl.discover(model).projector
+        handle = proj.register_forward_pre_hook(lambda m, args: received.append(args[0].detach().clone()))
+        try:
+            out = vl.capture_during_training(model, probes(), 7, self.tmp, "bf16", dtype=torch.float32, **SMALL)
+        finally:
+            handle.remove()
+        m, _, targets = vl.read_capture(out)
+        want = torch.cat(received, 0)  # fp32 residual stream, but every matmul of the tower ran in bf16
+        self.assertTrue(torch.equal(targets["clip"], want.float()),
+                        "max |diff| %g" % (targets["clip"] - want.float()).abs().max())
+        clip = [e for e in m["targets"] if e["name"] == "clip"][0]
+        self.assertEqual(clip["compute"]["dtype"], str(want.dtype).replace("torch.", ""))
+        self.assertEqual(clip["compute"]["autocast"], "cpu:bfloat16")
+        # without autocast: fp32 features, no autocast recorded
+        del model.forward
+        m2, _, _ = vl.read_capture(vl.capture_dataset(model, probes(), os.path.join(self.tmp, "fp32"), **SMALL))
+        clip2 = [e for e in m2["targets"] if e["name"] == "clip"][0]
+        self.assertEqual((clip2["compute"]["dtype"], clip2["compute"]["autocast"]), ("float32", None))
+
+
+class TestRunName(TrainingTestCase):
+    def test_run_name_may_not_leave_out_root(self):
+        root = os.path.join(self.tmp, "x", "y", "runs")  # deep enough that a wrong write still lands in self.tmp
+        model = TinyLlavaForConditionalGeneration(n_layers=1).eval()
+        for bad in ("../..", "..", "a/../../b", os.path.join(self.tmp, "abs"), "", "..\\x"):
+            with self.assertRaises(ValueError, msg=repr(bad)) as ctx:
+                vl.capture_during_training(model, probes(), 1, root, bad, **SMALL)
+            self.assertIn("run_name", str(ctx.exception))
+            with self.assertRaises(ValueError):
+                vl.ViralLensCallback(probes(), 1, root, bad, **SMALL)
+        self.assertEqual(sorted(os.listdir(self.tmp)), [], "nothing may be written for a refused run_name")
+        # sub-folders inside out_root are fine
+        self.assertEqual(vl.step_dir(root, "exp1/run-a", 3), os.path.join(root, "exp1/run-a", "step-3"))
+
+
 class TestCallback(TrainingTestCase):
     def test_callback_schedule(self):
         cb = vl.ViralLensCallback(probes(), every_n_steps=2, out_root=self.tmp, run_name="hf-run", **SMALL)

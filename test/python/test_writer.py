@@ -15,7 +15,7 @@ from common import SMALL, as_capture_batch, torch  # noqa: F401
 import viral_lens_torch as vl  # noqa: E402
 from viral_lens_torch import safetensors_io  # noqa: E402
 from viral_lens_torch.writer import CaptureWriter  # noqa: E402
-from format_check import TMP_RE, capture_files, read_st_header, referenced_files, validate_capture  # noqa: E402
+from format_check import TMP_RE, capture_files, read_st_header, referenced_files, st_header_json, validate_capture  # noqa: E402
 from tiny_llava import TinyLlavaForConditionalGeneration, make_hf_batch  # noqa: E402
 
 LAYOUT = {"tokens": 4, "source_tokens": 4, "grid": [2, 2], "pooling": "none"}
@@ -64,11 +64,10 @@ class TestWriterFormat(WriterTestCase):
                                  token_layout=LAYOUT, checkpoint={"step": 3, "path": "ckpt/3"},
                                  layers=[{"name": "blocks.0.out", "dim": 6}, {"name": "embed", "dim": 6}],
                                  targets=[{"name": "clip", "dim": 3, "tokens": 4, "description": "fake clip"}])
-        m0 = validate_capture(self.dir)  # an empty capture with declared layers is valid on disk
-        self.assertEqual(m0["samples"], {"count": 0, "ids": []})
-        self.assertEqual([e["name"] for e in m0["layers"]], ["embed", "blocks.0.out"])
-        self.assertNotIn("labels", m0)
-        self.assertEqual(list(m0)[:6], ["format", "version", "model", "variant", "checkpoint", "token_layout"])
+        # no manifest before the first batch: a 0-sample capture would be left behind by a failed start
+        self.assertEqual(capture_files(self.dir), set())
+        self.assertEqual(w.manifest["samples"], {"count": 0, "ids": []})
+        self.assertEqual([e["name"] for e in w.manifest["layers"]], ["embed", "blocks.0.out"])
         all_layers = {"embed": [], "blocks.0.out": []}
         for start, n in ((0, 3), (3, 3), (6, 2)):
             ids, labels, layers, targets = fake_batch(start, n)
@@ -76,6 +75,7 @@ class TestWriterFormat(WriterTestCase):
             for k in all_layers:
                 all_layers[k].append(layers[k])
         m = validate_capture(self.dir)
+        self.assertEqual(list(m)[:6], ["format", "version", "model", "variant", "checkpoint", "token_layout"])
         self.assertEqual(m["samples"]["count"], 8)
         self.assertEqual(m["labels"]["count"], list(range(8)))
         self.assertEqual(m["checkpoint"], {"step": 3, "path": "ckpt/3"})
@@ -243,6 +243,45 @@ class TestCrashAndResume(WriterTestCase):
         for k in a:
             self.assertTrue(torch.allclose(a[k], c[k], atol=1e-6), k)
 
+    def _outside_dir_with_victim(self):
+        outside = os.path.join(self.tmp, "outside")
+        os.makedirs(os.path.join(outside, "000"))
+        victim = os.path.join(outside, "000", "precious.safetensors")
+        with open(victim, "wb") as f:
+            f.write(b"not part of any capture")
+        return outside, victim
+
+    def test_resume_refuses_symlinked_layers_dir(self):
+        w = new_writer(self.dir)
+        w.append_batch(*fake_batch(0, 2))
+        outside, victim = self._outside_dir_with_victim()
+        shutil.copytree(os.path.join(self.dir, "layers"), os.path.join(outside, "copy"))
+        shutil.rmtree(os.path.join(self.dir, "layers"))
+        os.symlink(outside, os.path.join(self.dir, "layers"))
+        with self.assertRaises(vl.CaptureFormatError) as ctx:
+            CaptureWriter.resume(self.dir)
+        self.assertIn("symbolic link", str(ctx.exception))
+        self.assertTrue(os.path.exists(victim), "resume deleted a file outside the capture")
+
+    def test_resume_refuses_symlinked_folder_below_layers(self):
+        w = new_writer(self.dir)
+        w.append_batch(*fake_batch(0, 2))
+        outside, victim = self._outside_dir_with_victim()
+        os.symlink(os.path.join(outside, "000"), os.path.join(self.dir, "layers", "007"))
+        with self.assertRaises(vl.CaptureFormatError):
+            CaptureWriter.resume(self.dir)
+        self.assertTrue(os.path.exists(victim))
+
+    def test_create_refuses_symlinked_layers_dir(self):
+        outside, victim = self._outside_dir_with_victim()
+        os.makedirs(self.dir)
+        os.symlink(outside, os.path.join(self.dir, "layers"))
+        with self.assertRaises(vl.CaptureFormatError):
+            w = new_writer(self.dir)
+            w.append_batch(*fake_batch(0, 2))
+        self.assertEqual(sorted(os.listdir(outside)), ["000"])
+        self.assertTrue(os.path.exists(victim))
+
     def test_resume_api_and_mismatch(self):
         w = new_writer(self.dir, checkpoint={"step": 5})
         w.append_batch(*fake_batch(0, 2))
@@ -362,7 +401,25 @@ class TestSafetensorsIO(WriterTestCase):
         with open(p, "wb") as f:
             f.write(data)
         self.assertTrue(torch.equal(st_load(p)["hidden"], t))
-        self.assertEqual(json.loads(st_save({"hidden": t})[8:].decode().strip())["hidden"]["shape"], [2, 3, 4])
+        self.assertEqual(st_header_json(st_save({"hidden": t}))["hidden"]["shape"], [2, 3, 4])
+
+    def test_hidden_safetensors_package_cannot_be_imported(self):
+        if not os.environ.get("VIRAL_LENS_HIDE_SAFETENSORS"):
+            self.skipTest("runs only with VIRAL_LENS_HIDE_SAFETENSORS=1")
+        with self.assertRaises(ImportError):
+            import safetensors.torch  # noqa: F401
+
+    def test_header_of_bytes_with_binary_data(self):
+        # tensor bytes are binary (here a 0xff byte, never valid UTF-8): decoding the whole file, as the check
+        # above did before, raised UnicodeDecodeError whenever the safetensors package was installed
+        t = torch.randn(2, 2).half()
+        raw = safetensors_io.safetensors_bytes({"hidden": t, "u": torch.tensor([255], dtype=torch.uint8)})
+        self.assertIn(b"\xff", raw)
+        with self.assertRaises(UnicodeDecodeError):
+            raw[8:].decode()
+        header = st_header_json(raw)
+        self.assertEqual(header["hidden"], {"dtype": "F16", "shape": [2, 2], "data_offsets": [0, 8]})
+        self.assertEqual(header["u"]["data_offsets"], [8, 9])
 
 
 if __name__ == "__main__":

@@ -44,15 +44,16 @@ class Output(dict):
 
 # ----------------------------------------------------------------------------------------------------- vision
 class TinyVisionEmbeddings(nn.Module):
-    def __init__(self, dim):
+    def __init__(self, dim, image_size=IMAGE_SIZE, patch=PATCH):
         super().__init__()
-        self.patch_embedding = nn.Linear(3 * PATCH * PATCH, dim)
+        self.patch = patch
+        self.patch_embedding = nn.Linear(3 * patch * patch, dim)
         self.class_embedding = nn.Parameter(torch.randn(dim) * 0.1)
-        self.position_embedding = nn.Parameter(torch.randn(NUM_PATCHES + 1, dim) * 0.1)
+        self.position_embedding = nn.Parameter(torch.randn((image_size // patch) ** 2 + 1, dim) * 0.1)
 
     def forward(self, pixel_values):
         b = pixel_values.shape[0]
-        patches = F.unfold(pixel_values, kernel_size=PATCH, stride=PATCH).transpose(1, 2)  # [b, 16, 48] row-major
+        patches = F.unfold(pixel_values, kernel_size=self.patch, stride=self.patch).transpose(1, 2)  # row-major
         x = self.patch_embedding(patches)
         cls = self.class_embedding.expand(b, 1, -1)
         return torch.cat([cls, x], 1) + self.position_embedding
@@ -62,13 +63,14 @@ class TinyVisionLayer(nn.Module):
     def __init__(self, dim, dropout):
         super().__init__()
         self.layer_norm1 = nn.LayerNorm(dim)
-        self.self_attn = nn.MultiheadAttention(dim, 2, dropout=dropout, batch_first=True)
+        # not nn.MultiheadAttention: its eval fast path fails under CPU bf16 autocast in torch 1.13
+        self.self_attn = TinyAttention(dim, 2, dropout)
         self.layer_norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim), nn.Dropout(dropout))
 
     def forward(self, x):
         h = self.layer_norm1(x)
-        x = x + self.self_attn(h, h, h, need_weights=False)[0]
+        x = x + self.self_attn(h, 0.0)[0]
         return x + self.mlp(self.layer_norm2(x))
 
 
@@ -79,19 +81,21 @@ class TinyVisionEncoder(nn.Module):
 
 
 class TinyVisionTransformer(nn.Module):
-    def __init__(self, dim, n_layers, dropout):
+    def __init__(self, dim, n_layers, dropout, image_size=IMAGE_SIZE, patch=PATCH):
         super().__init__()
-        self.embeddings = TinyVisionEmbeddings(dim)
+        self.embeddings = TinyVisionEmbeddings(dim, image_size, patch)
         self.encoder = TinyVisionEncoder(dim, n_layers, dropout)
 
 
 class TinyVisionTower(nn.Module):
     """Mimics CLIPVisionModel: ``forward(pixel_values, output_hidden_states)`` -> hidden_states tuple."""
 
-    def __init__(self, dim=24, n_layers=3, dropout=0.0):
+    def __init__(self, dim=24, n_layers=3, dropout=0.0, image_size=IMAGE_SIZE, patch=PATCH):
         super().__init__()
-        self.config = types.SimpleNamespace(hidden_size=dim)
-        self.vision_model = TinyVisionTransformer(dim, n_layers, dropout)
+        # public CLIPVisionConfig attribute names
+        self.config = types.SimpleNamespace(hidden_size=dim, image_size=image_size, patch_size=patch,
+                                            model_type="clip_vision_model")
+        self.vision_model = TinyVisionTransformer(dim, n_layers, dropout, image_size, patch)
 
     def forward(self, pixel_values, output_hidden_states=False):
         x = self.vision_model.embeddings(pixel_values)
@@ -222,15 +226,24 @@ class TinyLlavaModel(nn.Module):
 
 class TinyLlavaForConditionalGeneration(nn.Module):
     def __init__(self, layout="hf", dim=32, vdim=24, n_layers=3, heads=4, dropout=0.0, vision_dropout=None,
-                 consume_rng_in_eval=False, name="tiny-llava"):
+                 consume_rng_in_eval=False, name="tiny-llava", image_size=IMAGE_SIZE, patch=PATCH,
+                 image_seq_length=None, strategy="default", bare_config=False):
         super().__init__()
+        # public LlavaConfig attribute names (transformers 4.x / 5.x); bare_config: an older-style config without
+        # the vision geometry or image_seq_length
+        vision_config = types.SimpleNamespace(hidden_size=vdim, image_size=image_size, patch_size=patch,
+                                              model_type="clip_vision_model")
         self.config = types.SimpleNamespace(
-            image_token_index=IMAGE_TOKEN, vision_feature_layer=-2, vision_feature_select_strategy="default",
+            image_token_index=IMAGE_TOKEN, vision_feature_layer=-2, vision_feature_select_strategy=strategy,
             text_config=types.SimpleNamespace(hidden_size=dim, num_hidden_layers=n_layers),
-            vision_config=types.SimpleNamespace(hidden_size=vdim), _name_or_path=name)
+            vision_config=vision_config, _name_or_path=name)
+        if image_seq_length is not None:
+            self.config.image_seq_length = image_seq_length
+        if bare_config:
+            self.config.vision_config = types.SimpleNamespace(hidden_size=vdim)
         self.layout = layout
         self.consume_rng_in_eval = consume_rng_in_eval
-        vt = TinyVisionTower(vdim, 3, dropout if vision_dropout is None else vision_dropout)
+        vt = TinyVisionTower(vdim, 3, dropout if vision_dropout is None else vision_dropout, image_size, patch)
         proj = TinyProjector(vdim, dim)
         if layout == "hf":
             self.model = TinyLlavaModel(vt, proj, TinyLlamaModel(dim, n_layers, heads, dropout))
@@ -252,7 +265,9 @@ class TinyLlavaForConditionalGeneration(nn.Module):
     def get_image_features(self, pixel_values):
         vt, proj, _, _ = self.parts()
         hs = vt(pixel_values, output_hidden_states=True).hidden_states
-        feats = hs[self.config.vision_feature_layer][:, 1:]  # "default" strategy drops CLS
+        feats = hs[self.config.vision_feature_layer]
+        if self.config.vision_feature_select_strategy == "default":
+            feats = feats[:, 1:]  # "default" drops CLS
         return proj(feats)
 
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, labels=None, output_hidden_states=False,
@@ -282,6 +297,19 @@ class TinyCLIPVisionTower(nn.Module):
         self.select_layer = -2
         self.hidden_size = vdim
 
+    # the LLaVA repo's CLIPVisionTower properties
+    @property
+    def config(self):
+        return self.vision_tower.config
+
+    @property
+    def num_patches_per_side(self):
+        return self.config.image_size // self.config.patch_size
+
+    @property
+    def num_patches(self):
+        return self.num_patches_per_side ** 2
+
     def forward(self, images):
         hs = self.vision_tower(images, output_hidden_states=True).hidden_states
         return hs[self.select_layer][:, 1:]
@@ -298,7 +326,7 @@ class TinyLlavaLlamaForCausalLM(nn.Module):
     def __init__(self, dim=32, vdim=24, n_layers=3, heads=4, dropout=0.0):
         super().__init__()
         self.config = types.SimpleNamespace(hidden_size=dim, num_hidden_layers=n_layers, mm_vision_select_layer=-2,
-                                            _name_or_path="tiny-llava-repo")
+                                            mm_vision_select_feature="patch", _name_or_path="tiny-llava-repo")
         self.model = TinyLlavaLlamaModel(dim, vdim, n_layers, heads, dropout)
         self.lm_head = nn.Linear(dim, VOCAB, bias=False)
 
@@ -346,8 +374,8 @@ class TinyLlavaLlamaForCausalLM(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------- data
-def make_hf_batch(n, seed=0, start=0, padding_side="right"):
-    """A batch for the HF mimic: ``[BOS, text..., IMG x NUM_PATCHES, text...]``, variable lengths, padded."""
+def make_hf_batch(n, seed=0, start=0, padding_side="right", num_patches=NUM_PATCHES, image_size=IMAGE_SIZE):
+    """A batch for the HF mimic: ``[BOS, text..., IMG x num_patches, text...]``, variable lengths, padded."""
     g = torch.Generator().manual_seed(seed)
     rows = []
     for _ in range(n):
@@ -355,7 +383,7 @@ def make_hf_batch(n, seed=0, start=0, padding_side="right"):
         c = int(torch.randint(2, 6, (1,), generator=g))
         text_a = torch.randint(2, IMAGE_TOKEN, (a,), generator=g).tolist()
         text_b = torch.randint(2, IMAGE_TOKEN, (c,), generator=g).tolist()
-        rows.append([BOS] + text_a + [IMAGE_TOKEN] * NUM_PATCHES + text_b)
+        rows.append([BOS] + text_a + [IMAGE_TOKEN] * num_patches + text_b)
     s = max(len(r) for r in rows)
     ids = torch.full((n, s), PAD, dtype=torch.long)
     am = torch.zeros(n, s, dtype=torch.long)
@@ -366,7 +394,7 @@ def make_hf_batch(n, seed=0, start=0, padding_side="right"):
         else:
             ids[i, s - len(r):] = torch.tensor(r)
             am[i, s - len(r):] = 1
-    pixel_values = torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
+    pixel_values = torch.randn(n, 3, image_size, image_size, generator=g)
     labels = ids.masked_fill((am == 0) | (ids == IMAGE_TOKEN), -100)
     return {"ids": ["img-%04d" % (start + i) for i in range(n)], "input_ids": ids, "attention_mask": am,
             "pixel_values": pixel_values, "labels_lm": labels}

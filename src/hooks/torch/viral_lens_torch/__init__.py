@@ -23,7 +23,7 @@ from .writer import (  # noqa: E402
     layer_name,
     read_capture,
 )
-from .discovery import ModelLayout, discover  # noqa: E402
+from .discovery import ModelLayout, discover, image_token_geometry, resolve_image_tokens  # noqa: E402
 from .targets import check_token_grid, encoder_features, vision_tower_features  # noqa: E402
 from .ingest import IngestClient, IngestWarning  # noqa: E402
 from .capture import (  # noqa: E402
@@ -41,7 +41,7 @@ __all__ = [
     "LayerDiscoveryError", "TokenGridError", "ViralLensError",
     "load_file", "save_file",
     "CaptureWriter", "estimate_disk_bytes", "format_bytes", "layer_index", "layer_name", "read_capture",
-    "ModelLayout", "discover",
+    "ModelLayout", "discover", "image_token_geometry", "resolve_image_tokens",
     "check_token_grid", "encoder_features", "vision_tower_features",
     "IngestClient", "IngestWarning",
     "HiddenStateCapture", "LlavaRepoImageMask", "capture_dataset", "capture_hidden_states", "shuffle_image_tokens",

@@ -9,10 +9,11 @@ import warnings
 
 import torch
 
-from .discovery import discover, find_projector, hidden_size, image_token_index, model_name
-from .errors import CaptureFormatError, ImageTokenCountError, TokenGridError
+from .background import BackgroundWriter, PinnedPool, to_host
+from .discovery import discover, find_projector, hidden_size, image_token_index, model_name, resolve_image_tokens
+from .errors import CaptureFormatError, ImageTokenCountError, LayerDiscoveryError, TokenGridError
 from .ingest import IngestClient
-from .targets import CLIP_DESCRIPTION, check_token_grid, encoder_features, vision_tower_features
+from .targets import CLIP_DESCRIPTION, autocast_state, check_token_grid, encoder_features, select_vision_features
 from .writer import CaptureWriter, estimate_disk_bytes, format_bytes, layer_name
 
 log = logging.getLogger("viral_lens_torch")
@@ -77,6 +78,15 @@ class LlavaRepoImageMask:
         return self._place(self._spans(input_ids, attention_mask), seq_len, image=False)
 
 
+class _Events:
+    def __init__(self, events):
+        self.events = events
+
+    def synchronize(self):
+        for ev in self.events:
+            ev.synchronize()
+
+
 class _BatchState:
     def __init__(self, ids, labels, targets, mask, input_ids, attention_mask):
         self.ids = ids
@@ -88,6 +98,10 @@ class _BatchState:
         self.mask = None  # resolved bool [b, seq] on the device of the first hidden state
         self.mask_on = {}  # copies on other devices
         self.layers = {}
+        self.index_on = {}  # device -> flat indices of the image tokens in [b * seq]
+        self.buffers = []  # pinned host buffers holding this batch (back to the pool once written)
+        self.copy_devices = set()  # CUDA devices whose streams carry this batch's copies into those buffers
+        self.vision = None  # (features the projector received, autocast regions active then)
 
 
 def _hidden_from_output(output):
@@ -122,12 +136,21 @@ class HiddenStateCapture:
     """
 
     def __init__(self, model, writer, layers=None, image_token_mask=None, pooling="none", dtype=torch.float16,
-                 expected_image_tokens=576, grid=(24, 24), capture_attentions=False, num_samples=None,
-                 target_dims=None, auto_id_prefix="sample-"):
+                 expected_image_tokens=None, grid=None, capture_attentions=False, num_samples=None,
+                 target_dims=None, auto_id_prefix="sample-", vision_target=None, vision_feature_layer=None,
+                 background=True, max_pending=2):
         if pooling not in ("none", "mean"):
             raise ValueError("pooling must be 'none' or 'mean', not %r" % (pooling,))
         if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             raise ValueError("dtype must be a floating dtype storable in a capture, not %s" % (dtype,))
+        indices = None
+        explicit_layers = layers
+        if layers is not None and not isinstance(layers, str):
+            seq = list(layers)
+            if seq and all(isinstance(x, int) and not isinstance(x, bool) for x in seq):
+                indices, explicit_layers = sorted(set(seq)), None
+        self.layout = discover(model, explicit_layers)
+        expected_image_tokens, grid = resolve_image_tokens(model, self.layout, expected_image_tokens, grid)
         if grid is not None and int(grid[0]) * int(grid[1]) != int(expected_image_tokens):
             raise TokenGridError("grid %dx%d has %d cells but expected_image_tokens is %d"
                                  % (grid[0], grid[1], grid[0] * grid[1], expected_image_tokens))
@@ -141,14 +164,6 @@ class HiddenStateCapture:
         self.image_token_mask = image_token_mask
         self.auto_id_prefix = auto_id_prefix
         self.tokens = 1 if pooling == "mean" else self.expected_image_tokens
-
-        indices = None
-        explicit_layers = layers
-        if layers is not None and not isinstance(layers, str):
-            seq = list(layers)
-            if seq and all(isinstance(x, int) and not isinstance(x, bool) for x in seq):
-                indices, explicit_layers = sorted(set(seq)), None
-        self.layout = discover(model, explicit_layers)
         n = self.layout.num_layers
         if indices is None:
             indices = list(range(n + 1))
@@ -173,6 +188,19 @@ class HiddenStateCapture:
         self.num_samples = num_samples
         self.target_dims = dict(target_dims or {})
         self.hidden_size = hidden_size(model, self.layout)
+        # vision_target: store the vision tower's output of the model's own forward (same autocast / dtype as
+        # the features the LLM received) as this target, unless a batch brings its own
+        self.vision_target = vision_target
+        self.vision_feature_layer = vision_feature_layer
+        self.background = bool(background)
+        self.max_pending = int(max_pending)
+        self._bg = None
+        self._pool = PinnedPool(max_per_key=self.max_pending + 2)
+        self._target_compute = {}
+        if vision_target is not None and self.layout.vision_tower is None:
+            raise LayerDiscoveryError("could not find the vision tower of %s (layout %s) for the %r target; pass "
+                                      "targets={%r: ...} or clip_target=False"
+                                      % (type(model).__name__, self.layout.kind, vision_target, vision_target))
 
     # ------------------------------------------------------------------ public
     def expect(self, ids, labels=None, targets=None, image_token_mask=None):
@@ -195,24 +223,43 @@ class HiddenStateCapture:
         try:
             self._configure_writer()
             self._log_estimate()
+            if self.background:
+                self._bg = BackgroundWriter(self.writer, self.max_pending, pool=self._pool)
             layers = self.layout.decoder_layers
             if 0 in self.indices:
                 self._handles.append(_register_pre_hook(layers[0], self._embed_pre_hook))
             for i in self.indices:
                 if i > 0:
                     self._handles.append(layers[i - 1].register_forward_hook(self._make_layer_hook(layer_name(i))))
+            if self.vision_target is not None:
+                self._handles.append(self.layout.vision_tower.register_forward_hook(self._vision_hook))
             self._wrap_forward()
         except BaseException:
             self._remove()
             raise
 
-    def _remove(self):
+    def _remove(self, raise_errors=True):
+        """Remove every hook, then write the queued batches (also when an exception is propagating: they are
+        complete) and stop the writer thread; ``raise_errors=False`` logs a write error instead of raising it."""
         self._closed = True
         self._state = None
         self._pending = None
         while self._handles:
             self._handles.pop().remove()
         self._unwrap_forward()
+        bg, self._bg = self._bg, None
+        if bg is not None:
+            bg.close(raise_errors=raise_errors)
+
+    def flush(self):
+        """Wait until every captured batch is on disk (raises the first write error)."""
+        if self._bg is not None:
+            self._bg.flush()
+
+    @property
+    def writer_stats(self):
+        """(bytes written, seconds the writer spent in append_batch) of the background writer, or None."""
+        return (self._bg.bytes_written, self._bg.busy_s) if self._bg is not None else None
 
     def _wrap_forward(self):
         model = self.model
@@ -319,6 +366,21 @@ class HiddenStateCapture:
         self._record("embed", hidden)
         return None
 
+    def _vision_hook(self, module, args, output):
+        st = self._state
+        if st is None or (st.targets and self.vision_target in st.targets):
+            return None
+        if st.vision is not None:
+            raise RuntimeError("the vision tower ran twice in one forward (several images per sample?); pass "
+                               "targets={%r: ...} yourself or clip_target=False" % self.vision_target)
+        b = None
+        if args and isinstance(args[0], torch.Tensor):
+            b = args[0].shape[0]
+        feats = select_vision_features(self.model, self.layout, output, layer=self.vision_feature_layer,
+                                       expected_tokens=self.expected_image_tokens, grid=self.grid, batch=b)
+        st.vision = (feats.detach(), autocast_state())
+        return None
+
     def _make_layer_hook(self, name):
         def hook(module, args, output):
             self._record(name, _hidden_from_output(output))
@@ -339,12 +401,22 @@ class HiddenStateCapture:
         if h.dim() != 3:
             raise TypeError("hidden states of %s have shape %s; expected [batch, seq, dim]" % (name, list(h.shape)))
         mask = self._mask_for(st, h)
-        b, _, d = h.shape
-        sel = h[mask].reshape(b, self.expected_image_tokens, d)
+        b, seq, d = h.shape
+        idx = st.index_on.get(h.device)
+        if idx is None:  # one device sync per batch (and device), not one per layer as h[mask] would do
+            idx = st.index_on[h.device] = mask.reshape(-1).nonzero().squeeze(1)
+        sel = h.reshape(b * seq, d).index_select(0, idx).reshape(b, self.expected_image_tokens, d)
         if self.pooling == "mean":
             acc = sel if sel.dtype == torch.float64 else sel.float()
             sel = acc.mean(dim=1, keepdim=True)
-        st.layers[name] = sel.to(self.dtype).cpu()
+        st.layers[name] = self._to_host(st, sel)
+
+    def _to_host(self, st, t):
+        host, pooled = to_host(t, self.dtype, self._pool)
+        if pooled is not None:
+            st.buffers.append(pooled)
+            st.copy_devices.add(t.device)
+        return host
 
     def _mask_for(self, st, h):
         if st.mask is not None and st.mask.shape[1] == h.shape[1]:
@@ -430,11 +502,21 @@ class HiddenStateCapture:
             ids = ["%s%06d" % (self.auto_id_prefix, start + i) for i in range(b)]
         if len(ids) != b:
             raise CaptureFormatError("cap.expect got %d ids but the forward had batch size %d" % (len(ids), b))
-        targets, descriptions = {}, {}
+        targets, descriptions, compute = {}, {}, {}
         for name, t in (st.targets or {}).items():
             if isinstance(t, tuple):  # (tensor, description)
                 t, descriptions[name] = t
             targets[name] = self._prepare_target(name, t, b)
+        vt_name = self.vision_target
+        if vt_name is not None and vt_name not in targets:
+            if st.vision is None:
+                raise RuntimeError("the forward did not run the vision tower, so there is no %r target (no pixel "
+                                   "values?); pass targets={%r: ...} or clip_target=False" % (vt_name, vt_name))
+            feats, regions = st.vision
+            compute[vt_name] = {"source": "vision tower output during the model's forward",
+                                "dtype": str(feats.dtype).replace("torch.", ""),
+                                "autocast": ",".join(regions) if regions else None}
+            targets[vt_name] = self._prepare_target(vt_name, feats, b)
         if self.capture_attentions:
             targets[ATTENTION_TARGET] = self._attention_target(st, out)
             descriptions[ATTENTION_TARGET] = (
@@ -444,9 +526,35 @@ class HiddenStateCapture:
             cfg = getattr(self.model, "config", None)
             descriptions["clip"] = CLIP_DESCRIPTION % getattr(cfg, "vision_feature_layer",
                                                               getattr(cfg, "mm_vision_select_layer", -2))
-        self.writer.append_batch(ids, st.labels, st.layers, targets, target_descriptions=descriptions)
+        events = self._copies_done(st)
+        if self._bg is not None:
+            self._bg.submit(ids, st.labels, st.layers, targets, target_descriptions=descriptions,
+                            target_compute=compute, event=events, buffers=st.buffers)
+        else:
+            if events is not None:
+                events.synchronize()
+            try:
+                self.writer.append_batch(ids, st.labels, st.layers, targets, target_descriptions=descriptions,
+                                         target_compute=compute)
+            finally:
+                for buf in st.buffers:
+                    self._pool.give(buf)
+        st.buffers = []
         self.batches_written += 1
         self.samples_written += b
+
+    @staticmethod
+    def _copies_done(st):
+        """Events marking the end of this batch's GPU -> pinned copies (one per device that copied), or None."""
+        if not st.buffers:
+            return None
+        evs = []
+        for dev in st.copy_devices:
+            with torch.cuda.device(dev):
+                ev = torch.cuda.Event()
+                ev.record()
+                evs.append(ev)
+        return _Events(evs)
 
     def _prepare_target(self, name, t, b):
         t = t.detach()
@@ -456,7 +564,7 @@ class HiddenStateCapture:
                 t = (t if t.dtype == torch.float64 else t.float()).mean(dim=1, keepdim=True)
         if t.shape[0] != b:
             raise TokenGridError("target %r has %d samples; the batch has %d" % (name, t.shape[0], b))
-        return t.to(self.dtype).cpu()
+        return self._to_host(self._state, t)
 
     def _attention_target(self, st, out):
         atts = out.get("attentions") if isinstance(out, dict) else getattr(out, "attentions", None)
@@ -503,8 +611,9 @@ def _register_pre_hook(module, fn):
 
 @contextlib.contextmanager
 def capture_hidden_states(model, writer, *, layers=None, image_token_mask=None, pooling="none", dtype=torch.float16,
-                          expected_image_tokens=576, grid=(24, 24), capture_attentions=False, num_samples=None,
-                          target_dims=None):
+                          expected_image_tokens=None, grid=None, capture_attentions=False, num_samples=None,
+                          target_dims=None, clip_target=False, vision_feature_layer=None, background=True,
+                          max_pending=2):
     """Capture LLM hidden states at the image-token positions of every forward of ``model`` into ``writer``.
 
     Hooks: a forward pre-hook on the first decoder layer gives hidden_states index 0 (``embed``: the LLM input
@@ -517,19 +626,35 @@ def capture_hidden_states(model, writer, *, layers=None, image_token_mask=None, 
     layers themselves (ModuleList / list of modules / dotted path) when discovery fails.
     ``image_token_mask``: None (HF: ``input_ids == config.image_token_index``; LLaVA repo:
     :class:`LlavaRepoImageMask`), a function ``input_ids[, attention_mask] -> bool [batch, seq]``, or a tensor.
-    Each sample must have exactly ``expected_image_tokens`` positions. ``pooling``: ``"none"`` keeps
+    Each sample must have exactly ``expected_image_tokens`` positions; ``expected_image_tokens`` / ``grid``
+    default to what the model's config gives (see :func:`~viral_lens_torch.discovery.resolve_image_tokens`: HF
+    ``vision_config.image_size // patch_size``, ``image_seq_length``; LLaVA repo ``num_patches_per_side``), and
+    only ``expected_image_tokens=36`` gives the 6x6 grid. ``pooling``: ``"none"`` keeps
     ``[b, tokens, d]``, ``"mean"`` stores ``[b, 1, d]``. Values are cast to ``dtype`` and moved to the CPU per
     layer; only the current batch is held in memory.
+    ``clip_target``: also store, as target ``clip``, the features the projector received in that same forward
+    (a forward hook on the vision tower picks ``vision_feature_layer`` and drops CLS as the model does), so they
+    carry the forward's own autocast / dtype (a Trainer's bf16 autocast included); the manifest's
+    ``targets[].compute`` records the dtype and autocast. A batch's own ``targets={"clip": ...}`` wins.
+    ``background``: the forward only gathers the image tokens and starts their copy to the CPU (into pinned
+    buffers, ``non_blocking``, on CUDA); a writer thread, at most ``max_pending`` batches behind, writes them
+    (back-pressure when it falls behind). A write error is raised at the next captured forward or on exit;
+    leaving the block (normally or by an exception) writes every batch already captured. ``background=False``
+    writes inside the forward.
     Yields a :class:`HiddenStateCapture` (use ``cap.expect(ids, labels, targets)`` before each forward).
     """
     cap = HiddenStateCapture(model, writer, layers=layers, image_token_mask=image_token_mask, pooling=pooling,
                              dtype=dtype, expected_image_tokens=expected_image_tokens, grid=grid,
-                             capture_attentions=capture_attentions, num_samples=num_samples, target_dims=target_dims)
+                             capture_attentions=capture_attentions, num_samples=num_samples, target_dims=target_dims,
+                             vision_target="clip" if clip_target else None, vision_feature_layer=vision_feature_layer,
+                             background=background, max_pending=max_pending)
     cap._install()
     try:
         yield cap
-    finally:
-        cap._remove()
+    except BaseException:
+        cap._remove(raise_errors=False)  # the queued batches are still written; the original error wins
+        raise
+    cap._remove()
 
 
 @contextlib.contextmanager
@@ -541,7 +666,8 @@ def shuffle_image_tokens(model, seed, *, projector=None):
     by ``x[:, perm]``. With HF's default ``vision_feature_select_strategy`` the CLS token is already dropped, so
     only the T=576 patch tokens are permuted (with ``"full"`` the CLS token takes part). The same permutation is
     used for every sample and forward (``ctx.permutation``, drawn from a private generator: the global RNG is
-    untouched). The hook is removed on exit. The CLIP target from :func:`vision_tower_features` stays unshuffled.
+    untouched). The hook is removed on exit. The CLIP target (the vision tower's output, before the projector)
+    stays unshuffled.
     """
     mod, path = find_projector(model, projector)
 
@@ -650,18 +776,19 @@ def _target_dims(model, layout, clip_target, extra_encoders):
 
 
 def capture_dataset(model, batches, out_dir, *, layers=None, image_token_mask=None, pooling="none",
-                    dtype=torch.float16, expected_image_tokens=576, grid=(24, 24), clip_target=True,
+                    dtype=torch.float16, expected_image_tokens=None, grid=None, clip_target=True,
                     vision_feature_layer=None, extra_encoders=None, capture_attentions=False, shuffle_seed=None,
                     resume=True, overwrite=False, model_info=None, variant="baseline", checkpoint=None,
                     provenance=None, num_samples=None, ingest_url=None, token=None, run=None, step=None,
-                    progress=None):
+                    progress=None, background=True):
     """Run ``model`` over ``batches`` in eval mode under ``torch.no_grad()`` and write a capture to ``out_dir``.
 
     Each batch is a dict: ``ids`` (list of unique strings; default: running index ``"000000"``...), optional
     ``labels`` (dict name -> list), ``targets`` (dict name -> precomputed tensor [b, tokens, dim]),
     ``image_token_mask``; the model's keyword inputs either under ``inputs`` or as the remaining keys
     (``input_ids``, ``attention_mask``, ``pixel_values`` (HF) / ``images`` (LLaVA repo), ...). Tensors are moved to
-    the model's device. ``clip_target``: also store :func:`vision_tower_features` as target ``clip``.
+    the model's device. ``clip_target``: also store as target ``clip`` the vision tower features the projector
+    received in the same forward (see :func:`capture_hidden_states`; same autocast / dtype as the LLM's input).
     ``extra_encoders``: dict name -> callable(pixel_values) -> [b, tokens, dim] (fed ``batch[name +
     "_pixel_values"]`` when present, else the model's pixel values). ``resume``: continue an existing capture,
     skipping samples already in it. Train/eval modes are restored afterwards. Returns the capture path.
@@ -672,6 +799,7 @@ def capture_dataset(model, batches, out_dir, *, layers=None, image_token_mask=No
         num_samples = _count_samples(batches)
     layout = discover(model, layers if (layers is not None and not (isinstance(layers, (list, tuple)) and layers
                                         and all(isinstance(x, int) for x in layers))) else None)
+    expected_image_tokens, grid = resolve_image_tokens(model, layout, expected_image_tokens, grid)
     ingest = IngestClient(ingest_url, token, run or os.path.basename(os.path.abspath(out_dir)), step) \
         if ingest_url else None
     prov = dict(provenance or {})
@@ -695,7 +823,9 @@ def capture_dataset(model, batches, out_dir, *, layers=None, image_token_mask=No
             cap = stack.enter_context(capture_hidden_states(
                 model, writer, layers=layers, image_token_mask=image_token_mask, pooling=pooling, dtype=dtype,
                 expected_image_tokens=expected_image_tokens, grid=grid, capture_attentions=capture_attentions,
-                num_samples=num_samples, target_dims=_target_dims(model, layout, clip_target, extra_encoders)))
+                num_samples=num_samples, target_dims=_target_dims(model, layout, clip_target, extra_encoders),
+                clip_target=clip_target, vision_feature_layer=vision_feature_layer, background=background))
+            start_count = writer.count
             for batch in batches:
                 if not isinstance(batch, dict):
                     raise CaptureFormatError("capture_dataset: each batch must be a dict, got %s" % type(batch).__name__)
@@ -722,13 +852,10 @@ def capture_dataset(model, batches, out_dir, *, layers=None, image_token_mask=No
                 if takes_use_cache:
                     inputs.setdefault("use_cache", False)
                 pixels = inputs.get("pixel_values", inputs.get("images"))
-                if clip_target and "clip" not in targets:
-                    if pixels is None:
-                        raise CaptureFormatError("clip_target=True but the batch has no pixel_values/images; pass "
-                                                 "clip_target=False or targets={'clip': ...}")
-                    targets["clip"] = vision_tower_features(model, pixels, layer=vision_feature_layer,
-                                                            expected_tokens=expected_image_tokens, grid=grid,
-                                                            layout=cap.layout)
+                if clip_target and "clip" not in targets and pixels is None:
+                    # (the clip target itself comes from the vision tower's run inside model(**inputs))
+                    raise CaptureFormatError("clip_target=True but the batch has no pixel_values/images; pass "
+                                             "clip_target=False or targets={'clip': ...}")
                 for name, enc in extra_encoders.items():
                     if name not in targets:
                         px = enc_inputs.get(name + "_pixel_values", pixels)
@@ -741,8 +868,16 @@ def capture_dataset(model, batches, out_dir, *, layers=None, image_token_mask=No
                 if cap._pending is not None:
                     raise RuntimeError("model(**inputs) did not call model.forward; nothing was captured")
                 if progress is not None:
-                    progress(writer.count)
+                    progress(start_count + cap.samples_written)  # captured; the writer may be a batch behind
+    except BaseException:
+        if writer.discard_if_empty():
+            log.info("viral-lens capture %s: removed the directory (the capture failed before its first batch)",
+                     writer.out_dir)
+        raise
     finally:
         _restore_modes(saved_modes)
+    if writer.count == 0:
+        log.warning("viral-lens capture %s: no batch was captured (empty batches?); nothing written", writer.out_dir)
+        writer.discard_if_empty()
     log.info("viral-lens capture %s: %d samples", writer.out_dir, writer.count)
     return writer.out_dir

@@ -16,9 +16,13 @@ kind                decoder layers                              projector / visi
 ==================  ==========================================  =========================================
 """
 
+import logging
+
 import torch.nn as nn
 
-from .errors import LayerDiscoveryError
+from .errors import ImageTokenCountError, LayerDiscoveryError
+
+log = logging.getLogger("viral_lens_torch")
 
 _CANDIDATES = (
     ("hf-llava", "model.language_model.layers", "model.multi_modal_projector", "model.vision_tower"),
@@ -191,3 +195,117 @@ def model_name(model):
         if isinstance(v, str) and v:
             return v
     return type(model).__name__
+
+
+def _int(v):
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
+def _side(image_size, patch_size):
+    """Patches per side for a square ``image_size`` (int, or [h, w] / (h, w) with h == w)."""
+    if isinstance(image_size, (list, tuple)) and len(image_size) == 2 and image_size[0] == image_size[1]:
+        image_size = image_size[0]
+    if isinstance(patch_size, (list, tuple)) and len(patch_size) == 2 and patch_size[0] == patch_size[1]:
+        patch_size = patch_size[0]
+    image_size, patch_size = _int(image_size), _int(patch_size)
+    if image_size is None or patch_size is None or image_size < patch_size:
+        return None
+    return image_size // patch_size  # a patch conv (stride = patch) drops the remainder: 384 px / 14 -> 27
+
+
+class ImageTokenGeometry:
+    """Image tokens per image as the model's config gives them: ``tokens``, ``grid`` ((rows, cols) or None when
+    the tokens do not form a grid, e.g. a kept CLS token) and ``source`` (which config fields said so)."""
+
+    def __init__(self, tokens, grid, source):
+        self.tokens, self.grid, self.source = tokens, grid, source
+
+    def __repr__(self):
+        return "ImageTokenGeometry(tokens=%d, grid=%r, source=%r)" % (self.tokens, self.grid, self.source)
+
+
+def image_token_geometry(model, layout=None):
+    """Image tokens per image read from the config (public attribute names of transformers 4.x / 5.x and of the
+    LLaVA repo); None when the config does not tell. Raises :class:`ImageTokenCountError` when the count varies
+    per image (LLaVA-NeXT ``anyres``).
+
+    * HF LLaVA: ``vision_config.image_size // vision_config.patch_size`` per side; ``vision_feature_select_strategy
+      == "default"`` drops the CLS token (``"full"`` keeps it: tokens = grid + 1, no grid; SigLIP towers have no
+      CLS); else ``config.image_seq_length`` (a square count gives a square grid).
+    * LLaVA repo: the vision tower's ``num_patches_per_side`` (or its ``config.image_size`` / ``patch_size``);
+      ``mm_vision_select_feature == "cls_patch"`` keeps CLS.
+    """
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return None
+    pinpoints = getattr(cfg, "image_grid_pinpoints", None)
+    aspect = getattr(cfg, "image_aspect_ratio", None)
+    if pinpoints or (isinstance(aspect, str) and "anyres" in aspect):
+        raise ImageTokenCountError(
+            "%s uses anyres (image_grid_pinpoints / image_aspect_ratio=anyres, LLaVA-NeXT style): the number of "
+            "image tokens depends on each image's size. Feed fixed-size images and pass expected_image_tokens= and "
+            "grid= (or image_token_mask=) for that size" % model_name(model))
+    kind = layout.kind if layout is not None else None
+    if kind == "llava-repo" or hasattr(cfg, "mm_vision_select_feature") or hasattr(cfg, "mm_vision_tower"):
+        vt = layout.vision_tower if layout is not None else None
+        side = _int(getattr(vt, "num_patches_per_side", None)) if vt is not None else None
+        src = "vision tower num_patches_per_side"
+        if side is None and vt is not None:
+            vc = getattr(vt, "config", None)
+            side = _side(getattr(vc, "image_size", None), getattr(vc, "patch_size", None))
+            src = "vision tower config image_size / patch_size"
+        if side is None:
+            return None
+        if getattr(cfg, "mm_vision_select_feature", "patch") == "cls_patch":
+            return ImageTokenGeometry(side * side + 1, None, src + " + CLS (mm_vision_select_feature=cls_patch)")
+        return ImageTokenGeometry(side * side, (side, side), src)
+
+    vc = getattr(cfg, "vision_config", None)
+    side = _side(getattr(vc, "image_size", None), getattr(vc, "patch_size", None)) if vc is not None else None
+    seq = _int(getattr(cfg, "image_seq_length", None))
+    if side is not None:
+        strategy = getattr(cfg, "vision_feature_select_strategy", "default")
+        has_cls = "siglip" not in str(getattr(vc, "model_type", "")).lower()
+        geo = ImageTokenGeometry(side * side, (side, side), "vision_config image_size / patch_size")
+        if strategy == "full" and has_cls:
+            geo = ImageTokenGeometry(side * side + 1, None, geo.source + " + CLS (vision_feature_select_strategy=full)")
+        if seq is not None and seq != geo.tokens:
+            log.warning(
+                "%s: config.image_seq_length is %d but the vision tower gives %d tokens (%s); using %d",
+                model_name(model), seq, geo.tokens, geo.source, geo.tokens)
+        return geo
+    if seq is not None:
+        r = int(round(seq ** 0.5))
+        return ImageTokenGeometry(seq, (r, r) if r * r == seq else None, "config.image_seq_length")
+    return None
+
+
+def resolve_image_tokens(model, layout=None, expected_image_tokens=None, grid=None):
+    """``(tokens, grid)`` for a capture: what the caller passed, completed from the model's config.
+
+    Both given: used as they are (checked by the caller). Only ``grid``: tokens = rows x cols. Only
+    ``expected_image_tokens``: the config's grid when its count matches, else a square grid when the count is a
+    square, else no grid. Neither: :func:`image_token_geometry`; a clear error naming what to pass when the
+    config does not tell."""
+    if expected_image_tokens is not None and grid is not None:
+        return int(expected_image_tokens), (int(grid[0]), int(grid[1]))
+    if grid is not None:
+        return int(grid[0]) * int(grid[1]), (int(grid[0]), int(grid[1]))
+    if expected_image_tokens is not None:
+        t = int(expected_image_tokens)
+        try:
+            geo = image_token_geometry(model, layout)
+        except ImageTokenCountError:  # anyres: the caller's count is for its fixed-size images
+            geo = None
+        if geo is not None and geo.tokens == t:
+            return t, geo.grid
+        r = int(round(t ** 0.5))
+        return t, ((r, r) if r * r == t else None)
+    geo = image_token_geometry(model, layout)
+    if geo is None:
+        raise ImageTokenCountError(
+            "cannot tell how many image tokens %s puts in the LLM per image: its config has no "
+            "vision_config.image_size / patch_size or image_seq_length (LLaVA repo: no vision tower "
+            "num_patches_per_side). Pass expected_image_tokens= and grid=, e.g. expected_image_tokens=576, "
+            "grid=(24, 24) for LLaVA-1.5 (336 px, patch 14)" % model_name(model))
+    return geo.tokens, geo.grid

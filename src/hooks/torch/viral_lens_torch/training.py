@@ -34,9 +34,22 @@ class _RngState:
             sys.modules["numpy"].random.set_state(self.np)
 
 
+def check_run_name(run_name):
+    """Refuse a ``run_name`` that would put captures outside ``out_root``: empty, absolute, or with a ``..`` part
+    (sub-folders such as ``"exp1/run-a"`` are fine). Returns it unchanged."""
+    if not isinstance(run_name, str) or not run_name.strip():
+        raise ValueError("run_name must be a non-empty string, not %r" % (run_name,))
+    parts = run_name.replace("\\", "/").split("/")
+    if os.path.isabs(run_name) or run_name.startswith(("/", "\\")) or os.path.splitdrive(run_name)[0] \
+            or ".." in parts or "\0" in run_name:
+        raise ValueError("run_name %r would write outside out_root: use a relative name without '..' "
+                         "(e.g. 'llava-viral' or 'exp1/run-a')" % (run_name,))
+    return run_name
+
+
 def step_dir(out_root, run_name, step):
     """``out_root/<run_name>/step-<step>`` (the layout of a training run in docs/capture-format.md)."""
-    return os.path.join(os.fspath(out_root), run_name, "step-%d" % int(step))
+    return os.path.join(os.fspath(out_root), check_run_name(run_name), "step-%d" % int(step))
 
 
 def _unwrap(model):
@@ -92,6 +105,7 @@ class ViralLensCallback(_CallbackBase):
     def __init__(self, probe_batches, every_n_steps, out_root, run_name, capture_at_start=True, **capture_kwargs):
         if int(every_n_steps) < 1:
             raise ValueError("every_n_steps must be >= 1")
+        check_run_name(run_name)  # fail when the Trainer is built, not at the first capture
         self.probe_batches = probe_batches
         self.every_n_steps = int(every_n_steps)
         self.out_root = out_root

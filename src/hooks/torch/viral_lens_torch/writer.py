@@ -1,5 +1,6 @@
 """CaptureWriter: writes the viral-lens capture format (docs/capture-format.md), atomically and resumably."""
 
+import concurrent.futures
 import copy
 import datetime
 import json
@@ -21,6 +22,10 @@ VERSION = 1
 MANIFEST = "manifest.json"
 LAYER_TENSOR = "hidden"
 TARGET_TENSOR = "features"
+
+# shards of one batch written in parallel (CaptureWriter._write_shards; 1 = one after the other). I/O-bound, so
+# not tied to the core count: on a 2-core VM 1 -> 287, 4 -> 620, 8 -> 580-700 MB/s vs 780 MB/s for one plain file
+WRITE_WORKERS = 8
 
 _TMP_RE = re.compile(r"\.tmp-\d+(-[0-9a-f]+)?$")  # ours and the TS writer's
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -116,6 +121,8 @@ class CaptureWriter:
         self._ids = set(manifest["samples"]["ids"])
         self._dtypes = {}  # (kind, name) -> safetensors dtype of the shards written so far
         self.ingest = ingest
+        self._made_dir = False  # create() made out_dir (discard_if_empty may then remove it)
+        self.write_workers = WRITE_WORKERS
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -128,7 +135,7 @@ class CaptureWriter:
         optionally declare the layer set (``[{"name", "dim"}]``) and target set (``[{"name", "dim", "tokens",
         "description"}]``) up front; otherwise the first batch declares them. Anything not known yet can be set
         with :meth:`configure` before the first batch (capture_hidden_states does that). ``manifest.json`` is
-        written as soon as it is a valid manifest (model name, token layout and at least one layer known).
+        written with the first batch (a 0-sample capture is never left on disk; see :meth:`discard_if_empty`).
         A directory holding only leftovers of a writer that died before its first manifest (``layers/``,
         ``targets/``, temp files) is cleaned and reused.
         """
@@ -148,13 +155,18 @@ class CaptureWriter:
             for name in os.listdir(out_dir):
                 if name == MANIFEST or _TMP_RE.search(name):
                     os.unlink(os.path.join(out_dir, name))
+        for sub in ("layers", "targets"):
+            if os.path.islink(os.path.join(out_dir, sub)):
+                raise CaptureFormatError("%s: %s is a symbolic link; a capture's folders must be real directories "
+                                         "inside it" % (out_dir, os.path.join(out_dir, sub)))
+        if variant not in VARIANTS:
+            raise CaptureFormatError("variant must be one of %s, not %r" % (", ".join(VARIANTS), variant))
+        made = not os.path.isdir(out_dir)
         try:
             os.makedirs(out_dir, exist_ok=True)
         except OSError as err:
             raise CaptureWriteError("could not create capture directory %s: %s" % (out_dir, err.strerror or err),
                                     path=out_dir) from err
-        if variant not in VARIANTS:
-            raise CaptureFormatError("variant must be one of %s, not %r" % (", ".join(VARIANTS), variant))
         prov = {"tool": "viral-lens-torch %s" % __version__, "created": _utcnow()}
         if provenance:
             prov.update(provenance)
@@ -173,8 +185,8 @@ class CaptureWriter:
         if checkpoint is not None:
             manifest["checkpoint"] = _check_checkpoint(checkpoint)
         w = cls(out_dir, manifest, ingest=ingest)
+        w._made_dir = made
         w._declare(layers, targets)
-        w._write_manifest_if_complete()
         return w
 
     @classmethod
@@ -312,18 +324,49 @@ class CaptureWriter:
         return bool(m.get("token_layout")) and bool(m["layers"]) and bool(m.get("model", {}).get("name"))
 
     def _write_manifest_if_complete(self):
-        if self._complete():
+        # No manifest before the first batch: a 0-sample capture left by a failed start would look valid.
+        if self.count > 0 and self._complete():
             self._write_manifest()
 
+    def discard_if_empty(self):
+        """Remove what this writer left when it holds no sample (a start that failed before its first batch
+        committed): shards of that batch, temp files, and ``out_dir`` itself if :meth:`create` made it.
+        Returns True when the directory is gone. A no-op on a capture with samples."""
+        if self.count > 0 or os.path.exists(os.path.join(self.out_dir, MANIFEST)):
+            return False
+        for sub in ("layers", "targets"):
+            p = os.path.join(self.out_dir, sub)
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p, ignore_errors=True)
+        try:
+            names = os.listdir(self.out_dir)
+        except OSError:
+            return False
+        for name in names:
+            if _TMP_RE.search(name):
+                try:
+                    os.unlink(os.path.join(self.out_dir, name))
+                except OSError:
+                    pass
+        if self._made_dir:
+            try:
+                os.rmdir(self.out_dir)
+                return True
+            except OSError:
+                return False
+        return False
+
     # ------------------------------------------------------------------ writing
-    def append_batch(self, ids, labels=None, layers=None, targets=None, target_descriptions=None):
+    def append_batch(self, ids, labels=None, layers=None, targets=None, target_descriptions=None,
+                     target_compute=None):
         """Append one batch of samples.
 
         ``ids``: list of unique sample ids (strings) not yet in the capture. ``labels``: dict name -> list of
         numbers/strings (one per sample; every batch must carry the same label names). ``layers``: dict canonical
         layer name (``embed``, ``blocks.{i}.out``) -> tensor ``[b, tokens, dim]``; ``targets``: dict name ->
         tensor ``[b, tokens, dim]``. Declared layers / targets must all be present; the first batch declares the
-        rest and fixes dims and dtypes; later batches must match exactly.
+        rest and fixes dims and dtypes; later batches must match exactly. ``target_compute``: optional dict
+        name -> ``{"source", "dtype", "autocast"}`` (how the target was computed), recorded with the first batch.
         """
         ids = [str(i) for i in ids]
         n = len(ids)
@@ -404,6 +447,10 @@ class CaptureWriter:
                 if desc and "description" not in e:
                     new_m["targets"][i] = {"name": e["name"], "description": desc, "dim": e["dim"],
                                            "tokens": e["tokens"], "shards": e["shards"]}
+            for e in new_m["targets"]:
+                info = (target_compute or {}).get(e["name"])
+                if info and "compute" not in e:
+                    e["compute"] = {k: info[k] for k in ("source", "dtype", "autocast") if k in info}
             for name, t in layers.items():
                 new_dtypes[("layer", name)] = _st_dtype(t)
             for name, t in targets.items():
@@ -419,14 +466,16 @@ class CaptureWriter:
                 k += 1
             return "%s/%05d.safetensors" % (folder, k)
 
+        jobs = []
         for e in new_m["layers"]:
             rel = shard_name("layers/%03d" % e["index"], len(e["shards"]))
-            self._write_shard(rel, LAYER_TENSOR, layers[e["name"]], dict(meta, layer=e["name"]))
+            jobs.append((rel, LAYER_TENSOR, layers[e["name"]], dict(meta, layer=e["name"])))
             e["shards"].append({"file": rel, "tensor": LAYER_TENSOR, "start": start, "count": n})
         for e in new_m["targets"]:
             rel = shard_name("targets/%s" % e["name"], len(e["shards"]))
-            self._write_shard(rel, TARGET_TENSOR, targets[e["name"]], dict(meta, target=e["name"]))
+            jobs.append((rel, TARGET_TENSOR, targets[e["name"]], dict(meta, target=e["name"])))
             e["shards"].append({"file": rel, "tensor": TARGET_TENSOR, "start": start, "count": n})
+        self._write_shards(jobs)
         new_m["samples"]["ids"].extend(ids)
         new_m["samples"]["count"] = start + n
         for k, v in clean_labels.items():
@@ -462,6 +511,19 @@ class CaptureWriter:
         if dtype and _st_dtype(t) != dtype:
             raise CaptureFormatError("%s has dtype %s; earlier batches had %s" % (what, _st_dtype(t), dtype))
 
+    def _write_shards(self, jobs):
+        """Write the batch's shards, each atomically, ``write_workers`` at a time: one file's write + fsync
+        rarely fills a fast disk, and both release the GIL. All are attempted; the first error is raised."""
+        workers = min(self.write_workers, len(jobs))
+        if workers <= 1:
+            for job in jobs:
+                self._write_shard(*job)
+            return
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="viral-lens-shard") as ex:
+            futures = [ex.submit(self._write_shard, *job) for job in jobs]
+        for f in futures:
+            f.result()
+
     def _write_shard(self, rel, tensor_name, t, meta):
         path = os.path.join(self.out_dir, *rel.split("/"))
         d = os.path.dirname(path)
@@ -486,8 +548,26 @@ class CaptureWriter:
         atomic_write(os.path.join(self.out_dir, MANIFEST), [data])
 
     # ------------------------------------------------------------------ resume
+    def _refuse_symlinks(self):
+        """A symlinked ``layers/`` / ``targets/`` (or a folder below them) would make resume delete, and the
+        writer write, files outside the capture."""
+        for sub in ("layers", "targets"):
+            root = os.path.join(self.out_dir, sub)
+            if os.path.islink(root):
+                raise CaptureFormatError("%s: %s is a symbolic link (to %s); a capture's folders must be real "
+                                         "directories inside it" % (self.out_dir, root, os.path.realpath(root)))
+            for dirpath, dirnames, _ in os.walk(root):
+                for d in dirnames:
+                    p = os.path.join(dirpath, d)
+                    if os.path.islink(p):
+                        raise CaptureFormatError("%s: %s is a symbolic link (to %s); a capture's folders must be "
+                                                 "real directories inside it"
+                                                 % (self.out_dir, p, os.path.realpath(p)))
+
     def _check_and_clean(self):
         m = self._m
+        self._refuse_symlinks()
+        real_root = os.path.realpath(self.out_dir)
         count = m["samples"]["count"]
         if len(m["samples"]["ids"]) != count or len(self._ids) != count:
             raise CaptureFormatError("%s: samples.ids has %d entries (%d unique) but samples.count is %d"
@@ -507,6 +587,10 @@ class CaptureWriter:
                     if not os.path.isfile(os.path.join(self.out_dir, *rel.split("/"))):
                         raise CaptureFormatError("%s: manifest lists %s but the file is missing"
                                                  % (self.out_dir, rel))
+                    real = os.path.realpath(os.path.join(self.out_dir, *rel.split("/")))
+                    if os.path.commonpath([real, real_root]) != real_root:
+                        raise CaptureFormatError("%s: shard %s resolves to %s, outside the capture"
+                                                 % (self.out_dir, rel, real))
                     keep.add(os.path.normpath(rel))
                     if (kind, e["name"]) not in self._dtypes:
                         header, _, _ = read_header(os.path.join(self.out_dir, *rel.split("/")))
