@@ -165,6 +165,40 @@ export interface CurvePoint {
   engine?: string;
 }
 
+/** The fields of a layer-sweep row that a curve point carries (analysis/layerwise.ts LayerwiseRow has them all). */
+export interface SweepRowFields {
+  target: string;
+  metric: string;
+  layer: string;
+  layer_index: number;
+  value: number | null;
+  ci_low?: number | null;
+  ci_high?: number | null;
+  k: number | null;
+  n: number;
+  preprocess: string;
+  token_mode: string;
+  engine: string;
+}
+
+/** One point of a layer-wise curve, from a sweep row and the series it belongs to (CLI figure and dashboard alike). */
+export function curvePoint(r: SweepRowFields, series: Pick<CurvePoint, 'series' | 'variant' | 'step' | 'run'>): CurvePoint {
+  return {
+    ...series,
+    target: r.target,
+    metric: r.metric,
+    layer: r.layer,
+    layer_index: r.layer_index,
+    value: r.value,
+    ...(r.ci_low === undefined ? {} : { ci_low: r.ci_low, ci_high: r.ci_high ?? null }),
+    k: r.k,
+    n: r.n,
+    preprocess: r.preprocess,
+    token_mode: r.token_mode,
+    engine: r.engine,
+  };
+}
+
 function finiteOrNull(v: unknown): number | null {
   return typeof v === 'number' && Number.isFinite(v) ? v : null;
 }

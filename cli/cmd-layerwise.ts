@@ -1,7 +1,7 @@
 import { stat, writeFile } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { layerwiseFigure, renderFigure, type CurvePoint, type Series } from '../analysis/figures.js';
+import { curvePoint, layerwiseFigure, renderFigure, type CurvePoint, type Series } from '../analysis/figures.js';
 import {
   findStepCaptures,
   runCheckpoints,
@@ -197,22 +197,7 @@ function sweepFigure(rows: readonly LayerwiseRow[], checkpoints: boolean, engine
   const label = (r: LayerwiseRow) => (checkpoints ? checkpointLabel(r as CheckpointRow) : r.variant);
   const series = new Map<string, Series>();
   for (const r of rows) if (!series.has(label(r))) series.set(label(r), { label: label(r), variant: r.variant, step: r.step, run: r.capture });
-  const points: CurvePoint[] = rows.map((r) => ({
-    series: label(r),
-    variant: r.variant,
-    step: r.step,
-    target: r.target,
-    metric: r.metric,
-    layer: r.layer,
-    layer_index: r.layer_index,
-    value: r.value,
-    ...(r.ci_low === undefined ? {} : { ci_low: r.ci_low, ci_high: r.ci_high ?? null }),
-    k: r.k,
-    n: r.n,
-    preprocess: r.preprocess,
-    token_mode: r.token_mode,
-    engine: r.engine,
-  }));
+  const points: CurvePoint[] = rows.map((r) => curvePoint(r, { series: label(r), variant: r.variant, step: r.step }));
   const first = rows[0];
   if (!first) throw new InputError('--figure: no rows to draw');
   const ns = [...new Set(rows.map((r) => r.n))];

@@ -9,6 +9,7 @@ import { attentionOverlayFigure, entropyHeatmapFigure, readAttention, type Atten
 import type { PcaGridResult, UmapRunResult } from '../analysis/embeddings.js';
 import {
   checkpointFigure,
+  curvePoint,
   layerwiseFigure,
   pcaGridFigure,
   probeFigure,
@@ -292,23 +293,7 @@ async function curves(ctx: FigureContext, sel: Selected[], q: FigureQuery, signa
           ns.add(r.n);
           engines.add(`${r.engine} (${r.precision})`);
           if (typeof r.preprocess === 'string') provenance.preprocess = r.preprocess;
-          points.push({
-            series: series.label,
-            variant: capture.variant!,
-            step: capture.step,
-            run: capture.run,
-            target: r.target,
-            metric: r.metric,
-            layer: r.layer,
-            layer_index: r.layer_index,
-            value: r.value,
-            ...(r.ci_low === undefined ? {} : { ci_low: r.ci_low, ci_high: r.ci_high ?? null }),
-            k: r.k,
-            n: r.n,
-            preprocess: r.preprocess,
-            token_mode: r.token_mode,
-            engine: r.engine,
-          });
+          points.push(curvePoint(r, { series: series.label, variant: capture.variant!, step: capture.step, run: capture.run }));
         }
       } catch (err) {
         if ((err as Error).name === 'AbortError') throw err;

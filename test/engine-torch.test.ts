@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { execFile, spawnSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -13,22 +13,9 @@ import { TorchEngine, torchStatus, TorchUnavailableError, TorchWorkerDiedError }
 import type { Matrix } from '../src/matrix.js';
 import { computeMetric, Features, METRIC_NAMES, preprocess, PREPROCESS_NAMES } from '../src/metrics/index.js';
 import { writeNpy } from '../src/store/npy.js';
-import { randn } from './helpers.js';
+import { findTorchPython, randn } from './helpers.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-
-/**
- * The torch engine needs a Python that imports torch. Debian's python3-torch lives in /usr/bin/python3's
- * dist-packages, which a pyenv/venv python3 first on PATH does not see, so VIRAL_LENS_PYTHON and both are tried.
- */
-function findTorchPython(): string | null {
-  for (const py of [process.env.VIRAL_LENS_PYTHON, '/usr/bin/python3', 'python3']) {
-    if (!py) continue;
-    const r = spawnSync(py, ['-c', 'import torch'], { stdio: 'ignore' });
-    if (r.status === 0) return py;
-  }
-  return null;
-}
 
 const python = findTorchPython();
 const missing = python ? false : 'no python with torch found (VIRAL_LENS_PYTHON, /usr/bin/python3, python3; apt-get install python3-torch): torch engine tests skipped';

@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import type { Matrix } from '../src/matrix.js';
 
 /** golden.json's generator, written from its formulas (fixtures/golden/golden.json). */
@@ -54,4 +55,17 @@ export function matmul(a: Matrix, r: Float64Array, q: number): Matrix & { data: 
 
 export function scale(a: Matrix, s: number): Matrix & { data: Float64Array } {
   return { rows: a.rows, cols: a.cols, data: Float64Array.from(a.data, (v) => v * s) };
+}
+
+/**
+ * A Python that imports torch, for the shim and torch-engine tests. Debian's python3-torch lives in /usr/bin/python3's
+ * dist-packages, which a pyenv/venv python3 first on PATH does not see, so VIRAL_LENS_PYTHON and both are tried.
+ */
+export function findTorchPython(): string | null {
+  for (const py of [process.env.VIRAL_LENS_PYTHON, '/usr/bin/python3', 'python3']) {
+    if (!py) continue;
+    const r = spawnSync(py, ['-c', 'import torch'], { stdio: 'ignore' });
+    if (r.status === 0) return py;
+  }
+  return null;
 }

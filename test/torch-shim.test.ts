@@ -8,21 +8,10 @@ import { fileURLToPath } from 'node:url';
 import { runLayerwise } from '../analysis/layerwise.js';
 import { createEngine } from '../src/engine/index.js';
 import { openCapture, validateCapture } from '../src/store/capture.js';
+import { findTorchPython } from './helpers.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const shim = join(root, 'src', 'hooks', 'torch');
-
-/**
- * The PyTorch shim needs a Python that can import torch. Debian's python3-torch lives in /usr/bin/python3's
- * dist-packages, which a pyenv/venv python3 earlier on PATH does not see, so both are tried.
- */
-function findTorchPython(): string | null {
-  for (const py of ['/usr/bin/python3', 'python3']) {
-    const r = spawnSync(py, ['-c', 'import torch'], { stdio: 'ignore' });
-    if (r.status === 0) return py;
-  }
-  return null;
-}
 
 const python = findTorchPython();
 const missing = python ? false : 'python3 with torch not found (apt-get install python3-torch); the PyTorch shim tests need it';
