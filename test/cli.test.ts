@@ -162,7 +162,10 @@ test('bin/viral-lens.mjs runs the compiled build (npm install / npm ci build dis
   const sources = await bin(join(root, 'bin', 'viral-lens.mjs'), { VIRAL_LENS_TSX: '1' }, ...args);
   assert.equal(compiled.code, 0, compiled.stderr);
   assert.equal(sources.code, 0, sources.stderr);
-  assert.equal(sources.stderr, '', 'VIRAL_LENS_TSX=1 runs the sources without a note');
+  // A = 64 samples at k = 10 is below the n ≥ 10·k rule, so both builds print the CKNNA small-n warning; nothing else.
+  const notes = (stderr: string) => stderr.split('\n').filter((l) => l !== '' && !l.startsWith('warning: CKNNA at small n'));
+  assert.match(sources.stderr, /^warning: CKNNA at small n = 64 for k = 10/);
+  assert.deepEqual(notes(sources.stderr), [], 'VIRAL_LENS_TSX=1 runs the sources without a note');
   assert.ok(Math.abs(JSON.parse(compiled.stdout).value - golden.cases[0].expected['cknna(A,B,k)']) <= 1e-9);
   assert.equal(compiled.stdout, sources.stdout, 'the compiled build and the sources print the same bytes');
   if (FALLBACK_NOTE.test(compiled.stderr)) {
@@ -171,7 +174,7 @@ test('bin/viral-lens.mjs runs the compiled build (npm install / npm ci build dis
     t.skip(`dist/ is missing or stale here (${compiled.stderr.trim()}); npm run build refreshes it`);
     return;
   }
-  assert.equal(compiled.stderr, '');
+  assert.equal(compiled.stderr, sources.stderr);
   const help = await bin(join(root, 'bin', 'viral-lens.mjs'), {}, '--help');
   assert.equal(help.code, 0);
   assert.match(help.stdout, /^viral-lens — .*\n\nusage: viral-lens <command>/);
@@ -186,6 +189,7 @@ test('bin/viral-lens.mjs without dist/ says so in one line and still answers thr
   const r = await bin(join(fake, 'bin', 'viral-lens.mjs'), { VIRAL_LENS_TSX: '' }, 'compare', join(dir, 'A.npy'), join(dir, 'B.npy'), '--metric', 'cknna', '--preprocess', 'l2', '--engine', 'ref', '--json');
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stderr, /^viral-lens: dist\/ is missing; running the TypeScript sources through tsx .*npm run build/);
-  assert.equal(r.stderr.trim().split('\n').length, 1);
+  // The fallback note, then the CKNNA small-n warning (A has 64 samples, k = 10): the note is one line.
+  assert.deepEqual(r.stderr.trim().split('\n').filter((l) => !l.startsWith('warning: CKNNA at small n')).length, 1, r.stderr);
   assert.ok(Math.abs(JSON.parse(r.stdout).value - golden.cases[0].expected['cknna(A,B,k)']) <= 1e-9);
 });
