@@ -20,8 +20,9 @@ import { InputError } from '../src/errors.js';
 import { initBackend, type BackendInfo, type BackendName } from '../src/model/backend.js';
 import { extractSceneFeatures, loadTeacher, loadVisionEncoder, type EncoderSpec } from '../src/model/encoders.js';
 import { MODEL_VARIANTS, type ModelVariant } from '../src/model/mini-llava.js';
-import { generateScenes, QUESTION_TYPES, splitByImage } from '../src/model/scenes.js';
-import { DEFAULT_TRAIN, type EvalResult } from '../src/model/train.js';
+import { generateScenes, QUESTION_TYPES, splitByImage, type QuestionType, type Scene } from '../src/model/scenes.js';
+import { CHANCE_DEFINITION, chanceLevels, type ChanceLevel } from '../src/model/chance.js';
+import { DEFAULT_TRAIN, evalTurns, trainingTurns, type EvalResult } from '../src/model/train.js';
 import { DEMO_MODEL_NAME, runVariant, type VariantRunEvent, type VariantRunInput, type VariantRunResult } from '../src/hooks/train-run.js';
 import { attentionEntropy, entropyHeatmapFigure, writeAttention, type AttentionEntropyResult } from './attention.js';
 import { trainingFigure, variantsFigure, type AccuracyRow, type CurvePoint, type Figure, type Series } from './figures.js';
@@ -108,6 +109,8 @@ export interface AccuracyCell {
   total: number;
   accuracy: number;
   accuracy_shuffled: number | null;
+  /** Chance level of this question type on the same held-out questions (src/model/chance.ts); null: no guess. */
+  chance: number | null;
 }
 
 export interface DemoResult {
@@ -131,6 +134,8 @@ export interface DemoResult {
   /** The same over every capture step (training dynamics). */
   dynamics: LayerwiseRow[];
   accuracy: AccuracyCell[];
+  /** Chance level per question type (src/model/chance.ts), with the guessed answer; the same for every variant. */
+  chance: Record<QuestionType | 'overall', ChanceLevel>;
   shuffle: ShuffleResult | null;
   attention: AttentionEntropyResult[];
   files: Record<string, string>;
@@ -323,12 +328,18 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   }
   const engineDescription = describeEngine(engine);
 
+  const chance = demoChance(options.seed, size, scenes);
   const accuracy: AccuracyCell[] = variants.flatMap((v) => {
     const shuffledMean = (pick: (r: VariantRunResult['final']['original']) => number) =>
       v.final.shuffled.length ? v.final.shuffled.reduce((a, r) => a + pick(r), 0) / v.final.shuffled.length : null;
+    const cell = (t: QuestionType | 'overall', acc: VariantRunResult['final']['original']['overall'], shuffledAcc: number | null): AccuracyCell => {
+      // The chance level must be scored on the very questions the variant was evaluated on.
+      if (chance[t].total !== acc.total) throw new Error(`${v.variant} ${t}: chance level over ${chance[t].total} held-out questions, accuracy over ${acc.total}`);
+      return { variant: v.variant, question_type: t, ...acc, accuracy_shuffled: shuffledAcc, chance: chance[t].chance };
+    };
     return [
-      { variant: v.variant, question_type: 'overall', ...v.final.original.overall, accuracy_shuffled: shuffledMean((r) => r.overall.accuracy) },
-      ...QUESTION_TYPES.map((t) => ({ variant: v.variant, question_type: t, ...v.final.original.byType[t], accuracy_shuffled: shuffledMean((r) => r.byType[t].accuracy) })),
+      cell('overall', v.final.original.overall, shuffledMean((r) => r.overall.accuracy)),
+      ...QUESTION_TYPES.map((t) => cell(t, v.final.original.byType[t], shuffledMean((r) => r.byType[t].accuracy))),
     ];
   });
 
@@ -367,12 +378,28 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     layerwise,
     dynamics,
     accuracy,
+    chance,
     shuffle,
     attention,
     files,
   };
   Object.assign(files, await writeDemoFiles(result));
   return result;
+}
+
+/**
+ * The chance level per question type of a demo run (src/model/chance.ts): majority answers over the questions every
+ * variant trains on (seed, steps, batch, turns, as train() draws them), scored on the final evaluation's held-out
+ * questions. Needs no model: the scenes and the split are enough.
+ */
+export function demoChance(seed: number, size: Pick<DemoSize, 'images' | 'heldoutFraction' | 'steps' | 'batchSize' | 'turns' | 'evalDialogues' | 'shuffleSeeds'>, scenes?: readonly Scene[]): Record<QuestionType | 'overall', ChanceLevel> {
+  const all = scenes ?? generateScenes(seed, size.images);
+  const split = splitByImage(size.images, size.heldoutFraction, seed);
+  // The same data seed as the variants' training (runDemo: dataSeed = seed) and the same final evaluation.
+  const train = trainingTurns(all, split.train, { steps: size.steps, batchSize: size.batchSize, turns: size.turns, seed });
+  const e = demoEvalSettings(seed, size);
+  const heldout = evalTurns(all, split.heldout, { turns: size.turns, dialogues: e.dialogues, seed: e.seed });
+  return chanceLevels(train, heldout);
 }
 
 /** The final evaluation's settings, derived from the run's seed and size (demo.json records both). */
@@ -551,6 +578,7 @@ async function writeDemoFiles(r: DemoResult): Promise<Record<string, string>> {
         evals: v.evals,
       })),
       accuracy: r.accuracy,
+      chance: { definition: CHANCE_DEFINITION, by_type: r.chance },
       layerwise: r.layerwise,
     }),
   );

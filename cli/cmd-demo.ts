@@ -168,16 +168,24 @@ export function renderDemo(r: DemoResult): string {
     out.push('');
   }
   const o = r.variants[0]!.final.original;
+  const shuffledRows = r.size.shuffleSeeds.length > 0;
   out.push(
-    `Held-out accuracy (%), ${o.questions} questions on ${o.images} images, teacher-forced answers; "shuffled" = image tokens permuted before the projector (mean of ${r.size.shuffleSeeds.length} seed(s))`,
+    `Held-out accuracy (%), ${o.questions} questions on ${o.images} images, teacher-forced answers; chance = always the question type's most frequent training answer, scored on the same questions` +
+      (shuffledRows ? `; "shuffled" = image tokens permuted before the projector (mean of ${r.size.shuffleSeeds.length} seed(s))` : ''),
   );
   const types = ['overall', ...QUESTION_TYPES];
-  const body = r.variants.map((v) => [
-    v.variant,
-    ...types.map((t) => pct(r.accuracy.find((a) => a.variant === v.variant && a.question_type === t)?.accuracy)),
-    ...['overall'].map((t) => pct(r.accuracy.find((a) => a.variant === v.variant && a.question_type === t)?.accuracy_shuffled)),
-  ]);
-  out.push(table(['variant', ...types, 'overall shuffled'], body).trimEnd());
+  const cellOf = (v: string, t: string) => r.accuracy.find((a) => a.variant === v && a.question_type === t);
+  const guess = (t: string) => r.chance[t as keyof DemoResult['chance']]?.answer;
+  const body = [
+    ['questions', ...types.map((t) => String(cellOf(v0.variant, t)?.total ?? '–'))],
+    // "–": no guess (a type never asked in training); the guessed answer in brackets.
+    ['chance', ...types.map((t) => (cellOf(v0.variant, t)?.chance == null ? '–' : `${pct(cellOf(v0.variant, t)?.chance)}${guess(t) ? ` (${guess(t)})` : ''}`))],
+    ...r.variants.flatMap((v) => [
+      [v.variant, ...types.map((t) => pct(cellOf(v.variant, t)?.accuracy))],
+      ...(shuffledRows ? [[`${v.variant} shuffled`, ...types.map((t) => pct(cellOf(v.variant, t)?.accuracy_shuffled))]] : []),
+    ]),
+  ];
+  out.push(table(['', ...types], body).trimEnd());
   if (r.shuffle) {
     // The seed-averaged row when there are several seeds, else the single seed's row.
     const all = r.shuffle.rows.filter((x) => x.question_type === 'all');

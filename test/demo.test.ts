@@ -10,11 +10,13 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { clearPreviousDemo } from '../analysis/demo.js';
+import { clearPreviousDemo, demoEvalSettings, QUICK_SIZE } from '../analysis/demo.js';
 import { runLayerwise } from '../analysis/layerwise.js';
 import { createEngine } from '../src/engine/index.js';
 import { InputError } from '../src/errors.js';
 import { DEMO_MODEL_NAME } from '../src/hooks/train-run.js';
+import { generateScenes, splitByImage, VOCAB } from '../src/model/scenes.js';
+import { evalTurns, trainingTurns } from '../src/model/train.js';
 import { listRuns, openCapture, validateCapture } from '../src/store/capture.js';
 
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
@@ -42,7 +44,9 @@ test('demo --quick: three variants trained, captured, analysed; the run folder i
   const backendLine = /backend: [^\n]*/.exec(stdout)?.[0] ?? '';
   assert.match(backendLine, /backend: tfjs (wasm \(SIMD|wasm \(no SIMD|pure-JS cpu)/);
   assert.doesNotMatch(backendLine, /GPU|gpu/);
-  assert.match(stdout, /variant +overall +count +colour +shape +relation/);
+  assert.match(stdout, /\n +overall +count +colour +shape +relation *\n/);
+  assert.match(stdout, /\nchance +\d+\.\d +\d+\.\d \(\w+\) /);
+  assert.match(stdout, /\nviral shuffled +\d+\.\d +\d+\.\d +\d+\.\d +\d+\.\d +\d+\.\d/);
   assert.match(stderr, /baseline: 30 steps/);
 
   const runs = await listRuns(out);
@@ -88,6 +92,29 @@ test('demo --quick: three variants trained, captured, analysed; the run folder i
   for (const f of ['demo.json', 'dynamics.csv', 'accuracy.csv', 'shuffle.json', 'attention.json', 'figures/variants.vl.json', 'baseline/model.safetensors']) {
     assert.ok((await stat(join(out, f))).size > 0, f);
   }
+  // Chance level, counted here: the majority answer per type over the questions the variants trained on (seed 0,
+  // --quick sizes), scored on the held-out questions they were evaluated on.
+  const scenes = generateScenes(0, QUICK_SIZE.images);
+  const split = splitByImage(QUICK_SIZE.images, QUICK_SIZE.heldoutFraction, 0);
+  const trained = trainingTurns(scenes, split.train, { steps: QUICK_SIZE.steps, batchSize: QUICK_SIZE.batchSize, turns: QUICK_SIZE.turns, seed: 0 });
+  const e = demoEvalSettings(0, QUICK_SIZE);
+  const heldout = evalTurns(scenes, split.heldout, { turns: QUICK_SIZE.turns, dialogues: e.dialogues, seed: e.seed });
+  const guess = new Map<string, string>();
+  for (const type of new Set(trained.map((t) => t.type))) {
+    const n = new Map<string, number>();
+    for (const t of trained) if (t.type === type) n.set(t.answer, (n.get(t.answer) ?? 0) + 1);
+    const top = Math.max(...n.values());
+    guess.set(type, VOCAB.find((w) => n.get(w) === top)!);
+  }
+  const right = (ts: typeof heldout) => ts.filter((t) => guess.get(t.type) === t.answer).length;
+  const demo = JSON.parse(await readFile(join(out, 'demo.json'), 'utf8')) as { accuracy: { variant: string; question_type: string; total: number; chance: number }[] };
+  assert.equal(demo.accuracy.length, 3 * 5);
+  for (const a of demo.accuracy) {
+    const asked = a.question_type === 'overall' ? heldout : heldout.filter((t) => t.type === a.question_type);
+    assert.equal(a.total, asked.length, `${a.variant} ${a.question_type}: evaluated on the questions the chance level is scored on`);
+    assert.equal(a.chance, right(asked) / asked.length, `${a.variant} ${a.question_type}`);
+  }
+  assert.match(await readFile(join(out, 'accuracy.csv'), 'utf8'), /^variant,question_type,correct,total,accuracy,accuracy_shuffled,chance\n/);
   const spec = JSON.parse(await readFile(join(out, 'figures', 'variants.vl.json'), 'utf8')) as { hconcat: unknown[] };
   assert.equal(spec.hconcat.length, 2);
   process.stderr.write(`# demo --quick took ${seconds.toFixed(1)} s\n`);

@@ -12,6 +12,7 @@ import {
   generateScenes,
   IMAGE_SIZE,
   makeDialogue,
+  mixSeed,
   mulberry32,
   QUESTION_LEN,
   renderScene,
@@ -23,7 +24,9 @@ import {
   type Scene,
   type SceneObject,
 } from '../src/model/scenes.js';
-import { batchOrder, learningRate } from '../src/model/train.js';
+import { chanceLevels } from '../src/model/chance.js';
+import type { SceneFeatures } from '../src/model/encoders.js';
+import { batchOrder, evalBatches, evalTurns, learningRate, makeBatch, trainingTurns } from '../src/model/train.js';
 
 const obj = (shape: SceneObject['shape'], colour: SceneObject['colour'], row: number, col: number): SceneObject => {
   const cell = IMAGE_SIZE / 3;
@@ -151,4 +154,43 @@ test('batches: every train image once per epoch, seeded; learning-rate schedule 
   assert.equal(learningRate(9, o), 1);
   assert.ok(Math.abs(learningRate(60, o) - 0.55) < 1e-12);
   assert.ok(Math.abs(learningRate(110, o) - 0.1) < 1e-12);
+});
+
+test('chance level: majority training answer per type, scored on the held-out questions (hand-counted)', () => {
+  const q = (type: 'count' | 'colour' | 'shape' | 'relation', answer: string) => ({ type, answer });
+  // Training: count 0,0,1 → "0"; colour red,none,none,red → tie, "red" comes first in the vocabulary; shape square;
+  // relation yes,no,no → "no".
+  const train = [q('count', '0'), q('count', '1'), q('count', '0'), q('colour', 'none'), q('colour', 'red'), q('colour', 'none'), q('colour', 'red'), q('shape', 'square'), q('relation', 'yes'), q('relation', 'no'), q('relation', 'no')];
+  // Held-out: count 0,2,0,0 → 3/4; colour red,none,blue → 1/3; shape circle,square → 1/2; relation yes,yes → 0/2.
+  const heldout = [q('count', '0'), q('count', '2'), q('colour', 'red'), q('shape', 'circle'), q('count', '0'), q('colour', 'none'), q('relation', 'yes'), q('colour', 'blue'), q('shape', 'square'), q('relation', 'yes'), q('count', '0')];
+  const c = chanceLevels(train, heldout);
+  assert.deepEqual(c.count, { answer: '0', correct: 3, total: 4, chance: 3 / 4 });
+  assert.deepEqual(c.colour, { answer: 'red', correct: 1, total: 3, chance: 1 / 3 });
+  assert.deepEqual(c.shape, { answer: 'square', correct: 1, total: 2, chance: 1 / 2 });
+  assert.deepEqual(c.relation, { answer: 'no', correct: 0, total: 2, chance: 0 });
+  // Overall: each question answered with its own type's guess: 3 + 1 + 1 + 0 of 11.
+  assert.deepEqual(c.overall, { answer: null, correct: 5, total: 11, chance: 5 / 11 });
+  // A held-out type never asked in training has no guess, and then neither has "overall".
+  const none = chanceLevels(train.filter((t) => t.type !== 'relation'), heldout);
+  assert.equal(none.relation.chance, null);
+  assert.equal(none.overall.chance, null);
+  assert.equal(chanceLevels(train, []).count.chance, null);
+});
+
+test('chance level inputs: trainingTurns / evalTurns are exactly the questions of the training and evaluation batches', () => {
+  const scenes = generateScenes(4, 40);
+  const split = splitByImage(40, 0.25, 4);
+  const zeros = (dim: number) => ({ spec: { dim }, data: new Float32Array(40 * 2 * dim) });
+  const ds = { scenes, split, features: { count: 40, tokens: 2, grid: [1, 2], encoder: zeros(3), teacher: zeros(5) } as unknown as SceneFeatures };
+  const asked = (b: { answers: Int32Array; types: string[] }) => [...b.answers].map((a, i) => `${b.types[i]}:${VOCAB[a]}`);
+  const said = (ts: { type: string; answer: string }[]) => ts.map((t) => `${t.type}:${t.answer}`);
+  const o = { turns: 3, dialogues: 2, seed: 1007, batchSize: 4 };
+  assert.deepEqual(said(evalTurns(scenes, split.heldout, o)), evalBatches(ds, split.heldout, o).flatMap(asked));
+  // The training loop's draw, written out by hand here (src/model/train.ts train(): batch order, then per step
+  // mulberry32(mixSeed(seed ^ 0x7a11, step)) over the batch's images).
+  const next = batchOrder(split.train, 9);
+  const byHand: string[] = [];
+  for (let step = 0; step < 7; step++) byHand.push(...asked(makeBatch(ds, next(5), mulberry32(mixSeed(9 ^ 0x7a11, step)), 3)));
+  assert.deepEqual(said(trainingTurns(scenes, split.train, { steps: 7, batchSize: 5, turns: 3, seed: 9 })), byHand);
+  assert.equal(byHand.length, 7 * 5 * 3);
 });

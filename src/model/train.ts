@@ -22,6 +22,7 @@ import {
   type QuestionType,
   type Scene,
   type Split,
+  type Turn,
 } from './scenes.js';
 
 export interface DemoDataset {
@@ -51,6 +52,19 @@ function copyRows(src: Float32Array, rows: readonly number[], rowSize: number): 
   return out;
 }
 
+/**
+ * One dialogue per image, in order, all drawn from `rng`: the questions of a batch. makeBatch and the question-set
+ * readers below (trainingTurns, evalTurns) share it, so the chance level is computed on the very questions the model
+ * is trained and evaluated on.
+ */
+export function batchDialogues(scenes: readonly Scene[], images: readonly number[], rng: () => number, turns: number, only?: readonly QuestionType[]): Turn[][] {
+  return images.map((img) => {
+    const scene = scenes[img];
+    if (!scene) throw new InputError(`image index ${img} out of range (dataset has ${scenes.length})`);
+    return makeDialogue(scene, rng, turns, only);
+  });
+}
+
 /** A batch of dialogues about the given images; `rng` draws the questions. */
 export function makeBatch(ds: DemoDataset, images: readonly number[], rng: () => number, turns: number, only?: readonly QuestionType[]): Batch {
   const f = ds.features;
@@ -58,10 +72,7 @@ export function makeBatch(ds: DemoDataset, images: readonly number[], rng: () =>
   const ids = new Int32Array(B * turns * TURN_LEN);
   const answers = new Int32Array(B * turns);
   const types: QuestionType[] = [];
-  images.forEach((img, b) => {
-    const scene = ds.scenes[img];
-    if (!scene) throw new InputError(`image index ${img} out of range (dataset has ${ds.scenes.length})`);
-    const dialogue = makeDialogue(scene, rng, turns, only);
+  batchDialogues(ds.scenes, images, rng, turns, only).forEach((dialogue, b) => {
     const enc = encodeDialogue(dialogue);
     ids.set(enc, b * turns * TURN_LEN);
     dialogue.forEach((turn, t) => {
@@ -148,6 +159,21 @@ export function batchOrder(train: readonly number[], seed: number): (size: numbe
   };
 }
 
+/** The question draw of training step `step` (train() and trainingTurns). */
+function trainStepRng(seed: number, step: number): () => number {
+  return mulberry32(mixSeed(seed ^ 0x7a11, step));
+}
+
+/** Every question–answer turn train() draws over `o.steps` steps, in order, without touching the features. */
+export function trainingTurns(scenes: readonly Scene[], trainImages: readonly number[], o: Pick<TrainOptions, 'steps' | 'batchSize' | 'turns' | 'seed' | 'questionTypes'>): Turn[] {
+  const next = batchOrder(trainImages, o.seed);
+  const out: Turn[] = [];
+  for (let step = 0; step < o.steps; step++) {
+    for (const d of batchDialogues(scenes, next(o.batchSize), trainStepRng(o.seed, step), o.turns, o.questionTypes)) out.push(...d);
+  }
+  return out;
+}
+
 /** One optimizer step on a batch: returns the losses before the update. */
 export function trainStep(
   model: MiniLlava,
@@ -193,7 +219,7 @@ export async function train(model: MiniLlava, ds: DemoDataset, options: TrainOpt
     for (let step = 0; step < options.steps; step++) {
       options.signal?.throwIfAborted();
       const t0 = performance.now();
-      const rng = mulberry32(mixSeed(options.seed ^ 0x7a11, step));
+      const rng = trainStepRng(options.seed, step);
       const batch = makeBatch(ds, next(options.batchSize), rng, options.turns, options.questionTypes);
       const lr = learningRate(step, options);
       // tfjs has no schedule API; Adam reads this (protected) field at every update, so setting it is a schedule.
@@ -247,16 +273,24 @@ export interface EvalOptions {
   questionTypes?: readonly QuestionType[];
 }
 
-/** The fixed evaluation batches for a set of images (deterministic in the seed). */
-export function evalBatches(ds: DemoDataset, images: readonly number[], o: EvalOptions): Batch[] {
+/** The images and question draw of each evaluation batch (evalBatches and evalTurns). */
+function evalPlan(images: readonly number[], o: EvalOptions): { images: number[]; rng: () => number }[] {
   const bs = o.batchSize ?? 32;
   const rows: number[] = [];
   for (let d = 0; d < o.dialogues; d++) rows.push(...images);
-  const out: Batch[] = [];
-  for (let i = 0; i < rows.length; i += bs) {
-    out.push(makeBatch(ds, rows.slice(i, i + bs), mulberry32(mixSeed(o.seed ^ 0xe7a1, i)), o.turns, o.questionTypes));
-  }
+  const out: { images: number[]; rng: () => number }[] = [];
+  for (let i = 0; i < rows.length; i += bs) out.push({ images: rows.slice(i, i + bs), rng: mulberry32(mixSeed(o.seed ^ 0xe7a1, i)) });
   return out;
+}
+
+/** The fixed evaluation batches for a set of images (deterministic in the seed). */
+export function evalBatches(ds: DemoDataset, images: readonly number[], o: EvalOptions): Batch[] {
+  return evalPlan(images, o).map((p) => makeBatch(ds, p.images, p.rng, o.turns, o.questionTypes));
+}
+
+/** The question–answer turns evaluate() asks about `images` with these options, in order, without the features. */
+export function evalTurns(scenes: readonly Scene[], images: readonly number[], o: EvalOptions): Turn[] {
+  return evalPlan(images, o).flatMap((p) => batchDialogues(scenes, p.images, p.rng, o.turns, o.questionTypes).flat());
 }
 
 /** Teacher-forced answer accuracy per question type (argmax over the whole vocabulary). */
