@@ -19,7 +19,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { runDemo, type DemoResult } from '../analysis/demo.js';
+import { demoChance, runDemo, type DemoResult } from '../analysis/demo.js';
+import { CHANCE_DEFINITION } from '../src/model/chance.js';
 import { layerwiseFigure, type CurvePoint, type Series } from '../analysis/figures.js';
 import { MODEL_VARIANTS } from '../src/model/mini-llava.js';
 import { QUESTION_TYPES } from '../src/model/scenes.js';
@@ -208,8 +209,15 @@ export function analyse(runs: SeedRun[]) {
 
   const types = ['overall', ...QUESTION_TYPES];
   const acc = (variant: string, type: string) => tInterval(runs.map((r) => r.result.accuracy.find((a) => a.variant === variant && a.question_type === type)?.accuracy ?? NaN));
-  md.push(`Held-out accuracy (%) per question type, teacher-forced, mean [95% CI] over seeds; shuffle drop = overall accuracy lost when the image tokens are permuted before the projector (paper Table 3).`, '');
+  // A seed's chance level depends only on its question sets: recomputed when a reused seed file predates the field.
+  const chanceOf = (r: SeedRun, type: string) =>
+    r.result.accuracy.find((a) => a.question_type === type)?.chance ?? demoChance(r.seed, r.result.size)[type as keyof ReturnType<typeof demoChance>]?.chance ?? NaN;
+  md.push(
+    `Held-out accuracy (%) per question type, teacher-forced, mean [95% CI] over seeds; chance = ${CHANCE_DEFINITION}; shuffle drop = overall accuracy lost when the image tokens are permuted before the projector (paper Table 3).`,
+    '',
+  );
   md.push(`| variant | ${types.join(' | ')} | shuffle drop |`, `|---|${types.map(() => '---').join('|')}|---|`);
+  md.push(`| chance | ${types.map((t) => fmtPct(tInterval(runs.map((r) => chanceOf(r, t))))).join(' | ')} | – |`);
   for (const v of variants) {
     md.push(`| ${v} | ${types.map((t) => fmtPct(acc(v, t))).join(' | ')} | ${fmtPct(tInterval(runs.map((r) => r.result.shuffleDrop[v] ?? NaN)))} |`);
   }
@@ -243,7 +251,7 @@ export function analyse(runs: SeedRun[]) {
   const csv = [keys.join(','), ...rows.map((r) => keys.map((k) => String(r[k])).join(','))].join('\n') + '\n';
   return {
     markdown: md.join('\n'),
-    json: { seeds: runs.map((r) => r.seed), size: first.size, backend: first.backend, engine: first.engine, encoder: first.encoder, teacher: first.teacher, align_layer: align, curves: rows, questions: q, accuracy: variants.flatMap((v) => types.map((t) => ({ variant: v, question_type: t, ...acc(v, t) }))) },
+    json: { seeds: runs.map((r) => r.seed), size: first.size, backend: first.backend, engine: first.engine, encoder: first.encoder, teacher: first.teacher, align_layer: align, curves: rows, questions: q, accuracy: variants.flatMap((v) => types.map((t) => ({ variant: v, question_type: t, ...acc(v, t) }))), chance: { definition: CHANCE_DEFINITION, by_type: types.map((t) => ({ question_type: t, ...tInterval(runs.map((r) => chanceOf(r, t))) })) } },
     csv,
     figures: [{ ...fig, name: 'readout-layerwise' }],
   };

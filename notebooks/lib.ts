@@ -103,3 +103,20 @@ export function seriesOf(c: Capture, withStep = false) {
   const step = m.checkpoint?.step ?? null;
   return { label: withStep && step !== null ? `${m.variant} @ ${step}` : m.variant, variant: m.variant, step };
 }
+
+/**
+ * The demo's chance level per question type ('overall', 'count', …; src/model/chance.ts) from <run>/demo.json, as a
+ * fraction; null when the run has no demo.json or an older one without the field (e.g. a PyTorch run).
+ */
+export async function chanceLevels(): Promise<Map<string, number | null> | null> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(join(runDir(), 'demo.json'));
+  } catch {
+    return null;
+  }
+  const rows = (JSON.parse(text) as { accuracy?: { question_type: string; chance?: number | null }[] }).accuracy ?? [];
+  const out = new Map<string, number | null>();
+  for (const r of rows) if (r.chance !== undefined && !out.has(r.question_type)) out.set(r.question_type, r.chance);
+  return out.size ? out : null;
+}
