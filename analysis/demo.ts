@@ -24,6 +24,7 @@ import { generateScenes, QUESTION_TYPES, splitByImage, type QuestionType, type S
 import { CHANCE_DEFINITION, chanceLevels, type ChanceLevel } from '../src/model/chance.js';
 import { DEFAULT_TRAIN, evalTurns, trainingTurns, type EvalResult } from '../src/model/train.js';
 import { DEMO_MODEL_NAME, runVariant, type VariantRunEvent, type VariantRunInput, type VariantRunResult } from '../src/hooks/train-run.js';
+import { DEMO_METRIC } from './demo-settings.js';
 import { attentionEntropy, entropyHeatmapFigure, writeAttention, type AttentionEntropyResult } from './attention.js';
 import { trainingFigure, variantsFigure, type AccuracyRow, type CurvePoint, type Figure, type Series } from './figures.js';
 import { runLayerwise, type LayerwiseRow } from './layerwise.js';
@@ -80,8 +81,7 @@ export const QUICK_SIZE: DemoSize = {
   attentionSamples: 4,
 };
 
-/** How the layer-wise numbers are computed (recorded with every row). */
-export const DEMO_METRIC = { metric: 'cknna' as const, k: 10, preprocess: 'prh' as const, tokenMode: 'per-token' as const };
+export { DEMO_METRIC };
 
 export interface DemoOptions {
   out: string;

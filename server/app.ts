@@ -20,7 +20,7 @@ import { JobRunner } from '../analysis/jobs.js';
 import { InputError } from '../src/errors.js';
 import { parseManifestJson } from '../src/store/manifest.js';
 import { EventHub } from './events.js';
-import { analysisFolders, buildFigure, FIGURES, figureQuerySchema, HOW_TO, parseResults, readAnalysis, type FigureName, type FigureQuery } from './figures-api.js';
+import { analysisFolders, buildFigure, CURVE_DEFAULTS, FIGURES, figureQuerySchema, HOW_TO, parseResults, readAnalysis, type FigureName, type FigureQuery } from './figures-api.js';
 import { CACHE_DIR_NAME, checkCacheDir, RunsIndex } from './runs.js';
 
 export const DEFAULT_PORT = 7860;
@@ -292,7 +292,8 @@ export async function buildApp(options: ServerOptions): Promise<Dashboard> {
         return { ...r, has_results: results !== null && results !== undefined };
       }),
     );
-    return { runs_dir: index.root, runs, captures: index.captures(), live: [...live.values()] };
+    // The controls' defaults come from here, so the page and the API cannot disagree on them.
+    return { runs_dir: index.root, runs, captures: index.captures(), live: [...live.values()], defaults: CURVE_DEFAULTS };
   });
 
   app.get('/api/runs/:run', { schema: { params: runParams, querystring: emptyQuery } }, async (request) => {

@@ -25,6 +25,7 @@ import {
   type Series,
 } from '../analysis/figures.js';
 import type { JobProgress, JobRunner } from '../analysis/jobs.js';
+import { DEMO_METRIC } from '../analysis/demo-settings.js';
 import { summariseWarnings } from '../analysis/layerwise.js';
 import { readProbes } from '../analysis/probes.js';
 import { readShuffle, shuffleFigure, type ShuffleResult } from '../analysis/shuffle.js';
@@ -253,8 +254,28 @@ interface CurveRequest {
   tokens: TokenMode;
 }
 
+/**
+ * The similarity defaults of every curve page: the demo readout's settings (analysis/demo-settings.ts), so the page
+ * that opens shows the numbers the README and `npm run demo` print (per-token, n = 2352 on the default demo).
+ */
+export const CURVE_DEFAULTS: CurveRequest = { metric: DEMO_METRIC.metric, k: DEMO_METRIC.k, preprocess: DEMO_METRIC.preprocess, tokens: DEMO_METRIC.tokenMode };
+
+/**
+ * Per token, n = samples × tokens grows fast on real models (500 images × 576 tokens = 288 000 rows: minutes of kNN
+ * per layer). Without an explicit max_rows, a per-token curve over more rows than this takes a seeded subsample of
+ * this many, and the page says so; the demo's 2352 stay whole.
+ */
+export const PER_TOKEN_DEFAULT_MAX_ROWS = 10_000;
+
 function curveParams(q: FigureQuery): CurveRequest {
-  return { metric: q.metric ?? 'cknna', k: q.k ?? 10, preprocess: q.preprocess ?? 'prh', tokens: q.tokens ?? 'mean' };
+  return { metric: q.metric ?? CURVE_DEFAULTS.metric, k: q.k ?? CURVE_DEFAULTS.k, preprocess: q.preprocess ?? CURVE_DEFAULTS.preprocess, tokens: q.tokens ?? CURVE_DEFAULTS.tokens };
+}
+
+/** The row cap of one capture's curve: max_rows when given, else PER_TOKEN_DEFAULT_MAX_ROWS for a larger per-token n. */
+export function curveMaxRows(capture: CaptureSummary, tokens: TokenMode, q: FigureQuery): number | undefined {
+  if (q.max_rows !== undefined) return q.max_rows;
+  const rows = (capture.samples ?? 0) * (tokens === 'per-token' ? (capture.tokens ?? 1) : 1);
+  return tokens === 'per-token' && rows > PER_TOKEN_DEFAULT_MAX_ROWS ? PER_TOKEN_DEFAULT_MAX_ROWS : undefined;
 }
 
 /** Runs (or fetches) the layer-wise job of every selected capture; failures become per-capture errors. */
@@ -266,11 +287,14 @@ async function curves(ctx: FigureContext, sel: Selected[], q: FigureQuery, signa
   const ns = new Set<number>();
   const engines = new Set<string>();
   const warned: { warning?: string; capture: string; layer: string; target: string }[] = [];
+  const capped: string[] = [];
   let done = 0;
   await Promise.all(
     sel.map(async ({ capture, series }) => {
       try {
         const dir = await ctx.index.dirOf(capture.id);
+        const maxRows = curveMaxRows(capture, p.tokens, q);
+        if (maxRows !== undefined && q.max_rows === undefined) capped.push(capture.id);
         const { result } = await ctx.runner.run(
           'layerwise',
           {
@@ -280,7 +304,7 @@ async function curves(ctx: FigureContext, sel: Selected[], q: FigureQuery, signa
             preprocess: p.preprocess,
             ...(q.q === undefined ? {} : { q: q.q }),
             tokenMode: p.tokens,
-            ...(q.max_rows === undefined ? {} : { maxRows: q.max_rows }),
+            ...(maxRows === undefined ? {} : { maxRows }),
             seed: q.seed ?? 0,
             ...(q.bootstrap ? { bootstrap: q.bootstrap } : {}),
             ...(q.bootstrap && q.ci !== undefined ? { ci: q.ci } : {}),
@@ -312,8 +336,15 @@ async function curves(ctx: FigureContext, sel: Selected[], q: FigureQuery, signa
   provenance.engine = [...engines].join(', ') || ctx.engine;
   if (q.bootstrap) provenance.bootstrap = { draws: q.bootstrap, ci: q.ci ?? 0.95 };
   if (q.max_rows) provenance.max_rows = q.max_rows;
+  else if (capped.length) provenance.max_rows = PER_TOKEN_DEFAULT_MAX_ROWS;
   // Caveats on the numbers (e.g. CKNNA at small n relative to k), shown in the page's notes.
   const warnings = summariseWarnings(warned).map((w) => `warning: ${w}`);
+  if (capped.length) {
+    capped.sort();
+    warnings.push(
+      `per-token rows subsampled to ${PER_TOKEN_DEFAULT_MAX_ROWS} (seed ${q.seed ?? 0}) in ${capped.length === 1 ? capped[0] : `${capped.length} captures`}: more rows than the default view computes; set max_rows to change`,
+    );
+  }
   return { points, errors, provenance, warnings };
 }
 

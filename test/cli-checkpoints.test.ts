@@ -76,7 +76,8 @@ test('layerwise RUN_DIR gives the dashboard checkpoints page numbers, step by la
   assert.match(r.stdout, /n = 40/);
   const rows = JSON.parse((await cli('layerwise', join(root, 'viral'), '--engine', 'ref', '--quiet', '--json')).stdout) as Row[];
   assert.equal(rows.length, 2 * 5 * 2);
-  const api = await d.app.inject({ url: '/api/export/checkpoints?runs=viral&target=clip&format=json' });
+  // The CLI's token mode is mean; the dashboard's default is per-token (the demo readout's): ask it for mean.
+  const api = await d.app.inject({ url: '/api/export/checkpoints?runs=viral&target=clip&tokens=mean&format=json' });
   assert.equal(api.statusCode, 200, api.body);
   const served = api.json().rows as { step: number; layer_index: number; value: number; k: number; target: string }[];
   assert.equal(served.length, 10);
@@ -107,7 +108,7 @@ test('layerwise CAPTURE_A CAPTURE_B puts captures side by side: rows carry check
   const rows = JSON.parse(r.stdout) as Row[];
   assert.deepEqual([...new Set(rows.map((x) => x.checkpoint))], ['viral/step-200', 'baseline/step-200']);
   assert.ok(rows.every((x) => x.step === 200));
-  const api = await d.app.inject({ url: '/api/export/layerwise?captures=viral/step-200,baseline/step-200&target=clip&format=json' });
+  const api = await d.app.inject({ url: '/api/export/layerwise?captures=viral/step-200,baseline/step-200&target=clip&tokens=mean&format=json' });
   assert.equal(api.statusCode, 200, api.body);
   const served = api.json().rows as { variant: string; layer_index: number; value: number }[];
   assert.equal(served.length, 10);

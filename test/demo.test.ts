@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { clearPreviousDemo, demoEvalSettings, QUICK_SIZE } from '../analysis/demo.js';
 import { runLayerwise } from '../analysis/layerwise.js';
+import { buildApp } from '../server/app.js';
 import { createEngine } from '../src/engine/index.js';
 import { InputError } from '../src/errors.js';
 import { DEMO_MODEL_NAME } from '../src/hooks/train-run.js';
@@ -115,6 +116,22 @@ test('demo --quick: three variants trained, captured, analysed; the run folder i
     assert.equal(a.chance, right(asked) / asked.length, `${a.variant} ${a.question_type}`);
   }
   assert.match(await readFile(join(out, 'accuracy.csv'), 'utf8'), /^variant,question_type,correct,total,accuracy,accuracy_shuffled,chance\n/);
+  // The dashboard opens on the readout's numbers: its default layer-wise view (no query parameters but the target)
+  // gives demo.json's rows, same token mode and n.
+  const dash = await buildApp({ runsDir: out, engine: 'ref', workers: 1, cacheDir: null, pollMs: 100_000 });
+  try {
+    const lw = (await dash.app.inject({ url: '/api/layerwise?target=teacher' })).json() as { provenance: { n: number; token_mode: string }; rows: { variant: string; layer_index: number; value: number }[] };
+    const stored = (JSON.parse(await readFile(join(out, 'demo.json'), 'utf8')) as { layerwise: { variant: string; target: string; layer_index: number; value: number; n: number; token_mode: string }[] }).layerwise.filter((x) => x.target === 'teacher');
+    assert.equal(lw.provenance.n, stored[0]!.n);
+    assert.equal(lw.provenance.token_mode, stored[0]!.token_mode);
+    assert.equal(lw.rows.length, stored.length);
+    for (const x of stored) {
+      const y = lw.rows.find((r) => r.variant === x.variant && r.layer_index === x.layer_index)!;
+      assert.ok(Math.abs(y.value - x.value) < 1e-6, `${x.variant} ℓ=${x.layer_index}: dashboard ${y.value}, demo ${x.value}`);
+    }
+  } finally {
+    await dash.close();
+  }
   const spec = JSON.parse(await readFile(join(out, 'figures', 'variants.vl.json'), 'utf8')) as { hconcat: unknown[] };
   assert.equal(spec.hconcat.length, 2);
   process.stderr.write(`# demo --quick took ${seconds.toFixed(1)} s\n`);

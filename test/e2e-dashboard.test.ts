@@ -106,9 +106,19 @@ test('layer-wise: lines with marked layers; metric and token selectors change th
   assert.ok((await count(`${card} .mark-line path`)) >= 3, 'one line per variant');
   assert.ok((await count(`${card} .mark-symbol path`)) >= 15, 'points per layer');
   assert.ok((await count(`${card} .mark-rule line`)) >= 1, 'the aligned layer is marked');
-  assert.match((await page.textContent(card)) ?? '', /CKNNA, k = 10 · target clip · tokens mean · preprocess prh\(q=0\.95\) · n = 40 · engine ref/);
+  // Opens on the demo readout's settings: per-token rows (40 images × 4 tokens), n ≥ 10·k, so no small-n warning.
+  assert.match((await page.textContent(card)) ?? '', /CKNNA, k = 10 · target clip · tokens per-token · preprocess prh\(q=0\.95\) · n = 160 · engine ref/);
+  assert.equal(await page.inputValue('select[name="tokens"]'), 'per-token');
+  assert.equal(await count(`${card} .msg.warning`), 0);
   assert.match((await page.textContent(card)) ?? '', /VIRAL aligned ℓ=2/);
   await shot('layerwise');
+  // Mean-pooled, n = 40 < 10·k: the CKNNA small-n warning is shown on the card.
+  await page.selectOption('select[name="tokens"]', 'mean');
+  v = await ready('layerwise', v);
+  assert.match((await page.textContent(card)) ?? '', /tokens mean · preprocess prh\(q=0\.95\) · n = 40/);
+  assert.ok(await page.isVisible(`${card} .msg.warning`), 'small-n warning visible');
+  assert.match((await page.textContent(`${card} .msg.warning`)) ?? '', /CKNNA at small n = 40 for k = 10 \(n < 10·k\)/);
+  assert.match(page.url(), /tokens=mean/);
   await page.selectOption('select[name="metric"]', 'mutual_knn');
   v = await ready('layerwise', v);
   assert.match((await page.textContent(card)) ?? '', /mutual k-NN, k = 10/);
@@ -116,9 +126,9 @@ test('layer-wise: lines with marked layers; metric and token selectors change th
   await page.selectOption('select[name="target"]', 'dinov2');
   v = await ready('layerwise', v);
   assert.match((await page.textContent(card)) ?? '', /target dinov2/);
-  await page.selectOption('select[name="tokens"]', 'per-token');
+  await page.selectOption('select[name="tokens"]', 'first');
   await ready('layerwise', v);
-  assert.match((await page.textContent(card)) ?? '', /tokens per-token · preprocess prh\(q=0\.95\) · n = 160/);
+  assert.match((await page.textContent(card)) ?? '', /tokens first · preprocess prh\(q=0\.95\) · n = 40/);
   // Export links carry the current selection and return valid files.
   for (const [format, check] of [
     ['svg', (b: Buffer) => assert.match(b.toString('utf8', 0, 200), /^<svg/)],
@@ -127,7 +137,7 @@ test('layer-wise: lines with marked layers; metric and token selectors change th
     ['csv', (b: Buffer) => assert.match(b.toString('utf8').split('\n')[0]!, /metric/)],
   ] as const) {
     const href = await page.getAttribute(`${card} .exports a[data-format="${format}"]`, 'href');
-    assert.match(href!, /metric=mutual_knn.*target=dinov2.*tokens=per-token|tokens=per-token/);
+    assert.match(href!, /metric=mutual_knn.*target=dinov2.*tokens=first/);
     const res = await page.request.get(new URL(href!, server.url).href);
     assert.equal(res.status(), 200, format);
     check(await res.body());

@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { buildApp, DEFAULT_HOST, DEFAULT_PORT, startServer, type Dashboard } from '../server/app.js';
-import { parseResults } from '../server/figures-api.js';
+import { curveMaxRows, parseResults } from '../server/figures-api.js';
+import type { CaptureSummary } from '../server/runs.js';
 import { addBrokenCaptures, makeRunsFixture, writeFixtureCapture } from './server-fixture.js';
 
 let root: string;
@@ -138,6 +139,29 @@ describe('analyses', () => {
     assert.ok(at('baseline', 0) > at('baseline', 4), 'similarity decays with depth in the fixture');
   });
 
+  test("the curve pages' defaults are the demo readout's (CKNNA, k = 10, prh, per-token); small n is warned about", async () => {
+    assert.deepEqual((await get('/api/runs')).json().defaults, { metric: 'cknna', k: 10, preprocess: 'prh', tokens: 'per-token' });
+    const def = (await get('/api/figures/layerwise?runs=viral')).json();
+    assert.equal(def.provenance.token_mode, 'per-token');
+    assert.equal(def.provenance.k, 10);
+    assert.equal(def.provenance.n, 40 * 4);
+    assert.equal(def.provenance.max_rows, undefined);
+    // 160 ≥ 10·k: no caveat. Mean-pooled, n = 40 < 10·k: the CKNNA small-n warning (src/metrics/cknna.ts) is a note.
+    assert.ok(!def.notes.some((n: string) => /small n/.test(n)), def.notes.join('\n'));
+    const mean = (await get('/api/figures/layerwise?runs=viral&tokens=mean')).json();
+    assert.equal(mean.provenance.n, 40);
+    assert.ok(mean.notes.some((n: string) => /^warning: CKNNA at small n = 40 for k = 10 \(n < 10·k\)/.test(n)), mean.notes.join('\n'));
+  });
+
+  test('per token, a capture of more than 10 000 rows is subsampled to 10 000 unless max_rows says otherwise', () => {
+    const capture = (samples: number, tokens: number) => ({ samples, tokens }) as CaptureSummary;
+    assert.equal(curveMaxRows(capture(48, 49), 'per-token', {}), undefined, 'the default demo: 2352 rows, whole');
+    assert.equal(curveMaxRows(capture(500, 576), 'per-token', {}), 10_000);
+    assert.equal(curveMaxRows(capture(500, 576), 'mean', {}), undefined);
+    assert.equal(curveMaxRows(capture(500, 576), 'per-token', { max_rows: 50_000 }), 50_000);
+    assert.equal(curveMaxRows(capture(40, 4), 'mean', { max_rows: 20 }), 20);
+  });
+
   test('bootstrap CIs reach the figure as a band', async () => {
     const r = (await get('/api/figures/layerwise?runs=viral&bootstrap=50&k=5')).json();
     const curve = (r.spec.data.values as { kind: string; ci_low?: number; ci_high?: number; value: number }[]).filter((x) => x.kind === 'curve');
@@ -193,7 +217,8 @@ describe('analyses', () => {
     assert.equal(svg.status, 200);
     assert.match(svg.headers['content-type'] as string, /image\/svg\+xml/);
     assert.match(svg.body, /^<svg[^>]*xmlns="http:\/\/www.w3.org\/2000\/svg"/);
-    assert.match(svg.body, /CKNNA, k = 5 · target clip · tokens mean · preprocess prh\(q=0.95\) · n = 40 · engine ref/);
+    // The default token mode is per-token (the demo readout's): 40 images × 4 tokens.
+    assert.match(svg.body, /CKNNA, k = 5 · target clip · tokens per-token · preprocess prh\(q=0.95\) · n = 160 · engine ref/);
     const png = await get(`/api/export/layerwise?${q}&format=png`);
     assert.deepEqual([...png.raw.subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
     assert.match(png.headers['content-disposition'] as string, /viral-lens-layerwise-cknna-clip\.png/);

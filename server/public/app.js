@@ -298,7 +298,8 @@ class ChartCard {
       ...errors.map((e) =>
         h('div', { class: 'msg error' }, e.capture ? h('span', {}, 'capture ', h('a', { class: 'mono', href: `/capture?id=${encodeURIComponent(e.capture)}` }, e.capture), ': ') : null, e.error),
       ),
-      ...notes.map((n) => h('div', { class: 'msg note' }, n)),
+      // Caveats on the numbers themselves (e.g. CKNNA at small n, from the metric's own rule) stand out from notes.
+      ...notes.map((n) => h('div', { class: n.startsWith('warning:') ? 'msg note warning' : 'msg note' }, n)),
     );
   }
 }
@@ -313,14 +314,20 @@ function pageHeader(title, lede) {
   return [h('h1', {}, title), lede ? h('p', { class: 'lede' }, lede) : null];
 }
 
+/** The server's defaults for metric, k, preprocess and tokens (/api/runs `defaults`: the demo readout's settings). */
+function defaults() {
+  return state.runs.defaults;
+}
+
 function similarityControls(onChange, extra = []) {
   const targets = targetOptions();
+  const d = defaults();
   return [
-    selectParam('metric', 'metric', METRICS, 'cknna', onChange),
+    selectParam('metric', 'metric', METRICS, d.metric, onChange),
     targets.length ? selectParam('target', 'target', targets, targets.some(([t]) => t === 'clip') ? 'clip' : targets[0][0], onChange) : null,
-    selectParam('tokens', 'tokens', TOKENS, 'mean', onChange),
-    numberParam('k', 'k', 10, 2, 1000, onChange),
-    selectParam('preprocess', 'preprocess', PREPROCESS, 'prh', onChange),
+    selectParam('tokens', 'tokens', TOKENS, d.tokens, onChange),
+    numberParam('k', 'k', d.k, 2, 1000, onChange),
+    selectParam('preprocess', 'preprocess', PREPROCESS, d.preprocess, onChange),
     ...extra,
   ];
 }
@@ -454,10 +461,10 @@ const PAGES = {
         runsParam(rebuild),
         h('div', { class: 'sep' }),
         selectParam('step', 'step', stepOptions(), 'latest', reload),
-        selectParam('metric', 'metric', METRICS, 'cknna', reload),
-        selectParam('tokens', 'tokens', TOKENS, 'mean', reload),
-        numberParam('k', 'k', 10, 2, 1000, reload),
-        selectParam('preprocess', 'preprocess', PREPROCESS, 'prh', reload),
+        selectParam('metric', 'metric', METRICS, defaults().metric, reload),
+        selectParam('tokens', 'tokens', TOKENS, defaults().tokens, reload),
+        numberParam('k', 'k', defaults().k, 2, 1000, reload),
+        selectParam('preprocess', 'preprocess', PREPROCESS, defaults().preprocess, reload),
         selectParam('bootstrap', 'CI', [['', 'none'], ['100', '95% (100 draws)'], ['300', '95% (300 draws)']], '', reload),
       ),
       card.el,
