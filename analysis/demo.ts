@@ -537,7 +537,16 @@ async function writeDemoFiles(r: DemoResult): Promise<Record<string, string>> {
     ...(r.variants.some((v) => v.variant === 'viral') ? [{ layer_index: align, label: 'VIRAL aligned', series: 'viral' }] : []),
     ...(r.variants.some((v) => v.variant === 'residual') ? [{ layer_index: align, label: 'residual re-injected', series: 'residual' }] : []),
   ];
-  const accuracyRows: AccuracyRow[] = r.accuracy.map((a) => ({ series: a.variant, variant: a.variant, run: a.variant, benchmark: a.question_type, value: pct(a.accuracy), step: r.size.steps, source: 'held-out, teacher-forced (%)' }));
+  const accuracyRows: AccuracyRow[] = r.accuracy.map((a) => ({
+    series: a.variant,
+    variant: a.variant,
+    run: a.variant,
+    benchmark: a.question_type,
+    value: pct(a.accuracy),
+    step: r.size.steps,
+    source: 'held-out, teacher-forced (%); dashed: chance',
+    chance: a.chance === null ? null : pct(a.chance),
+  }));
   const figures: Figure[] = [
     variantsFigure(curvePoints(r.layerwise, r.engine), accuracyRows, { metric: DEMO_METRIC.metric, series, marks, provenance }),
     ...['encoder', 'teacher'].map((target) => {

@@ -496,6 +496,8 @@ export interface AccuracyRow {
   value: number;
   step?: number | null;
   source?: string;
+  /** The benchmark's chance level in the unit of `value`, drawn as a dashed rule (e.g. src/model/chance.ts). */
+  chance?: number | null;
 }
 
 export interface VariantsFigureOptions {
@@ -551,6 +553,20 @@ export function variantsFigure(rows: readonly CurvePoint[], accuracy: readonly A
               text: { field: 'value', format: '.1f' },
             },
           },
+          ...(accuracy.some((a) => typeof a.chance === 'number')
+            ? [
+                {
+                  transform: [{ filter: 'isValid(datum.chance)' }],
+                  mark: { type: 'rule', strokeDash: [4, 3], color: '#000000', strokeWidth: 1 },
+                  encoding: { y: { field: 'chance', type: 'quantitative', aggregate: 'mean' }, tooltip: [{ field: 'chance', aggregate: 'mean', format: '.1f', title: 'chance' }] },
+                },
+                {
+                  transform: [{ filter: 'isValid(datum.chance)' }, { aggregate: [{ op: 'mean', field: 'chance', as: 'chance' }] }],
+                  mark: { type: 'text', text: 'chance', align: 'right', baseline: 'bottom', dy: -2, fontSize: 7.5, color: '#000000' },
+                  encoding: { x: { value: 'width' }, y: { field: 'chance', type: 'quantitative' } },
+                },
+              ]
+            : []),
         ],
       },
       resolve: { scale: { y: 'independent' } },

@@ -132,8 +132,16 @@ test('demo --quick: three variants trained, captured, analysed; the run folder i
   } finally {
     await dash.close();
   }
-  const spec = JSON.parse(await readFile(join(out, 'figures', 'variants.vl.json'), 'utf8')) as { hconcat: unknown[] };
+  const spec = JSON.parse(await readFile(join(out, 'figures', 'variants.vl.json'), 'utf8')) as {
+    hconcat: [unknown, { data: { values: { variant: string; benchmark: string; chance: number }[] }; spec: { layer: { mark: { type: string } }[] } }];
+  };
   assert.equal(spec.hconcat.length, 2);
+  // The accuracy bars carry the chance level (in %) as a dashed rule.
+  assert.ok(spec.hconcat[1].spec.layer.some((l) => l.mark.type === 'rule'));
+  for (const a of demo.accuracy) {
+    const bar = spec.hconcat[1].data.values.find((x) => x.variant === a.variant && x.benchmark === a.question_type)!;
+    assert.equal(bar.chance, Math.round(a.chance * 1e4) / 100, `${a.variant} ${a.question_type}`);
+  }
   process.stderr.write(`# demo --quick took ${seconds.toFixed(1)} s\n`);
 });
 
