@@ -1,0 +1,137 @@
+/**
+ * Does the embedded mini-LLaVA learn to look? One baseline model trained with the demo's data, sizes and schedule
+ * (no captures, no other variants, so it is quick to iterate on), then teacher-forced accuracy per question type on
+ * three question sets beside the chance level (src/model/chance.ts):
+ *
+ *   - a sample of TRAINING images (new question draws): what the model fits,
+ *   - the HELD-OUT images: what it generalises,
+ *   - the held-out images with their patch tokens SHUFFLED before the projector: what it reads from where.
+ *
+ * The diagnosis it prints: train ≈ held-out near chance = underfitting (more steps / an easier optimisation path);
+ * train ≫ held-out = memorising images (more images); held-out ≫ chance but shuffle costs nothing = answers from
+ * global image statistics, not from positions. Issue 15 is about reaching "held-out ≫ chance and shuffle hurts".
+ *
+ * Usage: node --import tsx bench/learning.bench.ts [--seed 0] [--steps N] [--images N] [--width W] [--layers L]
+ *          [--heads H] [--batch B] [--lr X] [--warmup N] [--quick] [--features DIR]
+ * Features are cached in --features (default: <os tmp>/viral-lens-learning-features), keyed like the demo's cache.
+ */
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { DEFAULT_SIZE, demoChance, demoEvalSettings, QUICK_SIZE } from '../analysis/demo.js';
+import { initBackend } from '../src/model/backend.js';
+import { extractSceneFeatures, loadTeacher, loadVisionEncoder } from '../src/model/encoders.js';
+import { defaultConfig, MiniLlava } from '../src/model/mini-llava.js';
+import { generateScenes, QUESTION_TYPES, splitByImage, VOCAB } from '../src/model/scenes.js';
+import { DEFAULT_TRAIN, evaluate, train, type EvalResult } from '../src/model/train.js';
+
+const { values } = parseArgs({
+  options: {
+    seed: { type: 'string', default: '0' },
+    steps: { type: 'string' },
+    images: { type: 'string' },
+    width: { type: 'string' },
+    layers: { type: 'string' },
+    heads: { type: 'string' },
+    batch: { type: 'string' },
+    lr: { type: 'string' },
+    warmup: { type: 'string' },
+    quick: { type: 'boolean', default: false },
+    features: { type: 'string', default: join(tmpdir(), 'viral-lens-learning-features') },
+  },
+});
+const num = (name: string, v: string | undefined, fallback: number, min = Number.MIN_VALUE): number => {
+  if (v === undefined) return fallback;
+  const x = Number(v);
+  if (!Number.isFinite(x) || x < min) {
+    console.error(`--${name}: expected a number ${min === Number.MIN_VALUE ? '> 0' : `≥ ${min}`}, got '${v}'`);
+    process.exit(2);
+  }
+  return x;
+};
+const base = values.quick ? QUICK_SIZE : DEFAULT_SIZE;
+const seed = num('seed', values.seed, 0, 0) | 0;
+const size = {
+  ...base,
+  steps: num('steps', values.steps, base.steps),
+  images: num('images', values.images, base.images),
+  width: num('width', values.width, base.width),
+  layers: num('layers', values.layers, base.layers),
+  heads: num('heads', values.heads, base.heads),
+  batchSize: num('batch', values.batch, base.batchSize),
+};
+const lr = num('lr', values.lr, DEFAULT_TRAIN.lr);
+const warmup = num('warmup', values.warmup, DEFAULT_TRAIN.warmup, 0);
+
+const backend = await initBackend('auto');
+const scenes = generateScenes(seed, size.images);
+const split = splitByImage(size.images, size.heldoutFraction, seed);
+const encoder = await loadVisionEncoder();
+const teacher = await loadTeacher();
+const tFeat = performance.now();
+const features = await extractSceneFeatures(scenes, encoder, teacher, { sceneSeed: seed, cacheDir: values.features });
+encoder.dispose();
+teacher.dispose();
+const featureSeconds = (performance.now() - tFeat) / 1000;
+const ds = { scenes, split, features };
+const model = new MiniLlava(
+  defaultConfig({
+    vocabSize: VOCAB.length,
+    imageTokens: features.tokens,
+    grid: features.grid,
+    visionDim: features.encoder.spec.dim,
+    teacherDim: features.teacher.spec.dim,
+    width: size.width,
+    layers: size.layers,
+    heads: size.heads,
+    seed,
+  }),
+);
+console.log(`backend: ${backend.description}; encoder (stand-in for CLIP): ${features.encoder.spec.description}`);
+console.log(`images ${size.images} (train ${split.train.length}, held-out ${split.heldout.length}), features ${featureSeconds.toFixed(1)} s${features.cached ? ' (cache)' : ''}`);
+console.log(`baseline: width ${size.width}, ${size.layers} layers, ${size.heads} heads, ${model.parameterCount()} parameters; ${size.steps} steps × batch ${size.batchSize} × ${size.turns} turns, lr ${lr}, warm-up ${warmup} steps`);
+
+const tTrain = performance.now();
+const every = Math.max(1, Math.round(size.steps / 10));
+const summary = await train(model, ds, {
+  ...DEFAULT_TRAIN,
+  steps: size.steps,
+  batchSize: size.batchSize,
+  turns: size.turns,
+  lr,
+  warmup,
+  seed,
+  onStep: (s) => {
+    if (s.step % every === 0 || s.step === size.steps) console.log(`  step ${s.step}: answer loss ${s.lm.toFixed(3)}, lr ${s.lr.toExponential(2)}, ${s.ms.toFixed(0)} ms`);
+  },
+});
+const trainSeconds = (performance.now() - tTrain) / 1000;
+console.log(`trained in ${trainSeconds.toFixed(1)} s, median ${summary.medianStepMs.toFixed(0)} ms/step`);
+
+const evalSettings = demoEvalSettings(seed, size);
+const opts = { turns: size.turns, dialogues: evalSettings.dialogues, seed: evalSettings.seed };
+const trainSample = split.train.slice(0, split.heldout.length);
+const sets: [string, EvalResult][] = [
+  ['train images', evaluate(model, ds, trainSample, { ...opts, seed: opts.seed ^ 0x51 })],
+  ['held-out', evaluate(model, ds, split.heldout, opts)],
+  ['held-out shuffled', evaluate(model, ds, split.heldout, { ...opts, shuffleSeed: size.shuffleSeeds[0] ?? 1 })],
+];
+const chance = demoChance(seed, size, scenes);
+const pct = (x: number | null | undefined) => (x === null || x === undefined || !Number.isFinite(x) ? '–' : (100 * x).toFixed(1));
+const cols = ['overall', ...QUESTION_TYPES] as const;
+console.log(`\n| accuracy % | ${cols.join(' | ')} |\n|---|${cols.map(() => '---').join('|')}|`);
+console.log(`| chance | ${cols.map((c) => pct(chance[c].chance)).join(' | ')} |`);
+for (const [name, r] of sets) console.log(`| ${name} | ${cols.map((c) => pct(c === 'overall' ? r.overall.accuracy : r.byType[c].accuracy)).join(' | ')} |`);
+
+const [fit, held, shuf] = sets.map(([, r]) => r.overall.accuracy) as [number, number, number];
+const overChance = held - (chance.overall.chance ?? 0);
+const verdict =
+  fit - held > 0.1
+    ? 'memorising: training images are answered much better than held-out ones (more images would help)'
+    : overChance < 0.1
+      ? 'underfitting: training and held-out images are both near chance (the model has not learned to read the image)'
+      : held - shuf < 0.02
+        ? 'answers from global image statistics: above chance, but shuffling the patches costs nothing (positions unused)'
+        : 'reads the image by position: above chance and the patch shuffle hurts';
+console.log(`\ndiagnosis: ${verdict}`);
+console.log(`(held-out − chance ${pct(overChance)} points; train − held-out ${pct(fit - held)}; held-out − shuffled ${pct(held - shuf)}; seed ${seed}, ${held > 0 ? sets[1]![1].questions : 0} held-out questions)`);
