@@ -13,7 +13,7 @@
 # VIRAL_LENS_TORCH2_MIRROR Debian mirror (default http://deb.debian.org/debian)
 # Needs: amd64 Linux, apt-get and dpkg-deb (Debian/Ubuntu), the Debian archive keyring with the trixie key
 # (/usr/share/keyrings/debian-archive-keyring.gpg; bookworm's debian-archive-keyring has it), node + npm ci done.
-# Not run by .ci/run (docs/torch-engine.md, "Tested versions").
+# .ci/run runs it after npm test (docs/torch-engine.md, "Tested versions").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
