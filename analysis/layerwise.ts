@@ -12,7 +12,8 @@ import {
 } from '../src/metrics/index.js';
 import { readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join, relative, resolve, sep } from 'node:path';
-import { layerProvenance, openCapture, type Capture, type LayerProvenance, type Tensor3 } from '../src/store/capture.js';
+import { layerProvenance, openCapture, type Capture, type LayerProvenance, type ShardRows, type Tensor3 } from '../src/store/capture.js';
+import { shardFeatures } from '../src/store/source.js';
 import { readTensor } from '../src/store/safetensors.js';
 import { readNpy } from '../src/store/npy.js';
 import { requireNonEmpty } from '../src/store/load.js';
@@ -110,7 +111,7 @@ export async function runLayerwise(captureOrDir: Capture | string, options: Laye
   const m = capture.manifest;
   const prep = describePreprocess(options.preprocess, options.q === undefined ? {} : { q: options.q });
   const layers = selectLayers(capture, options.layers);
-  const targetSpecs = options.targets?.length ? options.targets : capture.targets.map((t) => ({ name: t.name }));
+  const targetSpecs: TargetSpec[] = options.targets?.length ? options.targets : capture.targets.map((t) => ({ name: t.name }));
   if (targetSpecs.length === 0) {
     throw new InputError(`${capture.dir}: the capture has no target feature sets; pass --target NAME=PATH`);
   }
@@ -130,13 +131,27 @@ export async function runLayerwise(captureOrDir: Capture | string, options: Laye
     return new Features(preprocess(x, options.preprocess, options.q === undefined ? {} : { q: options.q }), options.engine, label);
   };
 
+  // An engine that reads files (torch) gets the layers and the capture's own targets as shard descriptions: their
+  // values go from the shards to its device without passing through Node.
+  const fromFiles = options.engine.files !== undefined;
+  const prepOptions = { preprocess: options.preprocess, ...(options.q === undefined ? {} : { q: options.q }) };
+  const fileFeatures = (rows: ShardRows, label: string) => new Features(shardFeatures(rows, options.tokenMode, pick, prepOptions, label), options.engine, label);
+
   const targets: { name: string; features: Features }[] = [];
   for (const [i, spec] of targetSpecs.entries()) {
     options.signal?.throwIfAborted();
-    const t = await loadTarget(capture, spec);
-    checkTokens(t, layerShape, options.tokenMode, spec.name, capture.dir);
-    const features = options.targetCache?.lookup(spec, t, total) ?? prepare(t, `target ${spec.name}`);
-    options.targetCache?.remember(spec, t, total, features);
+    let features: Features;
+    if (fromFiles && !spec.path) {
+      requireCaptureTarget(capture, spec.name);
+      const rows = await capture.targetRows(spec.name);
+      checkTokens(rows, layerShape, options.tokenMode, spec.name, capture.dir);
+      features = fileFeatures(rows, `target ${spec.name}`);
+    } else {
+      const t = await loadTarget(capture, spec);
+      checkTokens(t, layerShape, options.tokenMode, spec.name, capture.dir);
+      features = options.targetCache?.lookup(spec, t, total) ?? prepare(t, `target ${spec.name}`);
+      options.targetCache?.remember(spec, t, total, features);
+    }
     if (needsKnn) await features.knn(options.k);
     targets.push({ name: spec.name, features });
     progress({ stage: 'targets', done: i + 1, total: targetSpecs.length });
@@ -145,8 +160,7 @@ export async function runLayerwise(captureOrDir: Capture | string, options: Laye
   const rows: LayerwiseRow[] = [];
   for (const [li, layer] of layers.entries()) {
     options.signal?.throwIfAborted();
-    const h = await capture.readLayer(layer.name);
-    const a = prepare(h, `layer ${layer.name}`);
+    const a = fromFiles ? fileFeatures(await capture.layerRows(layer.name), `layer ${layer.name}`) : prepare(await capture.readLayer(layer.name), `layer ${layer.name}`);
     for (const target of targets) {
       for (const metric of options.metrics) {
         const r = await computeMetric(metric, a, target.features, options.k, prep);
@@ -312,13 +326,17 @@ function selectLayers(capture: Capture, wanted?: (string | number)[]) {
   });
 }
 
+function requireCaptureTarget(capture: Capture, name: string): void {
+  if (!capture.targets.some((t) => t.name === name)) {
+    throw new InputError(
+      `${capture.dir}: no target '${name}' in the capture (has: ${capture.targets.map((t) => t.name).join(', ') || 'none'}); use --target ${name}=PATH for a file`,
+    );
+  }
+}
+
 async function loadTarget(capture: Capture, spec: TargetSpec): Promise<Tensor3> {
   if (!spec.path) {
-    if (!capture.targets.some((t) => t.name === spec.name)) {
-      throw new InputError(
-        `${capture.dir}: no target '${spec.name}' in the capture (has: ${capture.targets.map((t) => t.name).join(', ') || 'none'}); use --target ${spec.name}=PATH for a file`,
-      );
-    }
+    requireCaptureTarget(capture, spec.name);
     return capture.readTarget(spec.name);
   }
   const arr = /\.npy$/i.test(spec.path) ? await readNpy(spec.path) : await readTensor(spec.path, spec.key);
@@ -337,7 +355,7 @@ async function loadTarget(capture: Capture, spec: TargetSpec): Promise<Tensor3> 
   throw new InputError(`${spec.path}: target must be [samples, dim] or [samples, tokens, dim], got [${shape.join(', ')}]`);
 }
 
-function checkTokens(t: Tensor3, layer: { samples: number; tokens: number }, mode: TokenMode, name: string, dir: string): void {
+function checkTokens(t: { samples: number; tokens: number }, layer: { samples: number; tokens: number }, mode: TokenMode, name: string, dir: string): void {
   if (t.samples !== layer.samples) {
     throw new InputError(`target ${name}: ${t.samples} samples, but capture ${dir} has ${layer.samples}`);
   }

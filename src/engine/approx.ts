@@ -1,5 +1,6 @@
 import { InputError } from '../errors.js';
 import { type Matrix, toFloat32 } from '../matrix.js';
+import { heapMatrix } from '../metrics/rows.js';
 import { subsampleRows } from '../tokens.js';
 import { checkKnnInput, type Engine, type KnnLists, type KnnOptions } from './types.js';
 
@@ -73,7 +74,8 @@ export function describeHnsw(p: HnswParams): string {
 export async function hnswKnn(x: Matrix, k: number, engine: Engine, params: Partial<HnswParams> = {}, options: KnnOptions = {}): Promise<ApproxKnnLists> {
   checkKnnInput(x, k);
   const p = { ...DEFAULT_HNSW, ...params };
-  const X = toFloat32(x);
+  // HNSW runs in Node: a file-backed matrix is read back from the engine that holds it.
+  const X = toFloat32(await heapMatrix(engine, x));
   const { rows: n, cols: d } = X;
   if (!Number.isInteger(k) || k < 1 || k >= n) throw new InputError(`hnsw kNN: k = ${k} must be in [1, n − 1] with n = ${n}`);
   const want = Math.min(n, k + 2); // self may or may not be returned; k + 1 others are needed
@@ -206,6 +208,7 @@ export function withKnnPolicy(engine: Engine, policy: KnnPolicy): Engine {
     gramTile: (a, s, e, b) => engine.gramTile(a, s, e, b),
     crossProduct: (a, b) => engine.crossProduct(a, b),
     dispose: () => engine.dispose(),
+    ...(engine.files ? { files: engine.files } : {}),
     knn: (x, k, options) => (policy.mode === 'hnsw' || x.rows > limit ? hnswKnn(x, k, engine, params, options) : engine.knn(x, k, options)),
   };
 }

@@ -2,11 +2,11 @@
 import { stat } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 import { InputError } from '../errors.js';
-import { matrix, type Matrix } from '../matrix.js';
+import { matrix, type Matrix, type SourceSegment } from '../matrix.js';
 import { describeOsError } from './atomic.js';
 import { fmtShape, readFully, withFile } from './io.js';
 import { readNpy, readNpyHeader } from './npy.js';
-import { findTensor, readSafetensorsHeader, readTensor } from './safetensors.js';
+import { findTensor, floatDtypeOf, readSafetensorsHeader, readTensor } from './safetensors.js';
 
 export type FileFormat = 'npy' | 'safetensors';
 
@@ -52,21 +52,53 @@ function requireTwoD(path: string, what: string, shape: readonly number[]): void
   throw new InputError(`${path}: ${what} has shape ${fmtShape(shape)}; expected a 2-D [n, d] matrix (reshape it to [n, d])`);
 }
 
-/** Loads a 2-D [n, d] array as a Matrix; the shape is checked from the header before any data is read. */
-export async function loadMatrix(path: string, options: LoadMatrixOptions = {}): Promise<Matrix> {
+/** Where a 2-D [n, d] array's values lie in its file, from the header alone (the checks of loadMatrix). */
+export interface LocatedMatrix {
+  rows: number;
+  cols: number;
+  format: FileFormat;
+  /** The tensor's name in a .safetensors file. */
+  name: string | null;
+  segment: SourceSegment;
+  /** The in-heap reader returns float64 values (f8 / F64); every other dtype becomes float32. */
+  float64: boolean;
+}
+
+const SEGMENT_DTYPE = { f2: 'float16', f4: 'float32', f8: 'float64', F16: 'float16', BF16: 'bfloat16', F32: 'float32', F64: 'float64' } as const;
+
+export async function locateMatrix(path: string, options: LoadMatrixOptions = {}): Promise<LocatedMatrix> {
   const format = await detectFormat(path);
+  const nonFinite = { kind: 'matrix' as const, label: path };
   if (format === 'npy') {
     if (options.key !== undefined) throw new InputError(`${path}: a tensor key ('${options.key}') only applies to .safetensors files`);
     const h = await readNpyHeader(path);
     requireTwoD(path, 'the array', h.shape);
-    const a = await readNpy(path);
-    return matrix(a.shape[0]!, a.shape[1]!, a.data);
+    const [rows, cols] = h.shape as [number, number];
+    const segment: SourceSegment = {
+      path,
+      dtype: SEGMENT_DTYPE[h.dtype],
+      littleEndian: h.littleEndian,
+      offset: h.dataOffset,
+      samples: rows,
+      order: h.fortranOrder ? 'F' : 'C',
+      nonFinite,
+    };
+    return { rows, cols, format, name: null, segment, float64: h.dtype === 'f8' };
   }
   const header = await readSafetensorsHeader(path);
   const t = findTensor(path, header, options.key);
   requireTwoD(path, `tensor '${t.name}'`, t.shape);
-  const loaded = await readTensor(path, t.name);
-  return matrix(loaded.shape[0]!, loaded.shape[1]!, loaded.data);
+  const dtype = floatDtypeOf(path, t);
+  const [rows, cols] = t.shape as [number, number];
+  const segment: SourceSegment = { path, dtype: SEGMENT_DTYPE[dtype], littleEndian: true, offset: t.begin, samples: rows, order: 'C', nonFinite };
+  return { rows, cols, format, name: t.name, segment, float64: dtype === 'F64' };
+}
+
+/** Loads a 2-D [n, d] array as a Matrix; the shape is checked from the header before any data is read. */
+export async function loadMatrix(path: string, options: LoadMatrixOptions = {}): Promise<Matrix> {
+  const at = await locateMatrix(path, options);
+  const a = at.format === 'npy' ? await readNpy(path) : await readTensor(path, at.name!);
+  return matrix(a.shape[0]!, a.shape[1]!, a.data);
 }
 
 export interface TensorDescription {

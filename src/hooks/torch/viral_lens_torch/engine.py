@@ -30,6 +30,8 @@ CPU_TILE_BYTES = 256 << 20
 TILE_BYTES_PER_ELEMENT = 10
 # Largest tile in elements: some torch versions' top-k kernels index with 32-bit integers.
 MAX_TILE_ELEMENTS = (1 << 31) - 1
+# Elements per row block of the exact float64 row/column sums (l2, centring, row dots): 2²⁴ doubles = 128 MiB.
+ROW_BLOCK_ELEMENTS = 1 << 24
 
 
 class EngineError(Exception):
@@ -267,6 +269,140 @@ def l2_rows(x):
     return x / norm.masked_fill(norm == 0, 1)
 
 
+def _row_blocks(n, cols, budget=ROW_BLOCK_ELEMENTS):
+    """Row ranges of at most `budget` elements: the float64 temporaries of the exact ops below stay bounded."""
+    step = max(1, budget // max(1, cols))
+    return ((s, min(n, s + step)) for s in range(0, n, step))
+
+
+def l2_rows_(x):
+    """In place, src/metrics/preprocess.ts's arithmetic: s = Σ x² in float64, x·(1/√s) rounded to x's dtype; rows
+    with s = 0 stay 0."""
+    torch = _torch()
+    for s, e in _row_blocks(x.shape[0], x.shape[1]):
+        blk = x[s:e].double()
+        ss = (blk * blk).sum(dim=1, keepdim=True)
+        inv = torch.where(ss == 0, torch.ones_like(ss), 1.0 / ss.sqrt())
+        x[s:e] = (blk * inv).to(x.dtype)
+    return x
+
+
+def preprocess_(x, name, q=0.95, chunk=QUANTILE_CHUNK):
+    """`none`, `l2` or `prh` (src/metrics/preprocess.ts), in place on a matrix the caller owns."""
+    if name == 'none':
+        return x
+    if name not in ('l2', 'prh'):
+        raise EngineError(f"unknown preprocessing '{name}'", 'input')
+    if name == 'prh' and q < 1:
+        qv = abs_quantile(x, q, chunk)
+        x.clamp_(-qv, qv)
+    return l2_rows_(x)
+
+
+def row_dots(a, b):
+    """Σ_c a_ic·b_ic per row, float64 (the sums Node forms over its own arrays)."""
+    torch = _torch()
+    out = torch.empty(a.shape[0], dtype=torch.float64, device=a.device)
+    for s, e in _row_blocks(a.shape[0], a.shape[1]):
+        out[s:e] = (a[s:e].double() * b[s:e].double()).sum(dim=1)
+    return out
+
+
+def column_squared_norms(x):
+    torch = _torch()
+    out = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for s, e in _row_blocks(x.shape[0], x.shape[1]):
+        blk = x[s:e].double()
+        out += (blk * blk).sum(dim=0)
+    return out
+
+
+def centred(x, dtype=None):
+    """Column-centred copy: means in float64, x − mean in float64, stored as `dtype` (Features.centred)."""
+    torch = _torch()
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for s, e in _row_blocks(x.shape[0], x.shape[1]):
+        total += x[s:e].double().sum(dim=0)
+    mean = total / x.shape[0]
+    out = torch.empty(x.shape, dtype=dtype or torch.float32, device=x.device)
+    for s, e in _row_blocks(x.shape[0], x.shape[1]):
+        out[s:e] = (x[s:e].double() - mean).to(out.dtype)
+    return out
+
+
+def _js_number(v):
+    """How Node prints a number in the same message: NaN, Infinity, -Infinity."""
+    if v != v:
+        return 'NaN'
+    if math.isinf(v):
+        return 'Infinity' if v > 0 else '-Infinity'
+    return repr(v)
+
+
+def _segment_error(x, seg, tokens):
+    """The in-heap readers' message for the first NaN/Inf of a segment (row-major order), or None."""
+    torch = _torch()
+    bad = ~torch.isfinite(x)
+    if not bool(bad.any()):
+        return None
+    pos = int(torch.nonzero(bad.reshape(-1))[0])
+    cols = x.shape[1]
+    v = _js_number(float(x.reshape(-1)[pos]))
+    r, c = divmod(pos, cols)
+    nf = seg.get('non_finite') or {}
+    if nf.get('kind') == 'shard':
+        sample, token = divmod(r, tokens)
+        return (f"{nf['head']}: non-finite value {v} at sample {int(nf['shard_start']) + sample} (shard row {sample}), token {token}, "
+                f"dim {c} of {nf['what']}; NaN/Inf values are not allowed")
+    return f"{nf.get('label') or seg['path']}: row {r}, column {c} is {v} (NaN/Inf values are not allowed)"
+
+
+def load_rows(source, device):
+    """The rows a file-backed matrix describes (docs/torch-engine.md, `load` with `source`): each segment mapped from
+    its file, byte-swapped if big-endian, checked for NaN/Inf, reduced by the token mode and the row pick, then
+    concatenated along samples and preprocessed, on `device`. Node never holds these values."""
+    torch = _torch()
+    tokens = int(source.get('tokens', 1))
+    cols = int(source['cols'])
+    mode = source.get('mode', 'per-token')
+    pick = source.get('pick')
+    keep64 = bool(source.get('float64'))
+    per_row = 1 if mode == 'per-token' else tokens  # flattened rows per output row before the pick
+    parts = []
+    first_row = 0
+    pick_t = torch.tensor(pick, dtype=torch.int64) if pick is not None else None
+    for seg in source['segments']:
+        samples = int(seg['samples'])
+        n_flat = samples * tokens
+        m = map_matrix(seg['path'], seg['dtype'], n_flat, cols, int(seg.get('offset', 0)), seg.get('order', 'C'),
+                       little_endian=seg.get('little_endian', True))
+        # A real copy (off the mapping, or onto the device), so that preprocessing in place never writes the file's pages.
+        t = m.clone(memory_format=torch.contiguous_format) if torch.device(device).type == 'cpu' else m.to(device).contiguous()
+        del m
+        if not (keep64 and t.dtype == torch.float64):
+            t = t.float()
+        err = _segment_error(t, seg, tokens)
+        if err:
+            raise EngineError(err, 'input')
+        out_rows = n_flat // per_row
+        if mode == 'first':
+            t = t.view(samples, tokens, cols)[:, 0, :].contiguous()
+        elif mode == 'mean':
+            t = (t.view(samples, tokens, cols).double().sum(dim=1) / tokens).float()
+        elif mode != 'per-token':
+            raise EngineError(f"unknown token mode '{mode}'", 'input')
+        if pick_t is not None:
+            sel = pick_t[(pick_t >= first_row) & (pick_t < first_row + out_rows)] - first_row
+            t = t.index_select(0, sel.to(t.device))
+        first_row += out_rows
+        parts.append(t)
+    x = parts[0] if len(parts) == 1 else torch.cat(parts)
+    del parts
+    if torch.device(device).type == 'mps' and x.dtype == torch.float64:
+        x = x.float()
+    return preprocess_(x, source.get('preprocess', 'none'), float(source.get('q', 0.95)))
+
+
 def check_finite(x, what):
     torch = _torch()
     bad = ~torch.isfinite(x)
@@ -276,9 +412,10 @@ def check_finite(x, what):
         raise EngineError(f'{what}: row {r}, column {c} is {float(x.reshape(-1)[pos])} (NaN/Inf values are not allowed)', 'input')
 
 
-def map_matrix(path, dtype, rows, cols, offset=0, order='C'):
+def map_matrix(path, dtype, rows, cols, offset=0, order='C', little_endian=True):
     """Memory-maps rows × cols values of `dtype` at byte `offset` of `path` (a .npy payload, a capture shard, or the
-    Node engine's shared-memory file) as a CPU tensor; nothing is read until used."""
+    Node engine's shared-memory file) as a CPU tensor; nothing is read until used (big-endian data is swapped into a
+    copy)."""
     torch = _torch()
     tdt = {'float32': torch.float32, 'float64': torch.float64, 'float16': torch.float16, 'bfloat16': torch.bfloat16}.get(dtype)
     if tdt is None:
@@ -293,6 +430,9 @@ def map_matrix(path, dtype, rows, cols, offset=0, order='C'):
     if len(mm) < need:
         raise EngineError(f'{path}: {len(mm)} bytes, but {rows}×{cols} {dtype} at offset {offset} needs {need}', 'input')
     t = torch.frombuffer(mm, dtype=tdt, count=count, offset=offset)
+    if little_endian != (sys.byteorder == 'little'):
+        size = t.element_size()
+        t = torch.frombuffer(mm, dtype=torch.uint8, count=count * size, offset=offset).view(count, size).flip(1).contiguous().view(tdt).view(-1)
     return t.reshape(cols, rows).T if order == 'F' else t.reshape(rows, cols)
 
 
@@ -342,6 +482,10 @@ class Worker:
         return m
 
     def op_load(self, req):
+        if req.get('source') is not None:
+            t = load_rows(req['source'], self.device)
+            self.mats[req['name']] = t
+            return {'rows': t.shape[0], 'cols': t.shape[1]}, ()
         m = map_matrix(req['path'], req['dtype'], int(req['rows']), int(req['cols']), int(req.get('offset', 0)), req.get('order', 'C'))
         check_finite(m, req.get('label') or req['path'])
         if self.device.type == 'mps' and m.dtype == self.torch.float64:
@@ -392,6 +536,26 @@ class Worker:
         x = self.mat(req['x'], for_compute=False)
         self.mats[req['out']] = prh(x, float(req.get('q', 0.95)))
         return {}, ()
+
+    def op_centre(self, req):
+        self.mats[req['out']] = centred(self.mat(req['x'], for_compute=False))
+        return {}, ()
+
+    def op_rowdots(self, req):
+        a = self.mat(req['a'], for_compute=False)
+        b = self.mat(req['b'], for_compute=False)
+        if a.shape[0] != b.shape[0] or a.shape[1] != b.shape[1]:
+            raise EngineError(f'rowdots: {tuple(a.shape)} vs {tuple(b.shape)}', 'input')
+        return {}, (_tensor_bytes(row_dots(a, b)),)
+
+    def op_colsq(self, req):
+        return {}, (_tensor_bytes(column_squared_norms(self.mat(req['x'], for_compute=False))),)
+
+    def op_fetch(self, req):
+        x = self.mat(req['x'], for_compute=False)
+        if x.dtype != self.torch.float64:
+            x = x.float()
+        return {'dtype': 'float64' if x.dtype == self.torch.float64 else 'float32', 'shape': list(x.shape)}, (_tensor_bytes(x),)
 
     def op_ping(self, req):
         # `delay_s` exists for the fault tests (a request in flight when the worker dies).
