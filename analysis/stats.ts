@@ -124,6 +124,8 @@ export async function similarityStats(
   const groups = options.groups ?? { group: Int32Array.from({ length: n }, (_, i) => i), position: new Int32Array(n) };
   if (groups.group.length !== n) throw new InputError(`stats: ${groups.group.length} row groups for ${n} rows`);
   const out: SimilarityStats = {};
+  // Nothing asked: no Grams, and the rows of a file-backed matrix stay in the engine.
+  if (nPerm === 0 && nBoot === 0) return out;
   const stat = await pairStatistic(metric, a, b, k, options.gramLimit ?? 3000, options.subsampleFraction ?? 0.5);
 
   if (nPerm > 0) {

@@ -329,6 +329,7 @@ export class TorchEngine implements Engine {
   readonly onGpu: boolean;
   private worker: TorchWorker;
   private readonly loaded = new WeakMap<object, string>();
+  private readonly loading = new WeakMap<object, Promise<{ w: TorchWorker; name: string }>>();
   private readonly resident: { name: string; key: WeakRef<object> }[] = [];
   private seq = 0;
 
@@ -374,9 +375,19 @@ export class TorchEngine implements Engine {
   }
 
   /** Hands a matrix to the worker once (per worker); returns its name there. */
-  private async load(m: Matrix): Promise<{ w: TorchWorker; name: string }> {
-    const w = await this.live();
+  private load(m: Matrix): Promise<{ w: TorchWorker; name: string }> {
     const key: object = m.source ?? m.data;
+    // Concurrent requests for one matrix (Promise.all over its row sums) share one upload.
+    let p = this.loading.get(key);
+    if (!p) {
+      p = this.loadOnce(m, key).finally(() => this.loading.delete(key));
+      this.loading.set(key, p);
+    }
+    return p;
+  }
+
+  private async loadOnce(m: Matrix, key: object): Promise<{ w: TorchWorker; name: string }> {
+    const w = await this.live();
     const known = this.loaded.get(key);
     const at = known === undefined ? -1 : this.resident.findIndex((r) => r.name === known);
     if (at >= 0) {

@@ -21,6 +21,7 @@ export class Features {
   private readonly knnCache = new Map<number, Promise<KnnLists>>();
   private centredCache?: Matrix;
   private heapCache?: Promise<Matrix>;
+  private columnNormCache?: Promise<number>;
   private selfHsicCache?: Promise<{ biased: number; unbiased: number }>;
 
   constructor(
@@ -100,11 +101,14 @@ export class Features {
   }
 
   /** From the stored copy: a value beyond float32's range is Infinity there, which the check then refuses. */
-  private async maxCentredColumnNorm(): Promise<number> {
-    const sq = await columnSquaredNorms(this.engine, this.centred());
-    let max = 0;
-    for (let c = 0; c < sq.length; c++) max = Math.max(max, sq[c]!);
-    return Math.sqrt(max);
+  private maxCentredColumnNorm(): Promise<number> {
+    // Once per representation: CKA checks each side for each of its three HSIC terms.
+    this.columnNormCache ??= columnSquaredNorms(this.engine, this.centred()).then((sq) => {
+      let max = 0;
+      for (let c = 0; c < sq.length; c++) max = Math.max(max, sq[c]!);
+      return Math.sqrt(max);
+    });
+    return this.columnNormCache;
   }
 
   /** Column-centred copy, centred in float64 then stored in the engine's precision (by the engine when file-backed). */
