@@ -25,7 +25,10 @@ export interface SourceSegment {
   /** Fortran order (.npy `fortran_order: True`): column-major [rows, cols]. */
   order: 'C' | 'F';
   /** How a NaN/Inf in this stretch is reported: the words of the in-heap readers (assertFinite, capture shards). */
-  nonFinite: { kind: 'matrix'; label: string } | { kind: 'shard'; head: string; what: string; shardStart: number };
+  nonFinite:
+    | { kind: 'matrix'; label: string }
+    | { kind: 'shard'; head: string; what: string; shardStart: number }
+    | { kind: 'sample'; label: string; tokens: boolean };
 }
 
 /**

@@ -7,12 +7,12 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { runLayerwise, type LayerwiseOptions } from '../analysis/layerwise.js';
+import { runCheckpoints, runLayerwise, type LayerwiseOptions } from '../analysis/layerwise.js';
 import type { Engine } from '../src/engine/index.js';
 import { RefEngine } from '../src/engine/ref.js';
 import { TorchEngine } from '../src/engine/torch.js';
@@ -196,6 +196,47 @@ test('torch engine files: layerwise on a multi-shard capture (per-token, mean, f
       }
     }
   }
+});
+
+test('torch engine files: --target NAME=PATH files (2-D/3-D, .npy/safetensors, a 3-D Fortran .npy read in Node) equal ref; NaN named as before', { skip: missing }, async () => {
+  const capture = await makeCapture('cap-targets');
+  const samples = 24;
+  const pool = await npy('pool.npy', randn(samples, 5, 501), 'f64', false, false);
+  const tok = join(dir, 'tok.safetensors');
+  await writeSafetensors(tok, [{ name: 'feat', dtype: 'F16', shape: [samples, 3, 4], data: Float32Array.from(randn(samples * 3, 4, 502).data) }]);
+  // 3-D Fortran order: element (s, t, c) at s + S·t + S·T·c.
+  const f3 = randn(samples * 3, 4, 503);
+  const fortran = Float64Array.from({ length: samples * 12 }, (_, i) => f3.data[(i % samples) * 12 + (Math.floor(i / samples) % 3) * 4 + Math.floor(i / (samples * 3))]!);
+  const tokF = join(dir, 'tokF.npy');
+  await writeFile(tokF, Buffer.concat([npyHeaderBytes('<f8', [samples, 3, 4], true), encodeFloats(fortran, 'f64', true)]));
+  for (const [tokenMode, targets] of [
+    ['per-token', [{ name: 'tok', path: tok, key: 'feat' }, { name: 'tokF', path: tokF }]],
+    ['mean', [{ name: 'pool', path: pool }, { name: 'tok', path: tok, key: 'feat' }]],
+  ] as const) {
+    const opts = (engine: Engine): LayerwiseOptions => ({ engine, metrics: ['cknna', 'cka', 'unbiased_cka'], k: 4, preprocess: 'prh', tokenMode, targets: [...targets] });
+    const got = await runLayerwise(capture, opts(torch));
+    const want = await runLayerwise(capture, opts(ref));
+    assert.equal(got.length, want.length);
+    for (const [i, r] of got.entries()) close(r.value, want[i]!.value, `${tokenMode} ${r.metric} ${r.layer} vs ${r.target}`);
+  }
+  const bad = randn(samples, 5, 504);
+  bad.data[5 * 5] = NaN;
+  const nan = await npy('pool-nan.npy', bad, 'f32', true, false);
+  const opts = (engine: Engine): LayerwiseOptions => ({ engine, metrics: ['cka'], k: 3, preprocess: 'none', tokenMode: 'mean', targets: [{ name: 'pool', path: nan }] });
+  await assert.rejects(runLayerwise(capture, opts(ref)), (e: Error) => e.message === `${nan}: target pool: non-finite value NaN at sample 5, dim 0; NaN/Inf values are not allowed`);
+  await assert.rejects(runLayerwise(capture, opts(torch)), (e: Error) => e.name === 'InputError' && e.message === `torch engine: ${nan}: target pool: non-finite value NaN at sample 5, dim 0; NaN/Inf values are not allowed`);
+});
+
+test('torch engine files: checkpoints with the same target prepare it once (digest of the shards), values equal ref', { skip: missing }, async () => {
+  const a = await makeCapture('run/step-1');
+  const b = join(dir, 'run', 'step-2');
+  await cp(a, b, { recursive: true });
+  const opts = (engine: Engine): LayerwiseOptions => ({ engine, metrics: ['cknna', 'unbiased_cka'], k: 4, preprocess: 'prh', tokenMode: 'per-token', targets: [{ name: 'clip' }] });
+  const got = await runCheckpoints([a, b], opts(torch));
+  const want = await runCheckpoints([a, b], opts(ref));
+  assert.deepEqual([got.targetCache.prepared, got.targetCache.reused], [want.targetCache.prepared, want.targetCache.reused]);
+  assert.deepEqual([got.targetCache.prepared, got.targetCache.reused], [1, 1]);
+  for (const [i, r] of got.rows.entries()) close(r.value, want.rows[i]!.value, `${r.checkpoint} ${r.metric} ${r.layer}`);
 });
 
 test('torch engine files: NaN/Inf are named as the in-heap readers name them (file, row and column; shard, sample, token, dim)', { skip: missing }, async () => {

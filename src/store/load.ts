@@ -66,32 +66,31 @@ export interface LocatedMatrix {
 
 const SEGMENT_DTYPE = { f2: 'float16', f4: 'float32', f8: 'float64', F16: 'float16', BF16: 'bfloat16', F32: 'float32', F64: 'float64' } as const;
 
-export async function locateMatrix(path: string, options: LoadMatrixOptions = {}): Promise<LocatedMatrix> {
+/** Where any float array's values lie in a .npy / .safetensors file, from the header; `check` vets the shape. */
+export async function locateArray(
+  path: string,
+  options: LoadMatrixOptions,
+  check: (what: string, shape: readonly number[]) => void,
+): Promise<{ shape: number[]; format: FileFormat; name: string | null; float64: boolean; segment: Omit<SourceSegment, 'samples' | 'nonFinite'> }> {
   const format = await detectFormat(path);
-  const nonFinite = { kind: 'matrix' as const, label: path };
   if (format === 'npy') {
     if (options.key !== undefined) throw new InputError(`${path}: a tensor key ('${options.key}') only applies to .safetensors files`);
     const h = await readNpyHeader(path);
-    requireTwoD(path, 'the array', h.shape);
-    const [rows, cols] = h.shape as [number, number];
-    const segment: SourceSegment = {
-      path,
-      dtype: SEGMENT_DTYPE[h.dtype],
-      littleEndian: h.littleEndian,
-      offset: h.dataOffset,
-      samples: rows,
-      order: h.fortranOrder ? 'F' : 'C',
-      nonFinite,
-    };
-    return { rows, cols, format, name: null, segment, float64: h.dtype === 'f8' };
+    check('the array', h.shape);
+    const segment = { path, dtype: SEGMENT_DTYPE[h.dtype], littleEndian: h.littleEndian, offset: h.dataOffset, order: h.fortranOrder ? ('F' as const) : ('C' as const) };
+    return { shape: h.shape, format, name: null, float64: h.dtype === 'f8', segment };
   }
   const header = await readSafetensorsHeader(path);
   const t = findTensor(path, header, options.key);
-  requireTwoD(path, `tensor '${t.name}'`, t.shape);
+  check(`tensor '${t.name}'`, t.shape);
   const dtype = floatDtypeOf(path, t);
-  const [rows, cols] = t.shape as [number, number];
-  const segment: SourceSegment = { path, dtype: SEGMENT_DTYPE[dtype], littleEndian: true, offset: t.begin, samples: rows, order: 'C', nonFinite };
-  return { rows, cols, format, name: t.name, segment, float64: dtype === 'F64' };
+  return { shape: t.shape, format, name: t.name, float64: dtype === 'F64', segment: { path, dtype: SEGMENT_DTYPE[dtype], littleEndian: true, offset: t.begin, order: 'C' } };
+}
+
+export async function locateMatrix(path: string, options: LoadMatrixOptions = {}): Promise<LocatedMatrix> {
+  const at = await locateArray(path, options, (what, shape) => requireTwoD(path, what, shape));
+  const [rows, cols] = at.shape as [number, number];
+  return { rows, cols, format: at.format, name: at.name, float64: at.float64, segment: { ...at.segment, samples: rows, nonFinite: { kind: 'matrix', label: path } } };
 }
 
 /** Loads a 2-D [n, d] array as a Matrix; the shape is checked from the header before any data is read. */

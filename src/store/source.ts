@@ -4,11 +4,13 @@
  * file-backed matrix (`Matrix.source`) whose rows the engine's worker maps from the .npy payload / safetensors tensor /
  * capture shards and prepares on its device, so that Node never holds the n×d values.
  */
+import { createHash } from 'node:crypto';
 import type { Engine } from '../engine/types.js';
 import { assertFinite, fileRowCount, sourcedMatrix, type FileRows, type Matrix } from '../matrix.js';
 import { preprocess, prhQuantile, type Preprocess, type PreprocessOptions } from '../metrics/preprocess.js';
 import type { TokenMode } from '../tokens.js';
 import type { ShardRows } from './capture.js';
+import { readFully, withFile } from './io.js';
 import { loadMatrix, locateMatrix, type LoadMatrixOptions } from './load.js';
 
 export interface PrepareOptions extends PreprocessOptions {
@@ -35,4 +37,30 @@ export async function fileFeatures(path: string, load: LoadMatrixOptions, option
 /** A capture layer or target from its shards (headers only): token mode, row pick and preprocessing as tokensToMatrix + preprocess. */
 export function shardFeatures(rows: ShardRows, mode: TokenMode, pick: Int32Array | null, options: PrepareOptions, label: string): Matrix {
   return describe({ segments: rows.segments, tokens: rows.tokens, cols: rows.dim, mode, pick, float64: false }, options, label);
+}
+
+const ITEM_BYTES = { float16: 2, bfloat16: 2, float32: 4, float64: 8 } as const;
+const DIGEST_CHUNK = 8 << 20;
+
+/**
+ * SHA-256 of a layer's/target's stored values (dtypes and shape included), streamed through one 8 MiB buffer: tells
+ * whether two captures hold the same target (TargetCache) without ever holding the values in Node.
+ */
+export async function shardDigest(rows: ShardRows): Promise<string> {
+  const hash = createHash('sha256');
+  hash.update(JSON.stringify([rows.samples, rows.tokens, rows.dim, rows.segments.map((g) => [g.dtype, g.samples])]));
+  const buf = new Uint8Array(DIGEST_CHUNK);
+  for (const g of rows.segments) {
+    const bytes = g.samples * rows.tokens * rows.dim * ITEM_BYTES[g.dtype];
+    await withFile(g.path, async (fh) => {
+      for (let done = 0; done < bytes; ) {
+        const len = Math.min(DIGEST_CHUNK, bytes - done);
+        const got = await readFully(fh, buf.subarray(0, len), g.offset + done);
+        hash.update(buf.subarray(0, got));
+        if (got < len) break;
+        done += len;
+      }
+    });
+  }
+  return hash.digest('hex');
 }

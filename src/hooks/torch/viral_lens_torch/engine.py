@@ -30,9 +30,11 @@ CPU_TILE_BYTES = 256 << 20
 TILE_BYTES_PER_ELEMENT = 10
 # Largest tile in elements: some torch versions' top-k kernels index with 32-bit integers.
 MAX_TILE_ELEMENTS = (1 << 31) - 1
-# Elements per row block of the exact float64 row/column sums (l2, centring, row dots): 2¹⁸ doubles = 2 MiB, small
-# enough for the allocator to reuse its blocks (2²⁴ made every block fresh pages: 20× slower on a CPU).
+# Elements per row block of the exact float64 row/column sums (l2, centring, row dots, NaN/Inf checks). On a CPU
+# 2¹⁸ doubles = 2 MiB, small enough for the allocator to reuse its blocks (2²⁴ made every block fresh pages: 20×
+# slower); on a GPU 2²⁴ (128 MiB), so that 10⁶ rows are a few dozen kernel launches, not thousands.
 ROW_BLOCK_ELEMENTS = 1 << 18
+GPU_ROW_BLOCK_ELEMENTS = 1 << 24
 
 
 class EngineError(Exception):
@@ -270,8 +272,10 @@ def l2_rows(x):
     return x / norm.masked_fill(norm == 0, 1)
 
 
-def _row_blocks(n, cols, budget=ROW_BLOCK_ELEMENTS):
-    """Row ranges of at most `budget` elements: the float64 temporaries of the exact ops below stay bounded."""
+def _row_blocks(x):
+    """Row ranges of x of a bounded number of elements: the float64 temporaries of the exact ops below stay small."""
+    n, cols = x.shape[0], x.shape[1]
+    budget = ROW_BLOCK_ELEMENTS if x.device.type == 'cpu' else GPU_ROW_BLOCK_ELEMENTS
     step = max(1, budget // max(1, cols))
     return ((s, min(n, s + step)) for s in range(0, n, step))
 
@@ -280,7 +284,7 @@ def l2_rows_(x):
     """In place, src/metrics/preprocess.ts's arithmetic: s = Σ x² in float64, x·(1/√s) rounded to x's dtype; rows
     with s = 0 stay 0."""
     torch = _torch()
-    for s, e in _row_blocks(x.shape[0], x.shape[1]):
+    for s, e in _row_blocks(x):
         blk = x[s:e].double()
         ss = (blk * blk).sum(dim=1, keepdim=True)
         inv = torch.where(ss == 0, torch.ones_like(ss), 1.0 / ss.sqrt())
@@ -304,7 +308,7 @@ def row_dots(a, b):
     """Σ_c a_ic·b_ic per row, float64 (the sums Node forms over its own arrays)."""
     torch = _torch()
     out = torch.empty(a.shape[0], dtype=torch.float64, device=a.device)
-    for s, e in _row_blocks(a.shape[0], a.shape[1]):
+    for s, e in _row_blocks(a):
         out[s:e] = (a[s:e].double() * b[s:e].double()).sum(dim=1)
     return out
 
@@ -312,7 +316,7 @@ def row_dots(a, b):
 def column_squared_norms(x):
     torch = _torch()
     out = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-    for s, e in _row_blocks(x.shape[0], x.shape[1]):
+    for s, e in _row_blocks(x):
         blk = x[s:e].double()
         out += (blk * blk).sum(dim=0)
     return out
@@ -322,11 +326,11 @@ def centred(x, dtype=None):
     """Column-centred copy: means in float64, x − mean in float64, stored as `dtype` (Features.centred)."""
     torch = _torch()
     total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-    for s, e in _row_blocks(x.shape[0], x.shape[1]):
+    for s, e in _row_blocks(x):
         total += x[s:e].double().sum(dim=0)
     mean = total / x.shape[0]
     out = torch.empty(x.shape, dtype=dtype or torch.float32, device=x.device)
-    for s, e in _row_blocks(x.shape[0], x.shape[1]):
+    for s, e in _row_blocks(x):
         out[s:e] = (x[s:e].double() - mean).to(out.dtype)
     return out
 
@@ -343,18 +347,23 @@ def _js_number(v):
 def _segment_error(x, seg, tokens):
     """The in-heap readers' message for the first NaN/Inf of a segment (row-major order), or None."""
     torch = _torch()
-    bad = ~torch.isfinite(x)
-    if not bool(bad.any()):
+    for s, e in _row_blocks(x):
+        bad = ~torch.isfinite(x[s:e])
+        if bool(bad.any()):
+            break
+    else:
         return None
-    pos = int(torch.nonzero(bad.reshape(-1))[0])
-    cols = x.shape[1]
-    v = _js_number(float(x.reshape(-1)[pos]))
-    r, c = divmod(pos, cols)
+    r, c = (int(v) for v in torch.nonzero(bad)[0])
+    v = _js_number(float(x[s + r, c]))
+    r += s
     nf = seg.get('non_finite') or {}
     if nf.get('kind') == 'shard':
         sample, token = divmod(r, tokens)
         return (f"{nf['head']}: non-finite value {v} at sample {int(nf['shard_start']) + sample} (shard row {sample}), token {token}, "
                 f"dim {c} of {nf['what']}; NaN/Inf values are not allowed")
+    if nf.get('kind') == 'sample':
+        sample, token = divmod(r, tokens)
+        return f"{nf['label']}: non-finite value {v} at sample {sample}{f', token {token}' if nf.get('tokens') else ''}, dim {c}; NaN/Inf values are not allowed"
     return f"{nf.get('label') or seg['path']}: row {r}, column {c} is {v} (NaN/Inf values are not allowed)"
 
 
