@@ -193,11 +193,11 @@ export interface KnnPolicy {
 /**
  * An engine whose `knn` follows a policy: exact (the wrapped engine) or HNSW, or `auto` = exact up to
  * `exactMaxRows` rows and HNSW above, on CPU engines (a GPU computes exact kNN of 10⁶ rows faster than a CPU builds
- * the graph, so `auto` on `cuda`/`webgpu` is always exact). Everything else is the wrapped engine's. The device string
+ * the graph, so `auto` on `cuda`/`webgpu`, and on `torch` running on a GPU, is always exact). Everything else is the wrapped engine's. The device string
  * states the policy; lists from HNSW carry their measured recall (`knnProvenance`).
  */
 export function withKnnPolicy(engine: Engine, policy: KnnPolicy): Engine {
-  const rule = describeKnnPolicy(engine.name, policy);
+  const rule = describeKnnPolicy(engine, policy);
   if (rule === 'exact') return engine;
   const limit = policy.exactMaxRows ?? EXACT_MAX_ROWS;
   const params = { ...DEFAULT_HNSW, ...policy.hnsw };
@@ -214,8 +214,11 @@ export function withKnnPolicy(engine: Engine, policy: KnnPolicy): Engine {
 }
 
 /** What `withKnnPolicy` does on an engine of this name, in words (`exact` when it changes nothing). */
-export function describeKnnPolicy(engineName: string, policy: KnnPolicy): string {
-  if (policy.mode === 'exact' || (policy.mode === 'auto' && (engineName === 'cuda' || engineName === 'webgpu'))) return 'exact';
+export function describeKnnPolicy(engine: string | (Pick<Engine, 'name'> & { onGpu?: boolean }), policy: KnnPolicy): string {
+  const name = typeof engine === 'string' ? engine : engine.name;
+  // torch counts as a GPU engine where it runs on one: HNSW would also pull its file-backed matrices into Node.
+  const gpu = name === 'cuda' || name === 'webgpu' || (typeof engine !== 'string' && name === 'torch' && engine.onGpu === true);
+  if (policy.mode === 'exact' || (policy.mode === 'auto' && gpu)) return 'exact';
   const params = describeHnsw({ ...DEFAULT_HNSW, ...policy.hnsw });
   return policy.mode === 'hnsw' ? `kNN ${params}` : `kNN exact up to ${policy.exactMaxRows ?? EXACT_MAX_ROWS} rows, ${params} above`;
 }
