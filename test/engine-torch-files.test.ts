@@ -13,6 +13,7 @@ import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { runCheckpoints, runLayerwise, type LayerwiseOptions } from '../analysis/layerwise.js';
+import { similarityStats } from '../analysis/stats.js';
 import type { Engine } from '../src/engine/index.js';
 import { RefEngine } from '../src/engine/ref.js';
 import { TorchEngine } from '../src/engine/torch.js';
@@ -127,6 +128,30 @@ test('torch engine files: compare on .npy (f2/f4/f8, C/Fortran, both byte orders
         close(got.value, heap.value, `${what} vs in-heap torch`);
         close(got.value, want.value, `${what} vs ref`);
         assert.equal(got.tied_rows_a, want.tied_rows_a, what);
+      }
+    }
+  }
+});
+
+test('torch engine files: permutation nulls and half-sampling intervals (which read the rows back) equal the in-heap path', { skip: missing }, async () => {
+  const n = 64;
+  const A = randn(n, 10, 211);
+  const B = { rows: n, cols: 10, data: Float64Array.from(randn(n, 10, 212).data, (v, i) => 0.8 * A.data[i]! + v) };
+  const pa = await npy('stats-A.npy', A, 'f32', true, false);
+  const pb = await npy('stats-B.npy', B, 'f32', true, false);
+  for (const metric of ['cosine', 'cka', 'cknna'] as const) {
+    const run = async (engine: Engine, gramLimit: number) => {
+      const a = new Features(await fileFeatures(pa, {}, { preprocess: 'l2' }, engine), engine, 'A');
+      const b = new Features(await fileFeatures(pb, {}, { preprocess: 'l2' }, engine), engine, 'B');
+      const r = await computeMetric(metric, a, b, 5, 'l2');
+      return { r, s: await similarityStats(metric, a, b, 5, r, { permutations: 6, bootstrap: 4, seed: 9, gramLimit }) };
+    };
+    // gramLimit 0: CKA's large-n branch, which rebuilds Features from rows read back from the worker.
+    for (const gramLimit of metric === 'cka' ? [3000, 0] : [3000]) {
+      const got = await run(torch, gramLimit);
+      const heap = await run(heapTorch, gramLimit);
+      for (const key of ['null_mean', 'null_sd', 'p_value', 'ci_low', 'ci_high'] as const) {
+        close(got.s[key]!, heap.s[key]!, `${metric} (gramLimit ${gramLimit}) ${key}`);
       }
     }
   }
