@@ -262,17 +262,9 @@ def abs_quantile(x, q, chunk=None):
 
 
 def prh(x, q=0.95, chunk=None):
-    """prh preprocessing (src/metrics/preprocess.ts): clamp to ±(exact |x| quantile q), then unit-norm rows (rows
-    of norm 0 stay 0)."""
-    if q < 1:
-        qv = abs_quantile(x, q, chunk)
-        x = x.clamp(-qv, qv)
-    return l2_rows(x)
-
-
-def l2_rows(x):
-    norm = x.norm(dim=1, keepdim=True)
-    return x / norm.masked_fill(norm == 0, 1)
+    """prh preprocessing (src/metrics/preprocess.ts) of a copy of x: clamp to ±(exact |x| quantile q), then unit-norm
+    rows (rows of norm 0 stay 0)."""
+    return preprocess_(x.clone(), 'prh', q, chunk)
 
 
 def _row_blocks(x):
