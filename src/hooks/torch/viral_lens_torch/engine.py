@@ -33,9 +33,10 @@ TILE_BYTES_PER_ELEMENT = 10
 # Largest tile in elements: some torch versions' top-k kernels index with 32-bit integers.
 MAX_TILE_ELEMENTS = (1 << 31) - 1
 # Elements per row block of the exact float64 row/column sums (l2, centring, row dots, NaN/Inf checks). On a CPU
-# 2¹⁸ doubles = 2 MiB, small enough for the allocator to reuse its blocks (2²⁴ made every block fresh pages: 20×
-# slower); on a GPU 2²⁴ (128 MiB), so that 10⁶ rows are a few dozen kernel launches, not thousands.
-ROW_BLOCK_ELEMENTS = 1 << 18
+# 2²⁰ doubles = 8 MiB, small enough for the allocator to reuse its blocks (2²⁴ made every block fresh pages: 20×
+# slower) and large enough that thread synchronisation does not dominate; on a GPU 2²⁴ (128 MiB), so that 10⁶ rows
+# are a few dozen kernel launches, not thousands.
+ROW_BLOCK_ELEMENTS = 1 << 20
 GPU_ROW_BLOCK_ELEMENTS = 1 << 24
 
 
@@ -220,7 +221,8 @@ def cross_product(a, b, precision='float32', block_rows=CROSS_BLOCK_ROWS):
     out = torch.zeros(a.shape[1], b.shape[1], dtype=torch.float64, device=a.device)
     for s in range(0, a.shape[0], block_rows):
         e = min(a.shape[0], s + block_rows)
-        out += _matmul(a[s:e].T.contiguous(), b[s:e].T.contiguous(), precision).double()
+        # Transposed views, no copies: BLAS takes them as they are (a contiguous copy first was 2× slower on a CPU).
+        out += _matmul(a[s:e].T, b[s:e].T, precision).double()
     return out
 
 
@@ -373,10 +375,14 @@ def load_rows(source, device):
     pick = source.get('pick')
     keep64 = bool(source.get('float64'))
     per_row = 1 if mode == 'per-token' else tokens  # flattened rows per output row before the pick
-    parts = []
+    segments = source['segments']
+    total = len(pick) if pick is not None else sum(int(g['samples']) for g in segments) * tokens // per_row
+    # Filled segment by segment: the peak is the result plus one shard, not twice the result (as torch.cat would be).
+    x = None
+    at = 0
     first_row = 0
     pick_t = torch.tensor(pick, dtype=torch.int64) if pick is not None else None
-    for seg in source['segments']:
+    for seg in segments:
         samples = int(seg['samples'])
         n_flat = samples * tokens
         m = map_matrix(seg['path'], seg['dtype'], n_flat, cols, int(seg.get('offset', 0)), seg.get('order', 'C'),
@@ -400,9 +406,14 @@ def load_rows(source, device):
             sel = pick_t[(pick_t >= first_row) & (pick_t < first_row + out_rows)] - first_row
             t = t.index_select(0, sel.to(t.device))
         first_row += out_rows
-        parts.append(t)
-    x = parts[0] if len(parts) == 1 else torch.cat(parts)
-    del parts
+        if len(segments) == 1:
+            x = t
+            break
+        if x is None:
+            x = torch.empty(total, cols, dtype=t.dtype, device=t.device)
+        x[at:at + t.shape[0]] = t
+        at += t.shape[0]
+        del t
     if torch.device(device).type == 'mps' and x.dtype == torch.float64:
         x = x.float()
     return preprocess_(x, source.get('preprocess', 'none'), float(source.get('q', 0.95)))
