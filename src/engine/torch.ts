@@ -10,8 +10,10 @@ import { checkCrossInput, checkKnnInput, type Engine, type EnginePrecision, type
 /**
  * `--engine torch`: the O(n²·d) work on a PyTorch device, run by a long-lived Python worker from the capture shim's
  * package (src/hooks/torch/viral_lens_torch/engine.py), one per engine instance. Protocol: docs/torch-engine.md.
- * Matrices reach the worker as files it memory-maps (a shared-memory file written from the typed array's own
- * buffer, deleted once loaded), never as JSON; results come back as raw little-endian arrays.
+ * Matrices reach the worker as files it memory-maps, never as JSON: file-backed matrices (`Matrix.source`: .npy
+ * payloads, safetensors tensors, capture shards) straight from their files, which the worker also reduces by token
+ * mode and preprocesses; any other matrix via a shared-memory file written from the typed array's own buffer and
+ * deleted once loaded. Results come back as raw little-endian arrays.
  */
 export const TORCH_PRECISIONS = ['float32', 'tf32', 'bf16'] as const;
 export type TorchPrecision = (typeof TORCH_PRECISIONS)[number];
