@@ -12,10 +12,11 @@ import {
 } from '../src/metrics/index.js';
 import { readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join, relative, resolve, sep } from 'node:path';
-import { layerProvenance, openCapture, type Capture, type LayerProvenance, type Tensor3 } from '../src/store/capture.js';
+import { layerProvenance, openCapture, type Capture, type LayerProvenance, type ShardRows, type Tensor3 } from '../src/store/capture.js';
+import { shardDigest, shardFeatures } from '../src/store/source.js';
 import { readTensor } from '../src/store/safetensors.js';
 import { readNpy } from '../src/store/npy.js';
-import { requireNonEmpty } from '../src/store/load.js';
+import { locateArray, requireNonEmpty } from '../src/store/load.js';
 import { rowGroups, type PermutationUnit } from '../src/stats/index.js';
 import { rowsFor, subsampleRows, tokensToMatrix, type TokenMode } from '../src/tokens.js';
 import { similarityStats, type SimilarityStats } from './stats.js';
@@ -62,6 +63,8 @@ export interface LayerwiseOptions {
  */
 export class TargetCache {
   private readonly last = new Map<string, { t: Tensor3; rows: number; features: Features }>();
+  /** File-backed targets (engines that read files): identified by the digest of their stored values. */
+  private readonly lastFile = new Map<string, { digest: string; rows: number; features: Features }>();
   /** Targets prepared (and their kNN computed) vs handed back unchanged. */
   prepared = 0;
   reused = 0;
@@ -81,6 +84,20 @@ export class TargetCache {
       Buffer.from(hit.t.data.buffer, hit.t.data.byteOffset, hit.t.data.byteLength).equals(Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength));
     if (same) this.reused++;
     return same ? hit.features : undefined;
+  }
+
+  lookupFile(spec: TargetSpec, digest: string, rows: number): Features | undefined {
+    const hit = this.lastFile.get(TargetCache.key(spec));
+    const same = hit !== undefined && hit.rows === rows && hit.digest === digest;
+    if (same) this.reused++;
+    return same ? hit.features : undefined;
+  }
+
+  rememberFile(spec: TargetSpec, digest: string, rows: number, features: Features): void {
+    const key = TargetCache.key(spec);
+    if (this.lastFile.get(key)?.features === features) return;
+    this.prepared++;
+    this.lastFile.set(key, { digest, rows, features });
   }
 
   remember(spec: TargetSpec, t: Tensor3, rows: number, features: Features): void {
@@ -110,7 +127,7 @@ export async function runLayerwise(captureOrDir: Capture | string, options: Laye
   const m = capture.manifest;
   const prep = describePreprocess(options.preprocess, options.q === undefined ? {} : { q: options.q });
   const layers = selectLayers(capture, options.layers);
-  const targetSpecs = options.targets?.length ? options.targets : capture.targets.map((t) => ({ name: t.name }));
+  const targetSpecs: TargetSpec[] = options.targets?.length ? options.targets : capture.targets.map((t) => ({ name: t.name }));
   if (targetSpecs.length === 0) {
     throw new InputError(`${capture.dir}: the capture has no target feature sets; pass --target NAME=PATH`);
   }
@@ -130,13 +147,34 @@ export async function runLayerwise(captureOrDir: Capture | string, options: Laye
     return new Features(preprocess(x, options.preprocess, options.q === undefined ? {} : { q: options.q }), options.engine, label);
   };
 
+  // An engine that reads files (torch) gets the layers and the targets (the capture's own, and --target files) as
+  // descriptions of where their values lie: the values go from the files to its device without passing through Node.
+  const fromFiles = options.engine.files !== undefined;
+  const prepOptions = { preprocess: options.preprocess, ...(options.q === undefined ? {} : { q: options.q }) };
+  const fileFeatures = (rows: ShardRows, label: string) => new Features(shardFeatures(rows, options.tokenMode, pick, prepOptions, label), options.engine, label);
+
   const targets: { name: string; features: Features }[] = [];
   for (const [i, spec] of targetSpecs.entries()) {
     options.signal?.throwIfAborted();
-    const t = await loadTarget(capture, spec);
-    checkTokens(t, layerShape, options.tokenMode, spec.name, capture.dir);
-    const features = options.targetCache?.lookup(spec, t, total) ?? prepare(t, `target ${spec.name}`);
-    options.targetCache?.remember(spec, t, total, features);
+    let features: Features;
+    let rows: ShardRows | null = null;
+    if (fromFiles && spec.path) rows = await locateTarget({ ...spec, path: spec.path });
+    else if (fromFiles) {
+      requireCaptureTarget(capture, spec.name);
+      rows = await capture.targetRows(spec.name);
+    }
+    if (rows) {
+      checkTokens(rows, layerShape, options.tokenMode, spec.name, capture.dir);
+      const cache = options.targetCache;
+      const digest = cache ? await shardDigest(rows) : '';
+      features = cache?.lookupFile(spec, digest, total) ?? fileFeatures(rows, `target ${spec.name}`);
+      cache?.rememberFile(spec, digest, total, features);
+    } else {
+      const t = await loadTarget(capture, spec);
+      checkTokens(t, layerShape, options.tokenMode, spec.name, capture.dir);
+      features = options.targetCache?.lookup(spec, t, total) ?? prepare(t, `target ${spec.name}`);
+      options.targetCache?.remember(spec, t, total, features);
+    }
     if (needsKnn) await features.knn(options.k);
     targets.push({ name: spec.name, features });
     progress({ stage: 'targets', done: i + 1, total: targetSpecs.length });
@@ -145,8 +183,7 @@ export async function runLayerwise(captureOrDir: Capture | string, options: Laye
   const rows: LayerwiseRow[] = [];
   for (const [li, layer] of layers.entries()) {
     options.signal?.throwIfAborted();
-    const h = await capture.readLayer(layer.name);
-    const a = prepare(h, `layer ${layer.name}`);
+    const a = fromFiles ? fileFeatures(await capture.layerRows(layer.name), `layer ${layer.name}`) : prepare(await capture.readLayer(layer.name), `layer ${layer.name}`);
     for (const target of targets) {
       for (const metric of options.metrics) {
         const r = await computeMetric(metric, a, target.features, options.k, prep);
@@ -312,13 +349,35 @@ function selectLayers(capture: Capture, wanted?: (string | number)[]) {
   });
 }
 
+/**
+ * A --target NAME=PATH file as shard-like rows ([samples, dim] or [samples, tokens, dim], checked as loadTarget
+ * checks them), or null where the worker cannot map it as rows (a 3-D Fortran-order .npy): that one is read in Node.
+ */
+async function locateTarget(spec: TargetSpec & { path: string }): Promise<ShardRows | null> {
+  const at = await locateArray(spec.path, spec.key === undefined ? {} : { key: spec.key }, (_what, shape) => {
+    requireNonEmpty(spec.path, `target ${spec.name}`, shape);
+    if (shape.length !== 2 && shape.length !== 3) {
+      throw new InputError(`${spec.path}: target must be [samples, dim] or [samples, tokens, dim], got [${shape.join(', ')}]`);
+    }
+  });
+  const three = at.shape.length === 3;
+  if (three && at.segment.order === 'F') return null;
+  const [samples, tokens, dim] = three ? (at.shape as [number, number, number]) : [at.shape[0]!, 1, at.shape[1]!];
+  const nonFinite = { kind: 'sample' as const, label: `${spec.path}: target ${spec.name}`, tokens: three };
+  return { samples, tokens, dim, segments: [{ ...at.segment, samples, nonFinite }] };
+}
+
+function requireCaptureTarget(capture: Capture, name: string): void {
+  if (!capture.targets.some((t) => t.name === name)) {
+    throw new InputError(
+      `${capture.dir}: no target '${name}' in the capture (has: ${capture.targets.map((t) => t.name).join(', ') || 'none'}); use --target ${name}=PATH for a file`,
+    );
+  }
+}
+
 async function loadTarget(capture: Capture, spec: TargetSpec): Promise<Tensor3> {
   if (!spec.path) {
-    if (!capture.targets.some((t) => t.name === spec.name)) {
-      throw new InputError(
-        `${capture.dir}: no target '${spec.name}' in the capture (has: ${capture.targets.map((t) => t.name).join(', ') || 'none'}); use --target ${spec.name}=PATH for a file`,
-      );
-    }
+    requireCaptureTarget(capture, spec.name);
     return capture.readTarget(spec.name);
   }
   const arr = /\.npy$/i.test(spec.path) ? await readNpy(spec.path) : await readTensor(spec.path, spec.key);
@@ -337,7 +396,7 @@ async function loadTarget(capture: Capture, spec: TargetSpec): Promise<Tensor3> 
   throw new InputError(`${spec.path}: target must be [samples, dim] or [samples, tokens, dim], got [${shape.join(', ')}]`);
 }
 
-function checkTokens(t: Tensor3, layer: { samples: number; tokens: number }, mode: TokenMode, name: string, dir: string): void {
+function checkTokens(t: { samples: number; tokens: number }, layer: { samples: number; tokens: number }, mode: TokenMode, name: string, dir: string): void {
   if (t.samples !== layer.samples) {
     throw new InputError(`target ${name}: ${t.samples} samples, but capture ${dir} has ${layer.samples}`);
   }

@@ -124,6 +124,8 @@ export async function similarityStats(
   const groups = options.groups ?? { group: Int32Array.from({ length: n }, (_, i) => i), position: new Int32Array(n) };
   if (groups.group.length !== n) throw new InputError(`stats: ${groups.group.length} row groups for ${n} rows`);
   const out: SimilarityStats = {};
+  // Nothing asked: no Grams, and the rows of a file-backed matrix stay in the engine.
+  if (nPerm === 0 && nBoot === 0) return out;
   const stat = await pairStatistic(metric, a, b, k, options.gramLimit ?? 3000, options.subsampleFraction ?? 0.5);
 
   if (nPerm > 0) {
@@ -236,14 +238,14 @@ async function pairStatistic(metric: MetricName, a: Features, b: Features, k: nu
         let ra = restrictKnn(ba, rows, km);
         let rb = restrictKnn(bb, rows, km);
         const recomputed = !ra || !rb;
-        ra ??= await engine.knn(subMatrix(a.x, rows), km);
-        rb ??= await engine.knn(subMatrix(b.x, rows), km);
+        ra ??= await engine.knn(subMatrix(await a.heap(), rows), km);
+        rb ??= await engine.knn(subMatrix(await b.heap(), rows), km);
         return { value: knnMetric(metric, ra, rb), recomputed };
       },
     };
   }
   if (metric === 'cosine') {
-    const { cosA, cosPaired } = cosineParts(a.x, b.x);
+    const { cosA, cosPaired } = cosineParts(await a.heap(), await b.heap());
     return {
       permuted: async (perm) => {
         let total = 0;
@@ -282,12 +284,12 @@ async function pairStatistic(metric: MetricName, a: Features, b: Features, k: nu
   const prep = 'stats';
   return {
     permuted: async (perm) => {
-      const bp = new Features(subMatrix(b.x, perm), engine, b.label);
+      const bp = new Features(subMatrix(await b.heap(), perm), engine, b.label);
       return (await computeMetric(metric, a, bp, k, prep)).value;
     },
     subsample: async (rows) => {
-      const as = new Features(subMatrix(a.x, rows), engine, a.label);
-      const bs = new Features(subMatrix(b.x, rows), engine, b.label);
+      const as = new Features(subMatrix(await a.heap(), rows), engine, a.label);
+      const bs = new Features(subMatrix(await b.heap(), rows), engine, b.label);
       return { value: (await computeMetric(metric, as, bs, k, prep)).value, recomputed: true };
     },
   };

@@ -10,11 +10,18 @@
  *   sweep   : L layers against one target, counting the Gram products actually computed
  *   torch   : the torch engine on the CPU (its Python worker, VIRAL_LENS_PYTHON), side by side with the onnxruntime
  *             CPU engine at n = --torch-n (default 8000; 0 skips): which one `auto` should prefer on a CPU
+ *   files   : `compare A.npy B.npy --metric M --preprocess prh` with the torch engine on the CPU at
+ *             n × d = --files-n × --files-d (default 20000 × 1024; 0 skips), M = --files-metric (default cka: its
+ *             O(n·d²) arithmetic leaves the loading visible; cknna's O(n²·d) kNN is the same work either way), before (Node reads both files, preprocesses
+ *             them and writes them to /dev/shm for the worker) and after (the worker maps the .npy payloads itself):
+ *             Node's peak RSS and the wall time from the file names to the score, medians over --repeats children
  *
  * Usage: npm run bench [-- --sizes 2000,8000,20000 --dA 4096 --dB 1024 --repeats 3 --json out.json]
  */
 import { execFileSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import onnxProto from 'onnx-proto';
@@ -24,9 +31,11 @@ import { OnnxEngine } from '../src/engine/onnx.js';
 import { TorchEngine } from '../src/engine/torch.js';
 import type { Engine, KnnLists } from '../src/engine/types.js';
 import type { Matrix } from '../src/matrix.js';
-import { computeMetric, Features } from '../src/metrics/index.js';
+import { computeMetric, Features, METRICS, parseMetric, type MetricName } from '../src/metrics/index.js';
 import { cknnaFromKnn } from '../src/metrics/cknna.js';
 import { CaptureWriter } from '../src/store/capture.js';
+import { writeNpy } from '../src/store/npy.js';
+import { fileFeatures } from '../src/store/source.js';
 import { mulberry32 } from '../src/stats/rng.js';
 
 const K = 10;
@@ -231,6 +240,25 @@ async function child(mode: string, n: number, dA: number, dB: number, repeats: n
   return out;
 }
 
+/** One `compare` of two .npy files through the torch engine: by path (`files`) or through Node's heap (`heap`). */
+async function filesChild(mode: 'files' | 'heap', pathA: string, pathB: string, metric: MetricName): Promise<Record<string, number>> {
+  const torch = await TorchEngine.create({ device: 'cpu' });
+  // The same worker without its file capability is exactly the path every matrix took before it.
+  const engine: Engine =
+    mode === 'files'
+      ? torch
+      : { name: torch.name, precision: torch.precision, device: torch.device, gramTile: (a, s, e, b) => torch.gramTile(a, s, e, b), knn: (x, k) => torch.knn(x, k), crossProduct: (a, b) => torch.crossProduct(a, b), dispose: () => torch.dispose() };
+  const rssBefore = process.memoryUsage().rss / 2 ** 20;
+  const [seconds, r] = await timeIt(async () => {
+    const a = new Features(await fileFeatures(pathA, {}, { preprocess: 'prh' }, engine), engine, pathA);
+    const b = new Features(await fileFeatures(pathB, {}, { preprocess: 'prh' }, engine), engine, pathB);
+    return computeMetric(metric, a, b, K, 'prh');
+  });
+  const out = { seconds, value: r.value, rss_start_mb: rssBefore, peak_rss_mb: process.resourceUsage().maxRSS / 1024 };
+  await torch.dispose();
+  return out;
+}
+
 async function main() {
   const { values } = parseArgs({
     options: {
@@ -241,12 +269,22 @@ async function main() {
       dB: { type: 'string', default: '1024' },
       repeats: { type: 'string', default: '3' },
       'torch-n': { type: 'string', default: '8000' },
+      'files-n': { type: 'string', default: '20000' },
+      'files-d': { type: 'string', default: '1024' },
+      'files-metric': { type: 'string', default: 'cka' },
+      'files-only': { type: 'boolean', default: false },
+      a: { type: 'string' },
+      b: { type: 'string' },
       json: { type: 'string' },
     },
   });
   const dA = Number(values.dA);
   const dB = Number(values.dB);
   const repeats = Number(values.repeats);
+  if (values.child === 'files' || values.child === 'heap') {
+    process.stdout.write(JSON.stringify(await filesChild(values.child, values.a!, values.b!, parseMetric(values['files-metric']!))) + '\n');
+    return;
+  }
   if (values.child) {
     process.stdout.write(JSON.stringify(await child(values.child, Number(values.n), dA, dB, repeats)) + '\n');
     return;
@@ -256,8 +294,14 @@ async function main() {
     const args = ['--import', 'tsx', '--expose-gc', self, '--child', mode, '--n', String(n), '--dA', String(dA), '--dB', String(dB), '--repeats', String(reps)];
     return JSON.parse(execFileSync(process.execPath, args, { encoding: 'utf8', maxBuffer: 1 << 20 }).trim().split('\n').pop()!);
   };
-  const sizes = values.sizes!.split(',').map(Number);
   const results: Record<string, unknown>[] = [];
+  const filesN = Number(values['files-n']);
+  if (filesN > 0) results.push({ files: await filesBench(self, filesN, Number(values['files-d']), parseMetric(values['files-metric']!), repeats) });
+  if (values['files-only']) {
+    if (values.json) writeFileSync(values.json, JSON.stringify(results, null, 2));
+    return;
+  }
+  const sizes = values.sizes!.split(',').map(Number);
   console.log(`CKNNA benchmark: k = ${K}, dA = ${dA}, dB = ${dB}, float32 onnxruntime CPU engine, ${repeats} repeats (medians)`);
   console.log('n       tiled s  GFLOP/s  peak RSS MB  raw GEMM s  tiled/GEMM  dense s  dense RSS MB  dense/tiled  |Δ value|');
   for (const n of sizes) {
@@ -311,6 +355,48 @@ async function main() {
     }
   }
   if (values.json) writeFileSync(values.json, JSON.stringify(results, null, 2));
+}
+
+/** Before/after of the file-backed path: the same compare, `repeats` children each, medians. */
+async function filesBench(self: string, n: number, d: number, metric: MetricName, repeats: number): Promise<Record<string, unknown> | null> {
+  const dir = mkdtempSync(join(tmpdir(), 'viral-lens-bench-files-'));
+  try {
+    const paths = [join(dir, 'A.npy'), join(dir, 'B.npy')] as const;
+    const { A, B } = synthetic(n, d, d, 11);
+    await writeNpy(paths[0], [n, d], A.data);
+    await writeNpy(paths[1], [n, d], B.data);
+    const run = (mode: string) => {
+      const args = ['--import', 'tsx', self, '--child', mode, '--a', paths[0], '--b', paths[1], '--files-metric', metric];
+      return JSON.parse(execFileSync(process.execPath, args, { encoding: 'utf8', maxBuffer: 1 << 20 }).trim().split('\n').pop()!) as Record<string, number>;
+    };
+    const runs: Record<'heap' | 'files', Record<string, number>[]> = { heap: [], files: [] };
+    try {
+      for (let r = 0; r < repeats; r++) for (const mode of ['heap', 'files'] as const) runs[mode].push(run(mode));
+    } catch (err) {
+      console.log(`compare by path (torch engine on the CPU): not run (${String((err as Error).message).split('\n').find((l) => /torch engine/.test(l)) ?? 'worker did not start'})`);
+      return null;
+    }
+    const med = (mode: 'heap' | 'files', key: string) => median(runs[mode].map((x) => x[key]!));
+    const row = {
+      n,
+      d,
+      metric,
+      repeats,
+      before_seconds: med('heap', 'seconds'),
+      after_seconds: med('files', 'seconds'),
+      before_peak_rss_mb: med('heap', 'peak_rss_mb'),
+      after_peak_rss_mb: med('files', 'peak_rss_mb'),
+      value_diff: Math.abs(runs.heap[0]!.value! - runs.files[0]!.value!),
+    };
+    console.log(
+      `compare A.npy B.npy (${metric}, prh${METRICS[metric].needsKnn ? `, k ${K}` : ''}) with the torch engine on the CPU at n = ${n}, d = ${d} (2 × ${((n * d * 4) / 2 ** 20).toFixed(0)} MiB float32), median of ${repeats}: ` +
+        `before (through Node) ${row.before_seconds.toFixed(2)} s, Node peak RSS ${row.before_peak_rss_mb.toFixed(0)} MB; ` +
+        `after (worker maps the files) ${row.after_seconds.toFixed(2)} s, Node peak RSS ${row.after_peak_rss_mb.toFixed(0)} MB; |Δ value| = ${row.value_diff.toExponential(1)}`,
+    );
+    return row;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 await main();

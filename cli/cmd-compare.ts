@@ -1,9 +1,9 @@
 import { parseArgs } from 'node:util';
 import { createEngine, describeEngine } from '../src/engine/index.js';
 import { InputError } from '../src/errors.js';
-import { assertFinite } from '../src/matrix.js';
-import { computeMetric, DEFAULT_K, describePreprocess, Features, METRICS, parseMetric, parsePreprocess, preprocess } from '../src/metrics/index.js';
-import { loadMatrix } from '../src/store/load.js';
+import { computeMetric, DEFAULT_K, describePreprocess, Features, METRICS, parseMetric, parsePreprocess } from '../src/metrics/index.js';
+import { locateMatrix } from '../src/store/load.js';
+import { fileFeatures } from '../src/store/source.js';
 import { describeStats, similarityStats } from '../analysis/stats.js';
 import { engineOptions, intOption, numberOption } from './args.js';
 import { fmtWithStats, statsOptions } from './cmd-layerwise.js';
@@ -38,15 +38,16 @@ export async function run(argv: string[]): Promise<number> {
   const prep = parsePreprocess(values.preprocess);
   const q = numberOption('q', values.q);
   const [pathA, pathB] = positionals as [string, string];
-  const A = await loadMatrix(pathA, values['key-a'] === undefined ? {} : { key: values['key-a'] });
-  const B = await loadMatrix(pathB, values['key-b'] === undefined ? {} : { key: values['key-b'] });
-  assertFinite(A, pathA);
-  assertFinite(B, pathB);
+  const keyA = values['key-a'] === undefined ? {} : { key: values['key-a'] };
+  const keyB = values['key-b'] === undefined ? {} : { key: values['key-b'] };
+  // Headers first: a wrong file fails before an engine starts.
+  await locateMatrix(pathA, keyA);
+  await locateMatrix(pathB, keyB);
   const engine = await createEngine(values.engine, engineOptions(values));
   try {
     const opts = q === undefined ? {} : { q };
-    const a = new Features(preprocess(A, prep, opts), engine, pathA);
-    const b = new Features(preprocess(B, prep, opts), engine, pathB);
+    const a = new Features(await fileFeatures(pathA, keyA, { preprocess: prep, ...opts }, engine), engine, pathA);
+    const b = new Features(await fileFeatures(pathB, keyB, { preprocess: prep, ...opts }, engine), engine, pathB);
     const r = await computeMetric(metric, a, b, k, describePreprocess(prep, opts));
     // Rows of two plain files are taken as independent samples (images); permutations shuffle rows.
     const stats = await similarityStats(metric, a, b, k, r, { ...statsOptions(values), seed: intOption('seed', values.seed, 0) });

@@ -119,7 +119,8 @@ export async function run(argv: string[]): Promise<number> {
   const knnMode = parseKnnMode(values.knn!);
   // Exact kNN wherever it is the faster path; `auto` uses HNSW only on CPU engines above EXACT_MAX_ROWS rows, and
   // every score from approximate lists carries its measured recall.
-  const engine = withKnnPolicy(await createEngine(values.engine, engineOptions(values)), { mode: knnMode });
+  const baseEngine = await createEngine(values.engine, engineOptions(values));
+  const engine = withKnnPolicy(baseEngine, { mode: knnMode });
   const progress = new Progress(!values.quiet);
   let rows: LayerwiseRow[];
   let shardText: string | null = null;
@@ -156,7 +157,7 @@ export async function run(argv: string[]): Promise<number> {
         stats: statsOptions(values),
         engine: engine.name,
         precision: engine.precision,
-        knn: describeKnnPolicy(engine.name, { mode: knnMode }),
+        knn: describeKnnPolicy(baseEngine, { mode: knnMode }),
       };
       const doc = await runShard(positionals, options, shard, params);
       rows = doc.rows;

@@ -109,6 +109,11 @@ test('knn policy: auto stays exact up to the row limit and switches to HNSW abov
   // On a GPU engine exact kNN is the fast path at any n: auto never goes approximate there.
   const gpuLike = { ...cpu, name: 'cuda' } as typeof cpu;
   assert.equal(withKnnPolicy(gpuLike, { mode: 'auto', exactMaxRows: 10 }), gpuLike);
+  // torch on a GPU likewise (and HNSW would pull its file-backed matrices into Node); torch on a CPU keeps the rule.
+  const torchGpu = Object.assign({ ...cpu, name: 'torch' }, { onGpu: true }) as typeof cpu;
+  assert.equal(withKnnPolicy(torchGpu, { mode: 'auto', exactMaxRows: 10 }), torchGpu);
+  const torchCpu = Object.assign({ ...cpu, name: 'torch' }, { onGpu: false }) as typeof cpu;
+  assert.notEqual(withKnnPolicy(torchCpu, { mode: 'auto', exactMaxRows: 10 }), torchCpu);
 });
 
 test('layerwise --knn hnsw states the approximate kNN in every row; a bad --knn value is an input error', async () => {

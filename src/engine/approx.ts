@@ -1,5 +1,6 @@
 import { InputError } from '../errors.js';
 import { type Matrix, toFloat32 } from '../matrix.js';
+import { heapMatrix } from '../metrics/rows.js';
 import { subsampleRows } from '../tokens.js';
 import { checkKnnInput, type Engine, type KnnLists, type KnnOptions } from './types.js';
 
@@ -73,7 +74,8 @@ export function describeHnsw(p: HnswParams): string {
 export async function hnswKnn(x: Matrix, k: number, engine: Engine, params: Partial<HnswParams> = {}, options: KnnOptions = {}): Promise<ApproxKnnLists> {
   checkKnnInput(x, k);
   const p = { ...DEFAULT_HNSW, ...params };
-  const X = toFloat32(x);
+  // HNSW runs in Node: a file-backed matrix is read back from the engine that holds it.
+  const X = toFloat32(await heapMatrix(engine, x));
   const { rows: n, cols: d } = X;
   if (!Number.isInteger(k) || k < 1 || k >= n) throw new InputError(`hnsw kNN: k = ${k} must be in [1, n − 1] with n = ${n}`);
   const want = Math.min(n, k + 2); // self may or may not be returned; k + 1 others are needed
@@ -191,11 +193,11 @@ export interface KnnPolicy {
 /**
  * An engine whose `knn` follows a policy: exact (the wrapped engine) or HNSW, or `auto` = exact up to
  * `exactMaxRows` rows and HNSW above, on CPU engines (a GPU computes exact kNN of 10⁶ rows faster than a CPU builds
- * the graph, so `auto` on `cuda`/`webgpu` is always exact). Everything else is the wrapped engine's. The device string
+ * the graph, so `auto` on `cuda`/`webgpu`, and on `torch` running on a GPU, is always exact). Everything else is the wrapped engine's. The device string
  * states the policy; lists from HNSW carry their measured recall (`knnProvenance`).
  */
 export function withKnnPolicy(engine: Engine, policy: KnnPolicy): Engine {
-  const rule = describeKnnPolicy(engine.name, policy);
+  const rule = describeKnnPolicy(engine, policy);
   if (rule === 'exact') return engine;
   const limit = policy.exactMaxRows ?? EXACT_MAX_ROWS;
   const params = { ...DEFAULT_HNSW, ...policy.hnsw };
@@ -206,13 +208,17 @@ export function withKnnPolicy(engine: Engine, policy: KnnPolicy): Engine {
     gramTile: (a, s, e, b) => engine.gramTile(a, s, e, b),
     crossProduct: (a, b) => engine.crossProduct(a, b),
     dispose: () => engine.dispose(),
+    ...(engine.files ? { files: engine.files } : {}),
     knn: (x, k, options) => (policy.mode === 'hnsw' || x.rows > limit ? hnswKnn(x, k, engine, params, options) : engine.knn(x, k, options)),
   };
 }
 
 /** What `withKnnPolicy` does on an engine of this name, in words (`exact` when it changes nothing). */
-export function describeKnnPolicy(engineName: string, policy: KnnPolicy): string {
-  if (policy.mode === 'exact' || (policy.mode === 'auto' && (engineName === 'cuda' || engineName === 'webgpu'))) return 'exact';
+export function describeKnnPolicy(engine: string | (Pick<Engine, 'name'> & { onGpu?: boolean }), policy: KnnPolicy): string {
+  const name = typeof engine === 'string' ? engine : engine.name;
+  // torch counts as a GPU engine where it runs on one: HNSW would also pull its file-backed matrices into Node.
+  const gpu = name === 'cuda' || name === 'webgpu' || (typeof engine !== 'string' && name === 'torch' && engine.onGpu === true);
+  if (policy.mode === 'exact' || (policy.mode === 'auto' && gpu)) return 'exact';
   const params = describeHnsw({ ...DEFAULT_HNSW, ...policy.hnsw });
   return policy.mode === 'hnsw' ? `kNN ${params}` : `kNN exact up to ${policy.exactMaxRows ?? EXACT_MAX_ROWS} rows, ${params} above`;
 }

@@ -7,7 +7,7 @@ import { TorchEngine, type TorchEngineOptions } from './torch.js';
 import type { Engine } from './types.js';
 import { webGpuAdapter } from './webgpu.js';
 
-export type { Engine, EngineInfo, EnginePrecision, KnnLists, KnnOptions } from './types.js';
+export type { Engine, EngineInfo, EnginePrecision, FileRowsOps, KnnLists, KnnOptions } from './types.js';
 export { checkCrossInput, checkKnnInput, describeEngine } from './types.js';
 export { parseTorchPrecision, TORCH_PRECISIONS, type TorchPrecision } from './torch.js';
 

@@ -1,17 +1,19 @@
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { accessSync, constants, existsSync, statfsSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { delimiter, dirname, join } from 'node:path';
+import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { InputError } from '../errors.js';
-import type { Matrix } from '../matrix.js';
-import { checkCrossInput, checkKnnInput, type Engine, type EnginePrecision, type KnnLists, type KnnOptions } from './types.js';
+import type { FileRows, Matrix } from '../matrix.js';
+import { checkCrossInput, checkKnnInput, type Engine, type EnginePrecision, type FileRowsOps, type KnnLists, type KnnOptions } from './types.js';
 
 /**
  * `--engine torch`: the O(n²·d) work on a PyTorch device, run by a long-lived Python worker from the capture shim's
  * package (src/hooks/torch/viral_lens_torch/engine.py), one per engine instance. Protocol: docs/torch-engine.md.
- * Matrices reach the worker as files it memory-maps (a shared-memory file written from the typed array's own
- * buffer, deleted once loaded), never as JSON; results come back as raw little-endian arrays.
+ * Matrices reach the worker as files it memory-maps, never as JSON: file-backed matrices (`Matrix.source`: .npy
+ * payloads, safetensors tensors, capture shards) straight from their files, which the worker also reduces by token
+ * mode and preprocesses; any other matrix via a shared-memory file written from the typed array's own buffer and
+ * deleted once loaded. Results come back as raw little-endian arrays.
  */
 export const TORCH_PRECISIONS = ['float32', 'tf32', 'bf16'] as const;
 export type TorchPrecision = (typeof TORCH_PRECISIONS)[number];
@@ -334,6 +336,7 @@ export class TorchEngine implements Engine {
   readonly onGpu: boolean;
   private worker: TorchWorker;
   private readonly loaded = new WeakMap<object, string>();
+  private readonly loading = new WeakMap<object, Promise<{ w: TorchWorker; name: string }>>();
   private readonly resident: { name: string; key: WeakRef<object> }[] = [];
   private seq = 0;
 
@@ -379,9 +382,19 @@ export class TorchEngine implements Engine {
   }
 
   /** Hands a matrix to the worker once (per worker); returns its name there. */
-  private async load(m: Matrix): Promise<{ w: TorchWorker; name: string }> {
+  private load(m: Matrix): Promise<{ w: TorchWorker; name: string }> {
+    const key: object = m.source ?? m.data;
+    // Concurrent requests for one matrix (Promise.all over its row sums) share one upload.
+    let p = this.loading.get(key);
+    if (!p) {
+      p = this.loadOnce(m, key).finally(() => this.loading.delete(key));
+      this.loading.set(key, p);
+    }
+    return p;
+  }
+
+  private async loadOnce(m: Matrix, key: object): Promise<{ w: TorchWorker; name: string }> {
     const w = await this.live();
-    const key = m.data;
     const known = this.loaded.get(key);
     const at = known === undefined ? -1 : this.resident.findIndex((r) => r.name === known);
     if (at >= 0) {
@@ -390,14 +403,22 @@ export class TorchEngine implements Engine {
       return { w, name: known! };
     }
     const name = `w${this.seq}:m${this.resident.length}:${Math.random().toString(36).slice(2, 10)}`;
-    const path = join(shmDir(m.data.byteLength), `viral-lens-torch-${process.pid}-${name.replace(/:/g, '-')}.bin`);
-    const dtype = m.data instanceof Float64Array ? 'float64' : 'float32';
-    // The typed array's own bytes: no conversion, no extra copy on Node's heap.
-    writeFileSync(path, new Uint8Array(m.data.buffer, m.data.byteOffset, m.data.byteLength));
-    try {
-      await w.request('load', { name, path, dtype, rows: m.rows, cols: m.cols, offset: 0, unlink: true });
-    } finally {
-      if (existsSync(path)) unlinkSync(path);
+    if (m.source?.kind === 'centred') {
+      const base = await this.load(m.source.of);
+      await base.w.request('centre', { x: base.name, out: name });
+    } else if (m.source) {
+      // The worker maps the files itself: the values never pass through Node.
+      await w.request('load', { name, source: wireSource(m.source) });
+    } else {
+      const path = join(shmDir(m.data.byteLength), `viral-lens-torch-${process.pid}-${name.replace(/:/g, '-')}.bin`);
+      const dtype = m.data instanceof Float64Array ? 'float64' : 'float32';
+      // The typed array's own bytes: no conversion, no extra copy on Node's heap.
+      writeFileSync(path, new Uint8Array(m.data.buffer, m.data.byteOffset, m.data.byteLength));
+      try {
+        await w.request('load', { name, path, dtype, rows: m.rows, cols: m.cols, offset: 0, unlink: true });
+      } finally {
+        if (existsSync(path)) unlinkSync(path);
+      }
     }
     this.loaded.set(key, name);
     this.resident.push({ name, key: new WeakRef(key) });
@@ -455,6 +476,25 @@ export class TorchEngine implements Engine {
     return r.header.value as number;
   }
 
+  /** File-backed matrices (`Matrix.source`): the worker maps their files and does their O(n·d) sums on the device. */
+  readonly files: FileRowsOps = {
+    rowDots: async (a, b) => {
+      const A = await this.load(a);
+      const B = await this.load(b);
+      return f64((await B.w.request('rowdots', { a: A.name, b: B.name })).blobs[0]!);
+    },
+    columnSquaredNorms: async (x) => {
+      const { w, name } = await this.load(x);
+      return f64((await w.request('colsq', { x: name })).blobs[0]!);
+    },
+    read: async (x) => {
+      const { w, name } = await this.load(x);
+      const r = await w.request('fetch', { x: name });
+      const blob = r.blobs[0]!;
+      return { rows: x.rows, cols: x.cols, data: r.header.dtype === 'float64' ? f64(blob) : f32(blob) };
+    },
+  };
+
   /** Diagnostics: a round trip (with an optional delay, used by the fault tests). */
   async ping(delayS = 0): Promise<void> {
     await (await this.live()).request('ping', { delay_s: delayS });
@@ -463,6 +503,28 @@ export class TorchEngine implements Engine {
   async dispose(): Promise<void> {
     await this.worker.close();
   }
+}
+
+/** The `source` of a `load` request (docs/torch-engine.md). */
+function wireSource(s: FileRows): Record<string, unknown> {
+  return {
+    segments: s.segments.map((g) => ({
+      path: resolve(g.path),
+      dtype: g.dtype,
+      little_endian: g.littleEndian,
+      offset: g.offset,
+      samples: g.samples,
+      order: g.order,
+      non_finite: g.nonFinite.kind === 'shard' ? { kind: 'shard', head: g.nonFinite.head, what: g.nonFinite.what, shard_start: g.nonFinite.shardStart } : g.nonFinite,
+    })),
+    tokens: s.tokens,
+    cols: s.cols,
+    mode: s.mode,
+    pick: s.pick ? Array.from(s.pick) : null,
+    float64: s.float64,
+    preprocess: s.preprocess,
+    q: s.q,
+  };
 }
 
 function f32(b: Buffer): Float32Array {

@@ -48,6 +48,21 @@ export interface Engine extends EngineInfo {
   /** Aᵀ·B (dA × dB, row-major), partial sums over row blocks accumulated in float64. */
   crossProduct(a: Matrix, b: Matrix): Promise<Float64Array>;
   dispose(): Promise<void>;
+  /**
+   * Present on engines that read file-backed matrices (`Matrix.source`) themselves: pipelines then hand them
+   * descriptions instead of values (src/store/source.ts), and the few O(n·d) sums metrics need come from here.
+   */
+  readonly files?: FileRowsOps;
+}
+
+/** The O(n·d) work on file-backed matrices that metrics otherwise do over `Matrix.data` (src/metrics/rows.ts). */
+export interface FileRowsOps {
+  /** Σ_c a_ic·b_ic per row, float64. */
+  rowDots(a: Matrix, b: Matrix): Promise<Float64Array>;
+  /** Σ_i x_ic² per column, float64. */
+  columnSquaredNorms(x: Matrix): Promise<Float64Array>;
+  /** The values into Node's heap, for the paths that need them there (permutations, half-sampling, HNSW). */
+  read(x: Matrix): Promise<Matrix>;
 }
 
 export function describeEngine(e: EngineInfo): string {
@@ -75,5 +90,5 @@ function checkMatrixShape(m: Matrix, what: string): void {
   if (!(Number.isSafeInteger(m.rows) && Number.isSafeInteger(m.cols) && m.rows >= 1 && m.cols >= 1)) {
     throw new InputError(`${what} is ${m.rows}×${m.cols}: an empty or zero-width matrix has nothing to compare (n ≥ 1 rows and d ≥ 1 columns needed)`);
   }
-  if (m.data.length !== m.rows * m.cols) throw new InputError(`${what}: data has ${m.data.length} values, expected ${m.rows}×${m.cols}`);
+  if (!m.source && m.data.length !== m.rows * m.cols) throw new InputError(`${what}: data has ${m.data.length} values, expected ${m.rows}×${m.cols}`);
 }

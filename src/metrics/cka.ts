@@ -14,7 +14,7 @@ import { Features } from './features.js';
  */
 export async function hsicPair(a: Features, b: Features): Promise<{ biased: number; unbiased: number }> {
   const n = a.n;
-  Features.checkCrossRange(a, b);
+  await Features.checkCrossRange(a, b);
   const cross = await a.engine.crossProduct(a.centred(), b.centred());
   let frob = 0;
   for (let i = 0; i < cross.length; i++) frob += cross[i]! * cross[i]!;
@@ -24,8 +24,8 @@ export async function hsicPair(a: Features, b: Features): Promise<{ biased: numb
       `${a.label} vs ${b.label}: the ${a.engine.name} engine's (${a.engine.precision}) cross product overflowed (‖ÃᵀB̃‖² = ${frob}); use --preprocess l2 or prh${a.engine.precision !== 'float64' ? ', or --engine ref' : ''}`,
     );
   }
-  const na = a.centredSquaredNorms();
-  const nb = a === b ? na : b.centredSquaredNorms();
+  const na = await a.centredSquaredNorms();
+  const nb = a === b ? na : await b.centredSquaredNorms();
   let sa = 0;
   let sb = 0;
   let sab = 0;

@@ -1,21 +1,11 @@
+import type { Engine } from '../engine/types.js';
 import type { Matrix } from '../matrix.js';
+import { rowDots } from './rows.js';
 
 /** Mean over paired rows of cos(a_i, b_i), the view of VIRAL's alignment loss. Needs dA = dB. Rows of norm 0 count 0. */
-export function pairedCosine(a: Matrix, b: Matrix): number {
-  const d = a.cols;
+export async function pairedCosine(engine: Engine, a: Matrix, b: Matrix): Promise<number> {
+  const [ab, aa, bb] = await Promise.all([rowDots(engine, a, b), rowDots(engine, a, a), rowDots(engine, b, b)]);
   let total = 0;
-  for (let i = 0; i < a.rows; i++) {
-    let ab = 0;
-    let aa = 0;
-    let bb = 0;
-    for (let c = 0; c < d; c++) {
-      const x = a.data[i * d + c]!;
-      const y = b.data[i * d + c]!;
-      ab += x * y;
-      aa += x * x;
-      bb += y * y;
-    }
-    total += aa > 0 && bb > 0 ? ab / Math.sqrt(aa * bb) : 0;
-  }
+  for (let i = 0; i < a.rows; i++) total += aa[i]! > 0 && bb[i]! > 0 ? ab[i]! / Math.sqrt(aa[i]! * bb[i]!) : 0;
   return total / a.rows;
 }

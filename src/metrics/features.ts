@@ -1,6 +1,7 @@
 import type { Engine, KnnLists } from '../engine/index.js';
 import { InputError } from '../errors.js';
-import type { Matrix } from '../matrix.js';
+import { sourcedMatrix, type Matrix } from '../matrix.js';
+import { columnSquaredNorms, heapMatrix, rowDots } from './rows.js';
 
 /**
  * Largest magnitude a float32 engine's sums may reach here: half of float32's maximum (3.4e38), so rounding in a
@@ -19,6 +20,8 @@ function what(engine: Engine): string {
 export class Features {
   private readonly knnCache = new Map<number, Promise<KnnLists>>();
   private centredCache?: Matrix;
+  private heapCache?: Promise<Matrix>;
+  private columnNormCache?: Promise<number>;
   private selfHsicCache?: Promise<{ biased: number; unbiased: number }>;
 
   constructor(
@@ -39,27 +42,30 @@ export class Features {
     // (k+1)-th value for tie detection, so each k is its own entry.
     let p = this.knnCache.get(k);
     if (!p) {
-      this.checkGramRange();
-      p = this.engine.knn(this.x, k, onProgress ? { onProgress } : {}).then((lists) => this.checkLists(lists));
+      p = this.checkGramRange()
+        .then(() => this.engine.knn(this.x, k, onProgress ? { onProgress } : {}))
+        .then((lists) => this.checkLists(lists));
       this.knnCache.set(k, p);
     }
     return p;
+  }
+
+  /** The values in Node's heap: `x` itself, or read back from the engine once when `x` is file-backed. */
+  heap(): Promise<Matrix> {
+    this.heapCache ??= heapMatrix(this.engine, this.x);
+    return this.heapCache;
   }
 
   /**
    * Every partial sum of ⟨x_i, x_j⟩ is at most ‖x_i‖·‖x_j‖ (Cauchy–Schwarz), so max‖x_i‖² within range rules out
    * overflow in a float32 Gram product; beyond it, an Inf or NaN kernel value would silently reorder the neighbours.
    */
-  private checkGramRange(): void {
+  private async checkGramRange(): Promise<void> {
     // tf32 and bf16 keep float32's exponent range, so the same bound holds for them.
     if (this.engine.precision === 'float64') return;
-    const { rows, cols, data } = this.x;
+    const norms = await rowDots(this.engine, this.x, this.x);
     let max = 0;
-    for (let i = 0; i < rows; i++) {
-      let s = 0;
-      for (let c = 0; c < cols; c++) s += data[i * cols + c]! * data[i * cols + c]!;
-      if (s > max) max = s;
-    }
+    for (let i = 0; i < norms.length; i++) if (norms[i]! > max) max = norms[i]!;
     if (!(max <= FLOAT32_SAFE_MAX)) {
       throw new InputError(
         `${this.label}: squared row norms reach ${max.toPrecision(3)}, and ${what(this.engine)}: its kernel values would overflow; use --preprocess l2 or prh, or --engine ref`,
@@ -84,9 +90,9 @@ export class Features {
    * The same guarantee for the cross product ÃᵀB̃: each entry's partial sums are at most ‖Ã_:r‖·‖B̃_:c‖, so the
    * largest column norms bound them. Called by CKA before a float32 engine multiplies the two sides.
    */
-  static checkCrossRange(a: Features, b: Features): void {
+  static async checkCrossRange(a: Features, b: Features): Promise<void> {
     if (a.engine.precision === 'float64') return;
-    const prod = a.maxCentredColumnNorm() * b.maxCentredColumnNorm();
+    const prod = (await a.maxCentredColumnNorm()) * (await b.maxCentredColumnNorm());
     if (!(prod <= FLOAT32_SAFE_MAX)) {
       throw new InputError(
         `${a.label} vs ${b.label}: centred column norms multiply to ${prod.toPrecision(3)}, and ${what(a.engine)}: the cross product would overflow; use --preprocess l2 or prh, or --engine ref`,
@@ -95,17 +101,21 @@ export class Features {
   }
 
   /** From the stored copy: a value beyond float32's range is Infinity there, which the check then refuses. */
-  private maxCentredColumnNorm(): number {
-    const { rows, cols, data } = this.centred();
-    const sq = new Float64Array(cols);
-    for (let i = 0; i < rows; i++) for (let c = 0; c < cols; c++) sq[c]! += data[i * cols + c]! * data[i * cols + c]!;
-    let max = 0;
-    for (let c = 0; c < cols; c++) max = Math.max(max, sq[c]!);
-    return Math.sqrt(max);
+  private maxCentredColumnNorm(): Promise<number> {
+    // Once per representation: CKA checks each side for each of its three HSIC terms.
+    this.columnNormCache ??= columnSquaredNorms(this.engine, this.centred()).then((sq) => {
+      let max = 0;
+      for (let c = 0; c < sq.length; c++) max = Math.max(max, sq[c]!);
+      return Math.sqrt(max);
+    });
+    return this.columnNormCache;
   }
 
-  /** Column-centred copy, centred in float64 then stored in the engine's precision. */
+  /** Column-centred copy, centred in float64 then stored in the engine's precision (by the engine when file-backed). */
   centred(): Matrix {
+    if (!this.centredCache && this.x.source) {
+      this.centredCache = sourcedMatrix(this.x.rows, this.x.cols, { kind: 'centred', of: this.x }, `${this.label} (centred)`);
+    }
     if (!this.centredCache) {
       const { rows, cols, data } = this.x;
       const mean = new Float64Array(cols);
@@ -119,15 +129,9 @@ export class Features {
   }
 
   /** Squared row norms of the centred features, float64. */
-  centredSquaredNorms(): Float64Array {
-    const { rows, cols, data } = this.centred();
-    const out = new Float64Array(rows);
-    for (let i = 0; i < rows; i++) {
-      let s = 0;
-      for (let c = 0; c < cols; c++) s += data[i * cols + c]! * data[i * cols + c]!;
-      out[i] = s;
-    }
-    return out;
+  centredSquaredNorms(): Promise<Float64Array> {
+    const c = this.centred();
+    return rowDots(this.engine, c, c);
   }
 
   /** Cached HSIC(K, K), biased and unbiased, for CKA's denominator. */

@@ -71,7 +71,7 @@ export async function computeMetric(metric: MetricName, a: Features, b: Features
     } else if (metric === 'mutual_knn') base.value = mutualKnnFromKnn(ka, kb);
     else base.value = cycleKnnFromKnn(ka, kb);
   } else if (metric === 'cosine') {
-    base.value = pairedCosine(a.x, b.x);
+    base.value = await pairedCosine(a.engine, a.x, b.x);
   } else {
     const r = await ckaValues(a, b);
     base.value = metric === 'cka' ? r.cka : r.unbiasedCka;

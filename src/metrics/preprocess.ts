@@ -29,8 +29,7 @@ export function preprocess(m: Matrix, p: Preprocess, options: PreprocessOptions 
   const data = m.data.slice();
   if (p === 'none') return { rows: m.rows, cols: m.cols, data };
   if (p === 'prh') {
-    const q = options.q ?? 0.95;
-    if (!(q > 0 && q <= 1)) throw new InputError(`--q: quantile must be in (0, 1], got ${q}`);
+    const q = prhQuantile(options);
     if (q < 1) {
       const qVal = absQuantile(m.data, q);
       for (let i = 0; i < data.length; i++) {
@@ -41,6 +40,13 @@ export function preprocess(m: Matrix, p: Preprocess, options: PreprocessOptions 
   }
   l2NormaliseRows(data, m.cols);
   return { rows: m.rows, cols: m.cols, data };
+}
+
+/** prh's q, checked: the clamp is at the value of rank floor(q·N), so q must lie in (0, 1]. */
+export function prhQuantile(options: PreprocessOptions = {}): number {
+  const q = options.q ?? 0.95;
+  if (!(q > 0 && q <= 1)) throw new InputError(`--q: quantile must be in (0, 1], got ${q}`);
+  return q;
 }
 
 function l2NormaliseRows(data: Float32Array | Float64Array, cols: number): void {

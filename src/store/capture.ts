@@ -12,6 +12,7 @@
 import { mkdir, readdir, readFile, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, relative, sep } from 'node:path';
 import { boundMessage, InputError, quoteName } from '../errors.js';
+import type { SourceSegment } from '../matrix.js';
 import { describeOsError, fsyncDir, isTempFileName, writeFileAtomic } from './atomic.js';
 import { fmtShape, withFile } from './io.js';
 import {
@@ -37,6 +38,9 @@ export { ManifestSchema } from './manifest.js';
 
 /** A [samples, tokens, dim] block of values, row-major. */
 export type Tensor3 = { samples: number; tokens: number; dim: number; data: Float32Array };
+
+/** A layer or target as file segments, one per shard in sample order: [samples, tokens, dim] without the values. */
+export type ShardRows = { samples: number; tokens: number; dim: number; segments: SourceSegment[] };
 
 /** Samples [start, start + count) of a layer or target; only the shards' bytes for those samples are read. */
 export interface SampleRange {
@@ -74,6 +78,9 @@ export interface Capture {
   readLayer(nameOrIndex: string | number, samples?: SampleRange): Promise<Tensor3>;
   /** Reads one target set (all samples, or the `samples` range only). */
   readTarget(name: string, samples?: SampleRange): Promise<Tensor3>;
+  /** Where a layer's values lie in its shards (headers checked, nothing else read): for engines that map files. */
+  layerRows(nameOrIndex: string | number): Promise<ShardRows>;
+  targetRows(name: string): Promise<ShardRows>;
   /** Bytes on disk of manifest.json and every listed shard. */
   sizeBytes(): Promise<number>;
 }
@@ -244,6 +251,29 @@ async function readShards(dir: string, set: ShardSet, range?: SampleRange): Prom
   return { samples: count, tokens, dim, data };
 }
 
+/** Where every shard of one layer/target lies (headers checked as readShards does; no values read). */
+async function shardSegments(dir: string, set: ShardSet): Promise<ShardRows> {
+  const { what, owner, shards, samples, tokens, dim } = set;
+  if (samples === 0) throw new InputError(`${dir}: ${what}: no samples to read (samples.count is ${samples}); an empty capture has nothing to analyse`);
+  const segments: SourceSegment[] = [];
+  for (const shard of [...shards].sort((a, b) => a.start - b.start)) {
+    const path = join(dir, shard.file);
+    const t = await withFile(path, async (fh, size) => checkShardHeader(path, await parseSafetensorsHeader(fh, size, path), { shard, owner, tokens, dim }));
+    segments.push({
+      path,
+      dtype: SEGMENT_DTYPE[floatDtypeOf(path, t)],
+      littleEndian: true,
+      offset: t.begin,
+      samples: shard.count,
+      order: 'C',
+      nonFinite: { kind: 'shard', head: `${path}: tensor ${quoteName(t.name)}`, what, shardStart: shard.start },
+    });
+  }
+  return { samples, tokens, dim, segments };
+}
+
+const SEGMENT_DTYPE = { F16: 'float16', BF16: 'bfloat16', F32: 'float32', F64: 'float64' } as const;
+
 class OpenCapture implements Capture {
   readonly layers: readonly CaptureLayerInfo[];
   readonly targets: readonly CaptureTargetInfo[];
@@ -268,6 +298,22 @@ class OpenCapture implements Capture {
   }
 
   async readLayer(nameOrIndex: string | number, samples?: SampleRange): Promise<Tensor3> {
+    return readShards(this.dir, this.layerSet(nameOrIndex), samples);
+  }
+
+  async readTarget(name: string, samples?: SampleRange): Promise<Tensor3> {
+    return readShards(this.dir, this.targetSet(name), samples);
+  }
+
+  layerRows(nameOrIndex: string | number): Promise<ShardRows> {
+    return shardSegments(this.dir, this.layerSet(nameOrIndex));
+  }
+
+  targetRows(name: string): Promise<ShardRows> {
+    return shardSegments(this.dir, this.targetSet(name));
+  }
+
+  private layerSet(nameOrIndex: string | number): ShardSet {
     const m = this.manifest;
     const byIndex = typeof nameOrIndex === 'number';
     const i = m.layers.findIndex((l) => (byIndex ? l.index === nameOrIndex : l.name === nameOrIndex));
@@ -277,31 +323,31 @@ class OpenCapture implements Capture {
       const wanted = byIndex ? `with index ${nameOrIndex}` : `'${nameOrIndex}'`;
       throw new InputError(`${this.dir}: no layer ${wanted} (layers: ${have})`);
     }
-    return readShards(this.dir, {
+    return {
       what: `layer '${layer.name}'`,
       owner: `layers[${i}] '${layer.name}'`,
       shards: layer.shards,
       samples: m.samples.count,
       tokens: this.tokens,
       dim: layer.dim,
-    }, samples);
+    };
   }
 
-  async readTarget(name: string, samples?: SampleRange): Promise<Tensor3> {
+  private targetSet(name: string): ShardSet {
     const m = this.manifest;
     const i = m.targets.findIndex((t) => t.name === name);
     const target = m.targets[i];
     if (!target) {
       throw new InputError(`${this.dir}: no target '${name}' (targets: ${m.targets.map((t) => t.name).join(', ') || 'none'})`);
     }
-    return readShards(this.dir, {
+    return {
       what: `target '${name}'`,
       owner: `targets[${i}] '${name}'`,
       shards: target.shards,
       samples: m.samples.count,
       tokens: target.tokens,
       dim: target.dim,
-    }, samples);
+    };
   }
 
   async sizeBytes(): Promise<number> {

@@ -2,11 +2,11 @@
 import { stat } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 import { InputError } from '../errors.js';
-import { matrix, type Matrix } from '../matrix.js';
+import { matrix, type Matrix, type SourceSegment } from '../matrix.js';
 import { describeOsError } from './atomic.js';
 import { fmtShape, readFully, withFile } from './io.js';
 import { readNpy, readNpyHeader } from './npy.js';
-import { findTensor, readSafetensorsHeader, readTensor } from './safetensors.js';
+import { findTensor, floatDtypeOf, readSafetensorsHeader, readTensor } from './safetensors.js';
 
 export type FileFormat = 'npy' | 'safetensors';
 
@@ -52,21 +52,52 @@ function requireTwoD(path: string, what: string, shape: readonly number[]): void
   throw new InputError(`${path}: ${what} has shape ${fmtShape(shape)}; expected a 2-D [n, d] matrix (reshape it to [n, d])`);
 }
 
-/** Loads a 2-D [n, d] array as a Matrix; the shape is checked from the header before any data is read. */
-export async function loadMatrix(path: string, options: LoadMatrixOptions = {}): Promise<Matrix> {
+/** Where a 2-D [n, d] array's values lie in its file, from the header alone (the checks of loadMatrix). */
+export interface LocatedMatrix {
+  rows: number;
+  cols: number;
+  format: FileFormat;
+  /** The tensor's name in a .safetensors file. */
+  name: string | null;
+  segment: SourceSegment;
+  /** The in-heap reader returns float64 values (f8 / F64); every other dtype becomes float32. */
+  float64: boolean;
+}
+
+const SEGMENT_DTYPE = { f2: 'float16', f4: 'float32', f8: 'float64', F16: 'float16', BF16: 'bfloat16', F32: 'float32', F64: 'float64' } as const;
+
+/** Where any float array's values lie in a .npy / .safetensors file, from the header; `check` vets the shape. */
+export async function locateArray(
+  path: string,
+  options: LoadMatrixOptions,
+  check: (what: string, shape: readonly number[]) => void,
+): Promise<{ shape: number[]; format: FileFormat; name: string | null; float64: boolean; segment: Omit<SourceSegment, 'samples' | 'nonFinite'> }> {
   const format = await detectFormat(path);
   if (format === 'npy') {
     if (options.key !== undefined) throw new InputError(`${path}: a tensor key ('${options.key}') only applies to .safetensors files`);
     const h = await readNpyHeader(path);
-    requireTwoD(path, 'the array', h.shape);
-    const a = await readNpy(path);
-    return matrix(a.shape[0]!, a.shape[1]!, a.data);
+    check('the array', h.shape);
+    const segment = { path, dtype: SEGMENT_DTYPE[h.dtype], littleEndian: h.littleEndian, offset: h.dataOffset, order: h.fortranOrder ? ('F' as const) : ('C' as const) };
+    return { shape: h.shape, format, name: null, float64: h.dtype === 'f8', segment };
   }
   const header = await readSafetensorsHeader(path);
   const t = findTensor(path, header, options.key);
-  requireTwoD(path, `tensor '${t.name}'`, t.shape);
-  const loaded = await readTensor(path, t.name);
-  return matrix(loaded.shape[0]!, loaded.shape[1]!, loaded.data);
+  check(`tensor '${t.name}'`, t.shape);
+  const dtype = floatDtypeOf(path, t);
+  return { shape: t.shape, format, name: t.name, float64: dtype === 'F64', segment: { path, dtype: SEGMENT_DTYPE[dtype], littleEndian: true, offset: t.begin, order: 'C' } };
+}
+
+export async function locateMatrix(path: string, options: LoadMatrixOptions = {}): Promise<LocatedMatrix> {
+  const at = await locateArray(path, options, (what, shape) => requireTwoD(path, what, shape));
+  const [rows, cols] = at.shape as [number, number];
+  return { rows, cols, format: at.format, name: at.name, float64: at.float64, segment: { ...at.segment, samples: rows, nonFinite: { kind: 'matrix', label: path } } };
+}
+
+/** Loads a 2-D [n, d] array as a Matrix; the shape is checked from the header before any data is read. */
+export async function loadMatrix(path: string, options: LoadMatrixOptions = {}): Promise<Matrix> {
+  const at = await locateMatrix(path, options);
+  const a = at.format === 'npy' ? await readNpy(path) : await readTensor(path, at.name!);
+  return matrix(a.shape[0]!, a.shape[1]!, a.data);
 }
 
 export interface TensorDescription {

@@ -23,13 +23,21 @@ PRECISIONS = tuple(EPS)
 # Rows per block of the cross product Aᵀ·B; partial sums across blocks are added in float64.
 CROSS_BLOCK_ROWS = 65536
 # Elements per chunk of the streamed quantile: bounded temporary memory, and no single op on more than 2³¹ elements.
+# On a CPU 2²⁰: chunks the allocator reuses (2²⁶ was 10× slower there, every chunk fresh pages).
 QUANTILE_CHUNK = 1 << 26
+CPU_QUANTILE_CHUNK = 1 << 20
 # CPU tile budget (bytes of one Gram tile): keeps the working set moderate on shared machines.
 CPU_TILE_BYTES = 256 << 20
 # Bytes per Gram element a tile needs at its peak: the float32 tile, the comparison mask of the tie check, top-k scratch.
 TILE_BYTES_PER_ELEMENT = 10
 # Largest tile in elements: some torch versions' top-k kernels index with 32-bit integers.
 MAX_TILE_ELEMENTS = (1 << 31) - 1
+# Elements per row block of the exact float64 row/column sums (l2, centring, row dots, NaN/Inf checks). On a CPU
+# 2²⁰ doubles = 8 MiB, small enough for the allocator to reuse its blocks (2²⁴ made every block fresh pages: 20×
+# slower) and large enough that thread synchronisation does not dominate; on a GPU 2²⁴ (128 MiB), so that 10⁶ rows
+# are a few dozen kernel launches, not thousands.
+ROW_BLOCK_ELEMENTS = 1 << 20
+GPU_ROW_BLOCK_ELEMENTS = 1 << 24
 
 
 class EngineError(Exception):
@@ -213,11 +221,12 @@ def cross_product(a, b, precision='float32', block_rows=CROSS_BLOCK_ROWS):
     out = torch.zeros(a.shape[1], b.shape[1], dtype=torch.float64, device=a.device)
     for s in range(0, a.shape[0], block_rows):
         e = min(a.shape[0], s + block_rows)
-        out += _matmul(a[s:e].T.contiguous(), b[s:e].T.contiguous(), precision).double()
+        # Transposed views, no copies: BLAS takes them as they are (a contiguous copy first was 2× slower on a CPU).
+        out += _matmul(a[s:e].T, b[s:e].T, precision).double()
     return out
 
 
-def abs_quantile(x, q, chunk=QUANTILE_CHUNK):
+def abs_quantile(x, q, chunk=None):
     """The element of rank floor(q·N) (0-based, ascending) of |x| over all N elements, exactly.
 
     The same definition as src/metrics/preprocess.ts. A radix selection on the bit patterns of |x| (non-negative
@@ -232,6 +241,7 @@ def abs_quantile(x, q, chunk=QUANTILE_CHUNK):
         int_dtype, bits = torch.int64, 64
     else:
         raise EngineError(f'quantile: unsupported dtype {x.dtype}', 'input')
+    chunk = chunk or (CPU_QUANTILE_CHUNK if x.device.type == 'cpu' else QUANTILE_CHUNK)
     flat = x.reshape(-1)
     total = flat.numel()
     if total == 0:
@@ -253,18 +263,160 @@ def abs_quantile(x, q, chunk=QUANTILE_CHUNK):
     return float(torch.tensor([prefix], dtype=int_dtype).view(x.dtype)[0])
 
 
-def prh(x, q=0.95, chunk=QUANTILE_CHUNK):
-    """prh preprocessing (src/metrics/preprocess.ts): clamp to ±(exact |x| quantile q), then unit-norm rows (rows
-    of norm 0 stay 0)."""
-    if q < 1:
+def prh(x, q=0.95, chunk=None):
+    """prh preprocessing (src/metrics/preprocess.ts) of a copy of x: clamp to ±(exact |x| quantile q), then unit-norm
+    rows (rows of norm 0 stay 0)."""
+    return preprocess_(x.clone(), 'prh', q, chunk)
+
+
+def _row_blocks(x):
+    """Row ranges of x of a bounded number of elements: the float64 temporaries of the exact ops below stay small."""
+    n, cols = x.shape[0], x.shape[1]
+    budget = ROW_BLOCK_ELEMENTS if x.device.type == 'cpu' else GPU_ROW_BLOCK_ELEMENTS
+    step = max(1, budget // max(1, cols))
+    return ((s, min(n, s + step)) for s in range(0, n, step))
+
+
+def l2_rows_(x):
+    """In place, src/metrics/preprocess.ts's arithmetic: s = Σ x² in float64, x·(1/√s) rounded to x's dtype; rows
+    with s = 0 stay 0."""
+    torch = _torch()
+    for s, e in _row_blocks(x):
+        blk = x[s:e].double()
+        ss = (blk * blk).sum(dim=1, keepdim=True)
+        inv = torch.where(ss == 0, torch.ones_like(ss), 1.0 / ss.sqrt())
+        x[s:e] = (blk * inv).to(x.dtype)
+    return x
+
+
+def preprocess_(x, name, q=0.95, chunk=None):
+    """`none`, `l2` or `prh` (src/metrics/preprocess.ts), in place on a matrix the caller owns."""
+    if name == 'none':
+        return x
+    if name not in ('l2', 'prh'):
+        raise EngineError(f"unknown preprocessing '{name}'", 'input')
+    if name == 'prh' and q < 1:
         qv = abs_quantile(x, q, chunk)
-        x = x.clamp(-qv, qv)
-    return l2_rows(x)
+        x.clamp_(-qv, qv)
+    return l2_rows_(x)
 
 
-def l2_rows(x):
-    norm = x.norm(dim=1, keepdim=True)
-    return x / norm.masked_fill(norm == 0, 1)
+def row_dots(a, b):
+    """Σ_c a_ic·b_ic per row, float64 (the sums Node forms over its own arrays)."""
+    torch = _torch()
+    out = torch.empty(a.shape[0], dtype=torch.float64, device=a.device)
+    for s, e in _row_blocks(a):
+        out[s:e] = (a[s:e].double() * b[s:e].double()).sum(dim=1)
+    return out
+
+
+def column_squared_norms(x):
+    torch = _torch()
+    out = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for s, e in _row_blocks(x):
+        blk = x[s:e].double()
+        out += (blk * blk).sum(dim=0)
+    return out
+
+
+def centred(x, dtype=None):
+    """Column-centred copy: means in float64, x − mean in float64, stored as `dtype` (Features.centred)."""
+    torch = _torch()
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for s, e in _row_blocks(x):
+        total += x[s:e].double().sum(dim=0)
+    mean = total / x.shape[0]
+    out = torch.empty(x.shape, dtype=dtype or torch.float32, device=x.device)
+    for s, e in _row_blocks(x):
+        out[s:e] = (x[s:e].double() - mean).to(out.dtype)
+    return out
+
+
+def _js_number(v):
+    """How Node prints a number in the same message: NaN, Infinity, -Infinity."""
+    if v != v:
+        return 'NaN'
+    if math.isinf(v):
+        return 'Infinity' if v > 0 else '-Infinity'
+    return repr(v)
+
+
+def _segment_error(x, seg, tokens):
+    """The in-heap readers' message for the first NaN/Inf of a segment (row-major order), or None."""
+    torch = _torch()
+    for s, e in _row_blocks(x):
+        bad = ~torch.isfinite(x[s:e])
+        if bool(bad.any()):
+            break
+    else:
+        return None
+    r, c = (int(v) for v in torch.nonzero(bad)[0])
+    v = _js_number(float(x[s + r, c]))
+    r += s
+    nf = seg.get('non_finite') or {}
+    if nf.get('kind') == 'shard':
+        sample, token = divmod(r, tokens)
+        return (f"{nf['head']}: non-finite value {v} at sample {int(nf['shard_start']) + sample} (shard row {sample}), token {token}, "
+                f"dim {c} of {nf['what']}; NaN/Inf values are not allowed")
+    if nf.get('kind') == 'sample':
+        sample, token = divmod(r, tokens)
+        return f"{nf['label']}: non-finite value {v} at sample {sample}{f', token {token}' if nf.get('tokens') else ''}, dim {c}; NaN/Inf values are not allowed"
+    return f"{nf.get('label') or seg['path']}: row {r}, column {c} is {v} (NaN/Inf values are not allowed)"
+
+
+def load_rows(source, device):
+    """The rows a file-backed matrix describes (docs/torch-engine.md, `load` with `source`): each segment mapped from
+    its file, byte-swapped if big-endian, checked for NaN/Inf, reduced by the token mode and the row pick, then
+    concatenated along samples and preprocessed, on `device`. Node never holds these values."""
+    torch = _torch()
+    tokens = int(source.get('tokens', 1))
+    cols = int(source['cols'])
+    mode = source.get('mode', 'per-token')
+    pick = source.get('pick')
+    keep64 = bool(source.get('float64'))
+    per_row = 1 if mode == 'per-token' else tokens  # flattened rows per output row before the pick
+    segments = source['segments']
+    total = len(pick) if pick is not None else sum(int(g['samples']) for g in segments) * tokens // per_row
+    # Filled segment by segment: the peak is the result plus one shard, not twice the result (as torch.cat would be).
+    x = None
+    at = 0
+    first_row = 0
+    pick_t = torch.tensor(pick, dtype=torch.int64) if pick is not None else None
+    for seg in segments:
+        samples = int(seg['samples'])
+        n_flat = samples * tokens
+        m = map_matrix(seg['path'], seg['dtype'], n_flat, cols, int(seg.get('offset', 0)), seg.get('order', 'C'),
+                       little_endian=seg.get('little_endian', True))
+        # A real copy (off the mapping, or onto the device), so that preprocessing in place never writes the file's pages.
+        t = m.clone(memory_format=torch.contiguous_format) if torch.device(device).type == 'cpu' else m.to(device).contiguous()
+        del m
+        if not (keep64 and t.dtype == torch.float64):
+            t = t.float()
+        err = _segment_error(t, seg, tokens)
+        if err:
+            raise EngineError(err, 'input')
+        out_rows = n_flat // per_row
+        if mode == 'first':
+            t = t.view(samples, tokens, cols)[:, 0, :].contiguous()
+        elif mode == 'mean':
+            t = (t.view(samples, tokens, cols).double().sum(dim=1) / tokens).float()
+        elif mode != 'per-token':
+            raise EngineError(f"unknown token mode '{mode}'", 'input')
+        if pick_t is not None:
+            sel = pick_t[(pick_t >= first_row) & (pick_t < first_row + out_rows)] - first_row
+            t = t.index_select(0, sel.to(t.device))
+        first_row += out_rows
+        if len(segments) == 1:
+            x = t
+            break
+        if x is None:
+            x = torch.empty(total, cols, dtype=t.dtype, device=t.device)
+        x[at:at + t.shape[0]] = t
+        at += t.shape[0]
+        del t
+    if torch.device(device).type == 'mps' and x.dtype == torch.float64:
+        x = x.float()
+    return preprocess_(x, source.get('preprocess', 'none'), float(source.get('q', 0.95)))
 
 
 def check_finite(x, what):
@@ -276,9 +428,10 @@ def check_finite(x, what):
         raise EngineError(f'{what}: row {r}, column {c} is {float(x.reshape(-1)[pos])} (NaN/Inf values are not allowed)', 'input')
 
 
-def map_matrix(path, dtype, rows, cols, offset=0, order='C'):
+def map_matrix(path, dtype, rows, cols, offset=0, order='C', little_endian=True):
     """Memory-maps rows × cols values of `dtype` at byte `offset` of `path` (a .npy payload, a capture shard, or the
-    Node engine's shared-memory file) as a CPU tensor; nothing is read until used."""
+    Node engine's shared-memory file) as a CPU tensor; nothing is read until used (big-endian data is swapped into a
+    copy)."""
     torch = _torch()
     tdt = {'float32': torch.float32, 'float64': torch.float64, 'float16': torch.float16, 'bfloat16': torch.bfloat16}.get(dtype)
     if tdt is None:
@@ -293,6 +446,9 @@ def map_matrix(path, dtype, rows, cols, offset=0, order='C'):
     if len(mm) < need:
         raise EngineError(f'{path}: {len(mm)} bytes, but {rows}×{cols} {dtype} at offset {offset} needs {need}', 'input')
     t = torch.frombuffer(mm, dtype=tdt, count=count, offset=offset)
+    if little_endian != (sys.byteorder == 'little'):
+        size = t.element_size()
+        t = torch.frombuffer(mm, dtype=torch.uint8, count=count * size, offset=offset).view(count, size).flip(1).contiguous().view(tdt).view(-1)
     return t.reshape(cols, rows).T if order == 'F' else t.reshape(rows, cols)
 
 
@@ -342,6 +498,10 @@ class Worker:
         return m
 
     def op_load(self, req):
+        if req.get('source') is not None:
+            t = load_rows(req['source'], self.device)
+            self.mats[req['name']] = t
+            return {'rows': t.shape[0], 'cols': t.shape[1]}, ()
         m = map_matrix(req['path'], req['dtype'], int(req['rows']), int(req['cols']), int(req.get('offset', 0)), req.get('order', 'C'))
         check_finite(m, req.get('label') or req['path'])
         if self.device.type == 'mps' and m.dtype == self.torch.float64:
@@ -386,12 +546,32 @@ class Worker:
 
     def op_quantile(self, req):
         x = self.mat(req['x'], for_compute=False)
-        return {'value': abs_quantile(x, float(req['q']), int(req.get('chunk') or QUANTILE_CHUNK))}, ()
+        return {'value': abs_quantile(x, float(req['q']), int(req.get('chunk') or 0) or None)}, ()
 
     def op_prh(self, req):
         x = self.mat(req['x'], for_compute=False)
         self.mats[req['out']] = prh(x, float(req.get('q', 0.95)))
         return {}, ()
+
+    def op_centre(self, req):
+        self.mats[req['out']] = centred(self.mat(req['x'], for_compute=False))
+        return {}, ()
+
+    def op_rowdots(self, req):
+        a = self.mat(req['a'], for_compute=False)
+        b = self.mat(req['b'], for_compute=False)
+        if a.shape[0] != b.shape[0] or a.shape[1] != b.shape[1]:
+            raise EngineError(f'rowdots: {tuple(a.shape)} vs {tuple(b.shape)}', 'input')
+        return {}, (_tensor_bytes(row_dots(a, b)),)
+
+    def op_colsq(self, req):
+        return {}, (_tensor_bytes(column_squared_norms(self.mat(req['x'], for_compute=False))),)
+
+    def op_fetch(self, req):
+        x = self.mat(req['x'], for_compute=False)
+        if x.dtype != self.torch.float64:
+            x = x.float()
+        return {'dtype': 'float64' if x.dtype == self.torch.float64 else 'float32', 'shape': list(x.shape)}, (_tensor_bytes(x),)
 
     def op_ping(self, req):
         # `delay_s` exists for the fault tests (a request in flight when the worker dies).
