@@ -38,11 +38,6 @@ await build({
 });
 // Static files the dashboard serves next to its module (server/app.ts PUBLIC_DIR).
 await cp(join(root, 'server', 'public'), join(dist, 'server', 'public'), { recursive: true });
-// The torch engine's Python worker, found next to its module (src/engine/torch.ts SHIM_DIR).
-await cp(join(root, 'src', 'hooks', 'torch', 'viral_lens_torch'), join(dist, 'src', 'hooks', 'torch', 'viral_lens_torch'), {
-  recursive: true,
-  filter: (p) => !p.includes('__pycache__'),
-});
 const newest = Math.max(...(await Promise.all(files.map(async (f) => (await stat(f)).mtimeMs))));
 await mkdir(dist, { recursive: true });
 await writeFile(join(dist, 'build.json'), JSON.stringify({ files: files.length, newestSourceMtimeMs: newest, builtAt: new Date().toISOString() }) + '\n');
