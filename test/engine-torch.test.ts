@@ -247,3 +247,22 @@ test('torch engine: doctor\'s torch status names the interpreter, torch version 
   const bad = await torchStatus({ python: join(dir, 'no-such-python') });
   assert.match(bad.error!, /no python interpreter/);
 });
+
+test('torch engine: the compiled build (bin/viral-lens.mjs → dist/) starts the worker from src/hooks/torch and agrees with ref', { skip: missing }, async (t) => {
+  const run = (engine: string) =>
+    promisify(execFile)(process.execPath, [join(root, 'bin', 'viral-lens.mjs'), 'compare', join(dir, 'A.npy'), join(dir, 'B.npy'), '--metric', 'cka', '--preprocess', 'l2', '--engine', engine, '--json'], {
+      cwd: tmpdir(),
+      env: { ...process.env, VIRAL_LENS_TSX: '' },
+    });
+  const got = await run('torch');
+  if (/running the TypeScript sources through tsx/.test(got.stderr)) {
+    // An edited checkout answers from the sources; only a fresh build exercises dist/.
+    if (process.env.CI === 'true') assert.fail(`under CI, npm ci must have built dist/ (prepare): ${got.stderr.trim()}`);
+    t.skip(`dist/ is missing or stale here (${got.stderr.trim()}); npm run build refreshes it`);
+    return;
+  }
+  const torchOut = JSON.parse(got.stdout) as { engine: string; value: number };
+  const refOut = JSON.parse((await run('ref')).stdout) as { engine: string; value: number };
+  assert.equal(torchOut.engine, 'torch');
+  assert.ok(Math.abs(torchOut.value - refOut.value) <= 2e-5, `torch ${torchOut.value} vs ref ${refOut.value}`);
+});

@@ -56,7 +56,12 @@ export class TorchUnavailableError extends InputError {
 /** The worker died (killed, crashed, out of host memory): every request in flight fails with this one line. */
 export class TorchWorkerDiedError extends InputError {}
 
-const SHIM_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'hooks', 'torch');
+const HERE = dirname(fileURLToPath(import.meta.url));
+// The Python package is not compiled: from the built dist/src/engine/ it is the source tree's src/hooks/torch (the
+// npm package ships src/), so the worker never runs a stale copy of engine.py.
+const SHIM_DIR = [join(HERE, '..', 'hooks', 'torch'), join(HERE, '..', '..', '..', 'src', 'hooks', 'torch')].find((d) =>
+  existsSync(join(d, 'viral_lens_torch', 'engine.py')),
+) ?? join(HERE, '..', 'hooks', 'torch');
 const ENGINE_PY = join(SHIM_DIR, 'viral_lens_torch', 'engine.py');
 /** Loaded matrices kept in the worker's memory; older ones are freed (a layer sweep streams through its layers). */
 const MAX_RESIDENT = 6;

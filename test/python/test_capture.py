@@ -1,5 +1,6 @@
 """Hidden-state capture: values, pooling, discovery, hook removal, image-token checks, targets, shuffle, attention."""
 
+import inspect
 import os
 import shutil
 import tempfile
@@ -82,6 +83,28 @@ class TestCaptureValues(CaptureTestCase):
 
     def test_hf_legacy_layout_left_padding(self):
         self._check_hf("hf-legacy", "left")
+
+    def test_first_layer_called_with_hidden_states_as_keyword(self):
+        # The embed pre-hook sees a keyword hidden_states only through register_forward_pre_hook(with_kwargs=True)
+        # (torch >= 2.0); torch 1.13 hooks get the positional arguments only, so there it must be a clear error.
+        torch.manual_seed(0)
+        model = TinyLlavaForConditionalGeneration(n_layers=2).eval()
+        model.parts()[2].hidden_states_as_keyword = True
+        batch = make_hf_batch(2, seed=3)
+        writer = vl.CaptureWriter.create(self.path("kw"))
+        with_kwargs = "with_kwargs" in inspect.signature(nn.Module.register_forward_pre_hook).parameters
+        with torch.no_grad(), vl.capture_hidden_states(model, writer, dtype=torch.float32, **SMALL) as cap:
+            cap.expect(batch["ids"])
+            if not with_kwargs:
+                with self.assertRaisesRegex(TypeError, "without hidden states as its first argument"):
+                    model(**model_inputs(batch))
+                return
+            out = model(**model_inputs(batch), output_hidden_states=True)
+        _, layers, _ = vl.read_capture(self.path("kw"))
+        refs = reference_states(out, batch["input_ids"] == IMAGE_TOKEN, 2)
+        self.assertEqual(sorted(layers), sorted(refs))
+        for name, ref in refs.items():
+            self.assertTrue(torch.equal(layers[name], ref), name)
 
     def test_llava_repo_layout(self):
         torch.manual_seed(0)

@@ -175,6 +175,7 @@ class TinyLlamaModel(nn.Module):
         self.embed_tokens = nn.Embedding(VOCAB, dim)
         self.layers = nn.ModuleList(TinyDecoderLayer(dim, heads, dropout) for _ in range(n_layers))
         self.norm = nn.LayerNorm(dim)
+        self.hidden_states_as_keyword = False  # call the layers as layer(hidden_states=h, ...)
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, output_hidden_states=False,
                 output_attentions=False):
@@ -185,7 +186,10 @@ class TinyLlamaModel(nn.Module):
         for layer in self.layers:
             if output_hidden_states:
                 all_h += (h,)
-            h, w = layer(h, attention_mask=mask, output_attentions=output_attentions)
+            if self.hidden_states_as_keyword:
+                h, w = layer(hidden_states=h, attention_mask=mask, output_attentions=output_attentions)
+            else:
+                h, w = layer(h, attention_mask=mask, output_attentions=output_attentions)
             if output_attentions:
                 all_a += (w,)
         raw = h
