@@ -143,8 +143,8 @@ PYTHONPATH=$repo/src/hooks/torch VIRAL_LENS_REQUIRE_TORCH=1 PYTHONWARNINGS=error
 
 say 'npm run build (the compiled-CLI test runs dist/)'
 npm run -s build
-say 'node tests: test/engine-torch.test.ts test/torch-shim.test.ts'
-CI=true VIRAL_LENS_PYTHON=$py node --import tsx --test test/engine-torch.test.ts test/torch-shim.test.ts
+say 'node tests: test/engine-torch.test.ts test/engine-torch-files.test.ts test/torch-shim.test.ts'
+CI=true VIRAL_LENS_PYTHON=$py node --import tsx --test test/engine-torch.test.ts test/engine-torch-files.test.ts test/torch-shim.test.ts
 
 say 'viral-lens doctor'
 doctor=$(VIRAL_LENS_PYTHON=$py node bin/viral-lens.mjs doctor)
