@@ -266,3 +266,26 @@ test('torch engine: the compiled build (bin/viral-lens.mjs → dist/) starts the
   assert.equal(torchOut.engine, 'torch');
   assert.ok(Math.abs(torchOut.value - refOut.value) <= 2e-5, `torch ${torchOut.value} vs ref ${refOut.value}`);
 });
+
+test('torch engine: a byte budget bounds the matrices kept on the device; evicted ones are reloaded and give the same values', { skip: missing }, async () => {
+  // randn gives float64 rows: 120 × 32 × (8 + 4 for the float32 compute copy) = 46,080 bytes each on the worker.
+  const each = 120 * 32 * 12;
+  const engine = await TorchEngine.create({ device: 'cpu', residentBytes: Math.floor(2.5 * each) });
+  try {
+    const layers = Array.from({ length: 6 }, (_, i) => randn(120, 32, 300 + i));
+    const target = randn(120, 16, 399);
+    for (const layer of layers) {
+      assert.ok(maxDiff(await engine.crossProduct(layer, target), await ref.crossProduct(layer, target)) < 1e-4);
+      const held = await engine.residentInWorker();
+      // Two operands in use may exceed the budget alone; never more than the operands plus what fits.
+      assert.ok(held.bytes <= Math.max(2.5 * each, 2 * each), `the worker holds ${held.bytes} bytes in ${held.count} matrices (budget ${2.5 * each})`);
+    }
+    // The first layer was evicted long ago: it is loaded again and still right.
+    const again = await engine.knn(layers[0]!, 5);
+    const want = await ref.knn(layers[0]!, 5);
+    assert.deepEqual([...again.indices], [...want.indices]);
+    assert.ok(maxDiff(again.values, want.values) < 1e-4);
+  } finally {
+    await engine.dispose();
+  }
+});

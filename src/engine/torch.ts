@@ -26,6 +26,12 @@ export interface TorchEngineOptions {
   precision?: TorchPrecision;
   /** Seconds to wait for the worker's hello (importing torch and starting CUDA). */
   startTimeoutS?: number;
+  /**
+   * Device bytes the matrices kept between requests may take; least recently used ones are freed to stay under it.
+   * Default: half of the GPU's memory (the other half is for the tiles), unlimited on the CPU (where only the count
+   * bound applies).
+   */
+  residentBytes?: number;
 }
 
 /** What the worker reports on start (docs/torch-engine.md, `hello`). */
@@ -67,6 +73,11 @@ const SHIM_DIR = [join(HERE, '..', 'hooks', 'torch'), join(HERE, '..', '..', '..
 const ENGINE_PY = join(SHIM_DIR, 'viral_lens_torch', 'engine.py');
 /** Loaded matrices kept in the worker's memory; older ones are freed (a layer sweep streams through its layers). */
 const MAX_RESIDENT = 6;
+/**
+ * The most recently used matrices are never freed to make room: an operation loads its operands one after another
+ * (a, then b, then a centred copy of one of them) and needs them all when it runs.
+ */
+const IN_USE = 3;
 const INSTALL_HINT =
   'install PyTorch for it (`pip install torch`, see https://pytorch.org; Debian/Ubuntu: `apt-get install python3-torch`) or set VIRAL_LENS_PYTHON to a python that has it';
 
@@ -337,7 +348,8 @@ export class TorchEngine implements Engine {
   private worker: TorchWorker;
   private readonly loaded = new WeakMap<object, string>();
   private readonly loading = new WeakMap<object, Promise<{ w: TorchWorker; name: string }>>();
-  private readonly resident: { name: string; key: WeakRef<object> }[] = [];
+  private readonly resident: { name: string; key: WeakRef<object>; bytes: number }[] = [];
+  private readonly residentBudget: number;
   private seq = 0;
 
   private constructor(
@@ -350,6 +362,8 @@ export class TorchEngine implements Engine {
     this.precision = precision;
     this.device = describeDevice(info, precision);
     this.onGpu = !info.device.startsWith('cpu');
+    // 10⁶ rows × 4096 columns is 16 GB in float32: a count bound alone would keep ~100 GB of a sweep on the card.
+    this.residentBudget = options.residentBytes ?? (this.onGpu && info.total_bytes ? Math.floor(info.total_bytes / 2) : Infinity);
   }
 
   /** `device`/`precision` default to VIRAL_LENS_DEVICE / VIRAL_LENS_PRECISION (how `serve` and `demo` pass them). */
@@ -403,30 +417,45 @@ export class TorchEngine implements Engine {
       return { w, name: known! };
     }
     const name = `w${this.seq}:m${this.resident.length}:${Math.random().toString(36).slice(2, 10)}`;
+    // Room first (the new matrix at float32 at least), so the device never holds the old and the new at once.
+    await this.evict(w, IN_USE - 1, m.rows * m.cols * 4);
+    let bytes = m.rows * m.cols * 4;
     if (m.source?.kind === 'centred') {
       const base = await this.load(m.source.of);
-      await base.w.request('centre', { x: base.name, out: name });
+      bytes = ((await base.w.request('centre', { x: base.name, out: name })).header.bytes as number | undefined) ?? bytes;
     } else if (m.source) {
       // The worker maps the files itself: the values never pass through Node.
-      await w.request('load', { name, source: wireSource(m.source) });
+      bytes = ((await w.request('load', { name, source: wireSource(m.source) })).header.bytes as number | undefined) ?? bytes;
     } else {
       const path = join(shmDir(m.data.byteLength), `viral-lens-torch-${process.pid}-${name.replace(/:/g, '-')}.bin`);
       const dtype = m.data instanceof Float64Array ? 'float64' : 'float32';
       // The typed array's own bytes: no conversion, no extra copy on Node's heap.
       writeFileSync(path, new Uint8Array(m.data.buffer, m.data.byteOffset, m.data.byteLength));
       try {
-        await w.request('load', { name, path, dtype, rows: m.rows, cols: m.cols, offset: 0, unlink: true });
+        bytes = ((await w.request('load', { name, path, dtype, rows: m.rows, cols: m.cols, offset: 0, unlink: true })).header.bytes as number | undefined) ?? bytes;
       } finally {
         if (existsSync(path)) unlinkSync(path);
       }
     }
     this.loaded.set(key, name);
-    this.resident.push({ name, key: new WeakRef(key) });
-    while (this.resident.length > MAX_RESIDENT) {
+    this.resident.push({ name, key: new WeakRef(key), bytes });
+    await this.evict(w, IN_USE, 0);
+    return { w, name };
+  }
+
+  /** Frees least recently used matrices (all but the newest `keep`) until the count and byte bounds hold with `extra` more. */
+  private async evict(w: TorchWorker, keep: number, extra: number): Promise<void> {
+    const total = () => this.resident.reduce((s, r) => s + r.bytes, 0);
+    while (this.resident.length > keep && (this.resident.length > MAX_RESIDENT || total() + extra > this.residentBudget)) {
       const old = this.resident.shift()!;
       await w.request('free', { name: old.name });
     }
-    return { w, name };
+  }
+
+  /** What the worker holds now (matrices, device bytes): for the tests of the residency bounds. */
+  async residentInWorker(): Promise<{ count: number; bytes: number }> {
+    const w = await this.live();
+    return (await w.request('ping', {})).header.resident as { count: number; bytes: number };
   }
 
   async gramTile(a: Matrix, rowStart: number, rowEnd: number, b: Matrix): Promise<Float32Array> {

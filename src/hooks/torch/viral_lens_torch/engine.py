@@ -497,11 +497,15 @@ class Worker:
             m = self.mats[name + '#f32']
         return m
 
+    def _footprint(self, t):
+        # Device bytes of a matrix, counting the float32 copy a float64 one gets on first compute (self.mat).
+        return t.numel() * (t.element_size() + (4 if t.dtype == self.torch.float64 else 0))
+
     def op_load(self, req):
         if req.get('source') is not None:
             t = load_rows(req['source'], self.device)
             self.mats[req['name']] = t
-            return {'rows': t.shape[0], 'cols': t.shape[1]}, ()
+            return {'rows': t.shape[0], 'cols': t.shape[1], 'bytes': self._footprint(t)}, ()
         m = map_matrix(req['path'], req['dtype'], int(req['rows']), int(req['cols']), int(req.get('offset', 0)), req.get('order', 'C'))
         check_finite(m, req.get('label') or req['path'])
         if self.device.type == 'mps' and m.dtype == self.torch.float64:
@@ -515,7 +519,7 @@ class Worker:
             except OSError:
                 pass
         self.mats[req['name']] = t
-        return {'rows': t.shape[0], 'cols': t.shape[1]}, ()
+        return {'rows': t.shape[0], 'cols': t.shape[1], 'bytes': self._footprint(t)}, ()
 
     def op_free(self, req):
         self.mats.pop(req['name'], None)
@@ -554,8 +558,9 @@ class Worker:
         return {}, ()
 
     def op_centre(self, req):
-        self.mats[req['out']] = centred(self.mat(req['x'], for_compute=False))
-        return {}, ()
+        t = centred(self.mat(req['x'], for_compute=False))
+        self.mats[req['out']] = t
+        return {'bytes': self._footprint(t)}, ()
 
     def op_rowdots(self, req):
         a = self.mat(req['a'], for_compute=False)
@@ -576,7 +581,8 @@ class Worker:
     def op_ping(self, req):
         # `delay_s` exists for the fault tests (a request in flight when the worker dies).
         time.sleep(float(req.get('delay_s', 0)))
-        return {'device_info': device_info(self.device)}, ()
+        resident = {'count': len(self.mats), 'bytes': sum(t.numel() * t.element_size() for t in self.mats.values())}
+        return {'device_info': device_info(self.device), 'resident': resident}, ()
 
     def serve(self, inp):
         self.hello()
