@@ -12,7 +12,10 @@
  * global image statistics, not from positions. Issue 15 is about reaching "held-out ≫ chance and shuffle hurts".
  *
  * Usage: node --import tsx bench/learning.bench.ts [--seed 0] [--steps N] [--images N] [--width W] [--layers L]
- *          [--heads H] [--batch B] [--lr X] [--warmup N] [--quick] [--features DIR]
+ *          [--heads H] [--batch B] [--lr X] [--warmup N]
+ *          [--types colour,shape] [--oracle]
+ * --types trains on those question types only (the chance row keeps the all-types training draw); --oracle replaces the encoder's features by each patch's true cell
+ * content (one-hot): what the LLM learns when the visual input is perfect, the upper bound for the encoder. [--quick] [--features DIR]
  * Features are cached in --features (default: <os tmp>/viral-lens-learning-features), keyed like the demo's cache.
  */
 import { tmpdir } from 'node:os';
@@ -22,7 +25,7 @@ import { DEFAULT_SIZE, demoChance, demoEvalSettings, QUICK_SIZE } from '../analy
 import { initBackend } from '../src/model/backend.js';
 import { extractSceneFeatures, loadTeacher, loadVisionEncoder } from '../src/model/encoders.js';
 import { defaultConfig, MiniLlava } from '../src/model/mini-llava.js';
-import { generateScenes, QUESTION_TYPES, splitByImage, VOCAB } from '../src/model/scenes.js';
+import { COLOURS, generateScenes, OBJECT_GRID, QUESTION_TYPES, SHAPES, splitByImage, VOCAB, type QuestionType } from '../src/model/scenes.js';
 import { DEFAULT_TRAIN, evaluate, train, type EvalResult } from '../src/model/train.js';
 
 const { values } = parseArgs({
@@ -36,6 +39,8 @@ const { values } = parseArgs({
     batch: { type: 'string' },
     lr: { type: 'string' },
     warmup: { type: 'string' },
+    types: { type: 'string' },
+    oracle: { type: 'boolean', default: false },
     quick: { type: 'boolean', default: false },
     features: { type: 'string', default: join(tmpdir(), 'viral-lens-learning-features') },
   },
@@ -62,6 +67,13 @@ const size = {
 };
 const lr = num('lr', values.lr, DEFAULT_TRAIN.lr);
 const warmup = num('warmup', values.warmup, DEFAULT_TRAIN.warmup, 0);
+const questionTypes = values.types?.split(',').map((t) => {
+  if (!(QUESTION_TYPES as readonly string[]).includes(t)) {
+    console.error(`--types: '${t}' is not a question type (${QUESTION_TYPES.join(', ')})`);
+    process.exit(2);
+  }
+  return t as QuestionType;
+});
 
 const backend = await initBackend('auto');
 const scenes = generateScenes(seed, size.images);
@@ -73,6 +85,26 @@ const features = await extractSceneFeatures(scenes, encoder, teacher, { sceneSee
 encoder.dispose();
 teacher.dispose();
 const featureSeconds = (performance.now() - tFeat) / 1000;
+if (values.oracle) {
+  // What the LLM can learn when the visual input is perfect: every patch holds exactly its grid cell's content
+  // (one-hot colour and shape, or "empty"), in place of the encoder's features. Same slots, same questions.
+  const { dim } = features.encoder.spec;
+  const [gr, gc] = features.grid;
+  const data = features.encoder.data.fill(0);
+  scenes.forEach((scene, i) => {
+    for (let p = 0; p < gr * gc; p++) {
+      const row = Math.floor((Math.floor(p / gc) * OBJECT_GRID) / gr);
+      const col = Math.floor(((p % gc) * OBJECT_GRID) / gc);
+      const o = scene.objects.find((x) => x.row === row && x.col === col);
+      const at = (i * gr * gc + p) * dim;
+      if (!o) data[at + COLOURS.length + SHAPES.length] = 3;
+      else {
+        data[at + COLOURS.indexOf(o.colour)] = 3;
+        data[at + COLOURS.length + SHAPES.indexOf(o.shape)] = 3;
+      }
+    }
+  });
+}
 const ds = { scenes, split, features };
 const model = new MiniLlava(
   defaultConfig({
@@ -87,9 +119,9 @@ const model = new MiniLlava(
     seed,
   }),
 );
-console.log(`backend: ${backend.description}; encoder (stand-in for CLIP): ${features.encoder.spec.description}`);
+console.log(`backend: ${backend.description}; visual input: ${values.oracle ? 'ORACLE (each patch = its cell\'s true content, one-hot; not an encoder)' : `encoder (stand-in for CLIP): ${features.encoder.spec.description}`}`);
 console.log(`images ${size.images} (train ${split.train.length}, held-out ${split.heldout.length}), features ${featureSeconds.toFixed(1)} s${features.cached ? ' (cache)' : ''}`);
-console.log(`baseline: width ${size.width}, ${size.layers} layers, ${size.heads} heads, ${model.parameterCount()} parameters; ${size.steps} steps × batch ${size.batchSize} × ${size.turns} turns, lr ${lr}, warm-up ${warmup} steps`);
+console.log(`baseline: width ${size.width}, ${size.layers} layers, ${size.heads} heads, ${model.parameterCount()} parameters; ${size.steps} steps × batch ${size.batchSize} × ${size.turns} turns, lr ${lr}, warm-up ${warmup} steps${questionTypes ? `; trained on ${questionTypes.join(', ')} questions only` : ''}`);
 
 const tTrain = performance.now();
 const every = Math.max(1, Math.round(size.steps / 10));
@@ -101,6 +133,7 @@ const summary = await train(model, ds, {
   lr,
   warmup,
   seed,
+  ...(questionTypes ? { questionTypes } : {}),
   onStep: (s) => {
     if (s.step % every === 0 || s.step === size.steps) console.log(`  step ${s.step}: answer loss ${s.lm.toFixed(3)}, lr ${s.lr.toExponential(2)}, ${s.ms.toFixed(0)} ms`);
   },
@@ -123,8 +156,14 @@ console.log(`\n| accuracy % | ${cols.join(' | ')} |\n|---|${cols.map(() => '---'
 console.log(`| chance | ${cols.map((c) => pct(chance[c].chance)).join(' | ')} |`);
 for (const [name, r] of sets) console.log(`| ${name} | ${cols.map((c) => pct(c === 'overall' ? r.overall.accuracy : r.byType[c].accuracy)).join(' | ')} |`);
 
-const [fit, held, shuf] = sets.map(([, r]) => r.overall.accuracy) as [number, number, number];
-const overChance = held - (chance.overall.chance ?? 0);
+// Over the types trained on (untrained types score 0 and would read as "underfitting").
+const judged: readonly QuestionType[] = questionTypes ?? QUESTION_TYPES;
+const over = (c: Record<string, { correct: number; total: number }>) => {
+  const t = judged.reduce<{ correct: number; total: number }>((a, q) => ({ correct: a.correct + c[q]!.correct, total: a.total + c[q]!.total }), { correct: 0, total: 0 });
+  return t.total ? t.correct / t.total : NaN;
+};
+const [fit, held, shuf] = sets.map(([, r]) => over(r.byType)) as [number, number, number];
+const overChance = held - over(chance);
 const verdict =
   fit - held > 0.1
     ? 'memorising: training images are answered much better than held-out ones (more images would help)'
@@ -134,4 +173,4 @@ const verdict =
         ? 'answers from global image statistics: above chance, but shuffling the patches costs nothing (positions unused)'
         : 'reads the image by position: above chance and the patch shuffle hurts';
 console.log(`\ndiagnosis: ${verdict}`);
-console.log(`(held-out − chance ${pct(overChance)} points; train − held-out ${pct(fit - held)}; held-out − shuffled ${pct(held - shuf)}; seed ${seed}, ${held > 0 ? sets[1]![1].questions : 0} held-out questions)`);
+console.log(`(${judged.join(', ')}: held-out − chance ${pct(overChance)} points; train − held-out ${pct(fit - held)}; held-out − shuffled ${pct(held - shuf)}; seed ${seed}, ${held > 0 ? sets[1]![1].questions : 0} held-out questions)`);
