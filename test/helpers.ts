@@ -1,4 +1,6 @@
+import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { test } from 'node:test';
 import type { Matrix } from '../src/matrix.js';
 
 /** golden.json's generator, written from its formulas (fixtures/golden/golden.json). */
@@ -68,4 +70,15 @@ export function findTorchPython(): string | null {
     if (r.status === 0) return py;
   }
   return null;
+}
+
+/**
+ * The torch-needing test files' common start: the python to use, or why their tests skip. Under CI=true a missing
+ * torch is a failing test named `ciTitle` instead (.ci/run installs python3-torch), never a silent skip.
+ */
+export function torchPythonOrSkip(missingMessage: string, ciTitle: string): { python: string | null; missing: string | false } {
+  const python = findTorchPython();
+  const missing = python ? false : missingMessage;
+  if (missing && process.env.CI === 'true') test(ciTitle, () => assert.fail(missing));
+  return { python, missing };
 }

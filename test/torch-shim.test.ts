@@ -8,16 +8,15 @@ import { fileURLToPath } from 'node:url';
 import { runLayerwise } from '../analysis/layerwise.js';
 import { createEngine } from '../src/engine/index.js';
 import { openCapture, validateCapture } from '../src/store/capture.js';
-import { findTorchPython } from './helpers.js';
+import { torchPythonOrSkip } from './helpers.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const shim = join(root, 'src', 'hooks', 'torch');
 
-const python = findTorchPython();
-const missing = python ? false : 'python3 with torch not found (apt-get install python3-torch); the PyTorch shim tests need it';
-if (missing && process.env.CI === 'true') {
-  test('PyTorch shim: python3-torch is installed under CI', () => assert.fail(missing));
-}
+const { python, missing } = torchPythonOrSkip(
+  'python3 with torch not found (apt-get install python3-torch); the PyTorch shim tests need it',
+  'PyTorch shim: python3-torch is installed under CI',
+);
 
 // Twice: as the environment is (with the optional `safetensors` package where installed; Debian ships no
 // python3-safetensors) and with that package hidden (test/python/common.py), since HF environments always have it.
