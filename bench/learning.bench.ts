@@ -21,59 +21,72 @@
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { intOption, listOption, numberOption } from '../cli/args.js';
 import { DEFAULT_SIZE, demoChance, demoEvalSettings, QUICK_SIZE } from '../analysis/demo.js';
+import { InputError } from '../src/errors.js';
 import { initBackend } from '../src/model/backend.js';
 import { extractSceneFeatures, loadTeacher, loadVisionEncoder } from '../src/model/encoders.js';
 import { defaultConfig, MiniLlava } from '../src/model/mini-llava.js';
 import { COLOURS, generateScenes, OBJECT_GRID, QUESTION_TYPES, SHAPES, splitByImage, VOCAB, type QuestionType } from '../src/model/scenes.js';
 import { DEFAULT_TRAIN, evaluate, train, type EvalResult } from '../src/model/train.js';
 
-const { values } = parseArgs({
-  options: {
-    seed: { type: 'string', default: '0' },
-    steps: { type: 'string' },
-    images: { type: 'string' },
-    width: { type: 'string' },
-    layers: { type: 'string' },
-    heads: { type: 'string' },
-    batch: { type: 'string' },
-    lr: { type: 'string' },
-    warmup: { type: 'string' },
-    types: { type: 'string' },
-    oracle: { type: 'boolean', default: false },
-    quick: { type: 'boolean', default: false },
-    features: { type: 'string', default: join(tmpdir(), 'viral-lens-learning-features') },
-  },
-});
-const num = (name: string, v: string | undefined, fallback: number, min = Number.MIN_VALUE): number => {
-  if (v === undefined) return fallback;
-  const x = Number(v);
-  if (!Number.isFinite(x) || x < min) {
-    console.error(`--${name}: expected a number ${min === Number.MIN_VALUE ? '> 0' : `≥ ${min}`}, got '${v}'`);
-    process.exit(2);
-  }
-  return x;
-};
-const base = values.quick ? QUICK_SIZE : DEFAULT_SIZE;
-const seed = num('seed', values.seed, 0, 0) | 0;
-const size = {
-  ...base,
-  steps: num('steps', values.steps, base.steps),
-  images: num('images', values.images, base.images),
-  width: num('width', values.width, base.width),
-  layers: num('layers', values.layers, base.layers),
-  heads: num('heads', values.heads, base.heads),
-  batchSize: num('batch', values.batch, base.batchSize),
-};
-const lr = num('lr', values.lr, DEFAULT_TRAIN.lr);
-const warmup = num('warmup', values.warmup, DEFAULT_TRAIN.warmup, 0);
-const questionTypes = values.types?.split(',').map((t) => {
-  if (!(QUESTION_TYPES as readonly string[]).includes(t)) {
-    console.error(`--types: '${t}' is not a question type (${QUESTION_TYPES.join(', ')})`);
-    process.exit(2);
-  }
-  return t as QuestionType;
-});
+/** The bench's options through the CLI's own parsers; a bad one is one line and exit 2, as in the CLI. */
+function options() {
+  const { values } = parseArgs({
+    options: {
+      seed: { type: 'string', default: '0' },
+      steps: { type: 'string' },
+      images: { type: 'string' },
+      width: { type: 'string' },
+      layers: { type: 'string' },
+      heads: { type: 'string' },
+      batch: { type: 'string' },
+      lr: { type: 'string' },
+      warmup: { type: 'string' },
+      types: { type: 'string' },
+      oracle: { type: 'boolean', default: false },
+      quick: { type: 'boolean', default: false },
+      features: { type: 'string', default: join(tmpdir(), 'viral-lens-learning-features') },
+    },
+  });
+  const positive = (name: string, v: string | undefined, fallback: number, min = 1): number => {
+    const n = intOption(name, v, fallback);
+    if (n < min) throw new InputError(`--${name}: expected an integer ≥ ${min}, got '${v}'`);
+    return n;
+  };
+  const base = values.quick ? QUICK_SIZE : DEFAULT_SIZE;
+  const lr = numberOption('lr', values.lr) ?? DEFAULT_TRAIN.lr;
+  if (!(lr > 0)) throw new InputError(`--lr: expected a number > 0, got '${values.lr}'`);
+  const types = listOption(values.types);
+  for (const t of types) if (!(QUESTION_TYPES as readonly string[]).includes(t)) throw new InputError(`--types: '${t}' is not a question type (${QUESTION_TYPES.join(', ')})`);
+  return {
+    seed: positive('seed', values.seed, 0, 0),
+    size: {
+      ...base,
+      steps: positive('steps', values.steps, base.steps),
+      images: positive('images', values.images, base.images),
+      width: positive('width', values.width, base.width),
+      layers: positive('layers', values.layers, base.layers),
+      heads: positive('heads', values.heads, base.heads),
+      batchSize: positive('batch', values.batch, base.batchSize),
+    },
+    lr,
+    warmup: positive('warmup', values.warmup, DEFAULT_TRAIN.warmup, 0),
+    questionTypes: types.length ? (types as QuestionType[]) : undefined,
+    oracle: values.oracle === true,
+    featureDir: values.features!,
+  };
+}
+let parsed: ReturnType<typeof options>;
+try {
+  parsed = options();
+} catch (err) {
+  // The CLI's rule (cli/main.ts): input errors and parseArgs' own errors are one line, exit 2.
+  if (!(err instanceof InputError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS'))) throw err;
+  console.error((err as Error).message);
+  process.exit(2);
+}
+const { seed, size, lr, warmup, questionTypes, oracle, featureDir } = parsed;
 
 const backend = await initBackend('auto');
 const scenes = generateScenes(seed, size.images);
@@ -81,11 +94,11 @@ const split = splitByImage(size.images, size.heldoutFraction, seed);
 const encoder = await loadVisionEncoder();
 const teacher = await loadTeacher();
 const tFeat = performance.now();
-const features = await extractSceneFeatures(scenes, encoder, teacher, { sceneSeed: seed, cacheDir: values.features });
+const features = await extractSceneFeatures(scenes, encoder, teacher, { sceneSeed: seed, cacheDir: featureDir });
 encoder.dispose();
 teacher.dispose();
 const featureSeconds = (performance.now() - tFeat) / 1000;
-if (values.oracle) {
+if (oracle) {
   // What the LLM can learn when the visual input is perfect: every patch holds exactly its grid cell's content
   // (one-hot colour and shape, or "empty"), in place of the encoder's features. Same slots, same questions.
   const { dim } = features.encoder.spec;
@@ -119,7 +132,7 @@ const model = new MiniLlava(
     seed,
   }),
 );
-console.log(`backend: ${backend.description}; visual input: ${values.oracle ? 'ORACLE (each patch = its cell\'s true content, one-hot; not an encoder)' : `encoder (stand-in for CLIP): ${features.encoder.spec.description}`}`);
+console.log(`backend: ${backend.description}; visual input: ${oracle ? 'ORACLE (each patch = its cell\'s true content, one-hot; not an encoder)' : `encoder (stand-in for CLIP): ${features.encoder.spec.description}`}`);
 console.log(`images ${size.images} (train ${split.train.length}, held-out ${split.heldout.length}), features ${featureSeconds.toFixed(1)} s${features.cached ? ' (cache)' : ''}`);
 console.log(`baseline: width ${size.width}, ${size.layers} layers, ${size.heads} heads, ${model.parameterCount()} parameters; ${size.steps} steps × batch ${size.batchSize} × ${size.turns} turns, lr ${lr}, warm-up ${warmup} steps${questionTypes ? `; trained on ${questionTypes.join(', ')} questions only` : ''}`);
 
