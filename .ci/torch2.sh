@@ -127,7 +127,7 @@ if [ "$(head -n1 "$root/.ready" 2>/dev/null)" != "$config" ]; then
   setup
   fresh=true
 fi
-info=$(PYTHONPATH=$repo/src/hooks/torch verify) || die "$py failed the check above (delete $root to set it up again)"
+info=$(PYTHONPATH=$repo/python verify) || die "$py failed the check above (delete $root to set it up again)"
 ! $fresh || printf '%s\n%s\n' "$config" "$(date -u +%FT%TZ)" >"$root/.ready"
 say "$info"
 say "interpreter: $py"
@@ -137,9 +137,9 @@ if $setup_only; then
 fi
 
 t0=$(date +%s)
-say 'Python unittest suite (test/python), deprecation and future warnings as errors'
-PYTHONPATH=$repo/src/hooks/torch VIRAL_LENS_REQUIRE_TORCH=1 PYTHONWARNINGS=error::DeprecationWarning,error::FutureWarning \
-  "$py" -m unittest discover -s test/python
+say 'Python unittest suite (python/tests), deprecation and future warnings as errors'
+PYTHONPATH=$repo/python VIRAL_LENS_REQUIRE_TORCH=1 PYTHONWARNINGS=error::DeprecationWarning,error::FutureWarning \
+  "$py" -m unittest discover -s python/tests
 
 say 'npm run build (the compiled-CLI test runs dist/)'
 npm run -s build

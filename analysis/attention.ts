@@ -16,7 +16,7 @@
  */
 import { join } from 'node:path';
 import { z } from 'zod';
-import { InputError } from '../src/errors.js';
+import { InputError } from '../src/core/errors.js';
 import { readJsonFile, writeJsonFile, type TextReader } from '../src/store/json.js';
 import { PAPER_CONFIG, type Figure, type VlSpec } from './figures.js';
 
@@ -494,7 +494,7 @@ export function attentionOverlayFigure(r: AttentionEntropyResult, o: { layer_ind
     grid: r.grid,
     map: `query-averaged attention of the ${r.queries} query row(s) of ${r.overlay.sample}, renormalised over the image tokens`,
     definition: r.definition,
-    image: o.imageUrl ? 'the scene redrawn from its id (src/model/scenes.ts)' : null,
+    image: o.imageUrl ? 'the scene redrawn from its id (demo/model/scenes.ts)' : null,
   };
   spec.usermeta = { viralLens: { figure: 'attention-overlay', provenance } };
   const data = map.map((v, t) => ({ variant: r.variant, sample: r.overlay!.sample, layer_index: cell.layer_index, head, token: t, row: Math.floor(t / cols), col: t % cols, attention: v }));

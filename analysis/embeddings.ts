@@ -9,10 +9,10 @@
  */
 import type { Engine } from '../src/engine/index.js';
 import { applyProcrustes, pcaRgbGrid, procrustes, rgbHex, umapEmbed, PCA_RGB_NORMALISATION } from '../src/embeddings/index.js';
-import { InputError } from '../src/errors.js';
+import { InputError } from '../src/core/errors.js';
 import { describePreprocess, preprocess, type Preprocess } from '../src/metrics/index.js';
 import { layerProvenance, openCapture, type Capture, type CaptureLayerInfo, type LayerProvenance, type Tensor3 } from '../src/store/capture.js';
-import { subsampleRows, tokensToMatrix, type TokenMode } from '../src/tokens.js';
+import { subsampleRows, tokensToMatrix, type TokenMode } from '../src/core/tokens.js';
 
 type Progress = (event: { stage: string; done: number; total: number }) => void;
 

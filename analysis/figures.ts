@@ -12,7 +12,7 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { InputError } from '../src/errors.js';
+import { InputError } from '../src/core/errors.js';
 import { METRICS, type MetricName } from '../src/metrics/index.js';
 
 export type VlSpec = Record<string, unknown>;
@@ -496,7 +496,7 @@ export interface AccuracyRow {
   value: number;
   step?: number | null;
   source?: string;
-  /** The benchmark's chance level in the unit of `value`, drawn as a dashed rule (e.g. src/model/chance.ts). */
+  /** The benchmark's chance level in the unit of `value`, drawn as a dashed rule (e.g. demo/model/chance.ts). */
   chance?: number | null;
 }
 

@@ -1,5 +1,5 @@
 import type { Engine } from '../src/engine/index.js';
-import { InputError } from '../src/errors.js';
+import { InputError } from '../src/core/errors.js';
 import {
   computeMetric,
   describePreprocess,
@@ -13,12 +13,12 @@ import {
 import { readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join, relative, resolve, sep } from 'node:path';
 import { layerProvenance, openCapture, type Capture, type LayerProvenance, type ShardRows, type Tensor3 } from '../src/store/capture.js';
-import { shardDigest, shardFeatures } from '../src/store/source.js';
+import { shardDigest, shardFeatures } from '../src/engine/source.js';
 import { readTensor } from '../src/store/safetensors.js';
 import { readNpy } from '../src/store/npy.js';
 import { locateArray, requireNonEmpty } from '../src/store/load.js';
 import { rowGroups, type PermutationUnit } from '../src/stats/index.js';
-import { rowsFor, subsampleRows, tokensToMatrix, type TokenMode } from '../src/tokens.js';
+import { rowsFor, subsampleRows, tokensToMatrix, type TokenMode } from '../src/core/tokens.js';
 import { similarityStats, type SimilarityStats } from './stats.js';
 
 /** A target feature set: one of the capture's own (`clip`) or a file given as NAME=PATH. */

@@ -15,13 +15,13 @@
  */
 import { join } from 'node:path';
 import { z } from 'zod';
-import { InputError } from '../src/errors.js';
-import type { Matrix } from '../src/matrix.js';
+import { InputError } from '../src/core/errors.js';
+import type { Matrix } from '../src/core/matrix.js';
 import { inferTask, runProbe, type ControlBy, type ProbeScore, type ProbeTask } from '../src/probes/index.js';
 import { captureProvenance, openCapture, type Capture, type Tensor3 } from '../src/store/capture.js';
 import { readJsonFile, writeJsonFile, type TextReader } from '../src/store/json.js';
 import { deriveSeed, mulberry32, shuffleInPlace } from '../src/stats/index.js';
-import { tokensToMatrix, type TokenMode } from '../src/tokens.js';
+import { tokensToMatrix, type TokenMode } from '../src/core/tokens.js';
 
 export const PROBES_FILE = 'probes.json';
 

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { InputError } from '../src/errors.js';
+import { InputError } from '../src/core/errors.js';
 import { openCapture } from '../src/store/capture.js';
 import { runLayerwise, type LayerwiseOptions, type LayerwiseRow } from './layerwise.js';
 

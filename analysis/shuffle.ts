@@ -10,7 +10,7 @@
  */
 import { join } from 'node:path';
 import { z } from 'zod';
-import { InputError } from '../src/errors.js';
+import { InputError } from '../src/core/errors.js';
 import { readJsonFile, writeJsonFile, type TextReader } from '../src/store/json.js';
 import { checkLevel, deriveSeed, mcnemarExact, mulberry32, percentileInterval, randInt } from '../src/stats/index.js';
 import { PAPER_CONFIG, VARIANT_COLORS, type Figure, type VlSpec } from './figures.js';

@@ -23,8 +23,8 @@
  * that shift is reported as `boot_shift` = θ̄* − θ̂.
  */
 import type { Engine, KnnLists } from '../src/engine/index.js';
-import { InputError } from '../src/errors.js';
-import type { Matrix } from '../src/matrix.js';
+import { InputError } from '../src/core/errors.js';
+import type { Matrix } from '../src/core/matrix.js';
 import { computeMetric, Features, METRICS, type MetricName, type MetricResult } from '../src/metrics/index.js';
 import { cknnaFromKnn } from '../src/metrics/cknna.js';
 import { cycleKnnFromKnn } from '../src/metrics/cycle-knn.js';

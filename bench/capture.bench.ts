@@ -1,5 +1,5 @@
 /**
- * `npm run bench:capture [-- --batches 8 ...]`: the PyTorch shim's capture overhead (src/hooks/torch/bench_capture.py)
+ * `npm run bench:capture [-- --batches 8 ...]`: the PyTorch shim's capture overhead (python/bench_capture.py)
  * with a Python that can import torch (Debian's /usr/bin/python3 with python3-torch, else python3 on PATH).
  */
 import { spawnSync } from 'node:child_process';
@@ -12,5 +12,5 @@ if (!python) {
   console.error('bench:capture: no python3 that can import torch (apt-get install python3-torch)');
   process.exit(2);
 }
-const r = spawnSync(python, [join(root, 'src', 'hooks', 'torch', 'bench_capture.py'), ...process.argv.slice(2)], { stdio: 'inherit' });
+const r = spawnSync(python, [join(root, 'python', 'bench_capture.py'), ...process.argv.slice(2)], { stdio: 'inherit' });
 process.exit(r.status ?? 1);

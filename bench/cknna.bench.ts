@@ -30,13 +30,13 @@ import { runLayerwise } from '../analysis/layerwise.js';
 import { OnnxEngine } from '../src/engine/onnx.js';
 import { TorchEngine } from '../src/engine/torch.js';
 import type { Engine, KnnLists } from '../src/engine/types.js';
-import type { Matrix } from '../src/matrix.js';
+import type { Matrix } from '../src/core/matrix.js';
 import { computeMetric, Features, METRICS, parseMetric, type MetricName } from '../src/metrics/index.js';
 import { cknnaFromKnn } from '../src/metrics/cknna.js';
 import { CaptureWriter } from '../src/store/capture.js';
 import { writeNpy } from '../src/store/npy.js';
-import { fileFeatures } from '../src/store/source.js';
-import { mulberry32 } from '../src/stats/rng.js';
+import { fileFeatures } from '../src/engine/source.js';
+import { mulberry32 } from '../src/core/rng.js';
 
 const K = 10;
 const DENSE_BUDGET_BYTES = 4 * 1024 ** 3;

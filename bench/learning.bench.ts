@@ -1,7 +1,7 @@
 /**
  * Does the embedded mini-LLaVA learn to look? One baseline model trained with the demo's data, sizes and schedule
  * (no captures, no other variants, so it is quick to iterate on), then teacher-forced accuracy per question type on
- * three question sets beside the chance level (src/model/chance.ts):
+ * three question sets beside the chance level (demo/model/chance.ts):
  *
  *   - a sample of TRAINING images (new question draws): what the model fits,
  *   - the HELD-OUT images: what it generalises,
@@ -22,13 +22,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { intOption, listOption, numberOption } from '../cli/args.js';
-import { DEFAULT_SIZE, demoChance, demoEvalSettings, QUICK_SIZE } from '../analysis/demo.js';
-import { InputError } from '../src/errors.js';
-import { initBackend } from '../src/model/backend.js';
-import { extractSceneFeatures, loadTeacher, loadVisionEncoder } from '../src/model/encoders.js';
-import { defaultConfig, MiniLlava } from '../src/model/mini-llava.js';
-import { COLOURS, generateScenes, OBJECT_GRID, QUESTION_TYPES, SHAPES, splitByImage, VOCAB, type QuestionType } from '../src/model/scenes.js';
-import { DEFAULT_TRAIN, evaluate, train, type EvalResult } from '../src/model/train.js';
+import { DEFAULT_SIZE, demoChance, demoEvalSettings, QUICK_SIZE } from '../demo/demo.js';
+import { InputError } from '../src/core/errors.js';
+import { initBackend } from '../demo/model/backend.js';
+import { extractSceneFeatures, loadTeacher, loadVisionEncoder } from '../demo/model/encoders.js';
+import { defaultConfig, MiniLlava } from '../demo/model/mini-llava.js';
+import { COLOURS, generateScenes, OBJECT_GRID, QUESTION_TYPES, SHAPES, splitByImage, VOCAB, type QuestionType } from '../demo/model/scenes.js';
+import { DEFAULT_TRAIN, evaluate, train, type EvalResult } from '../demo/model/train.js';
 
 /** The bench's options through the CLI's own parsers; a bad one is one line and exit 2, as in the CLI. */
 function options() {

@@ -19,11 +19,11 @@ import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { demoChance, runDemo, type DemoResult } from '../analysis/demo.js';
-import { CHANCE_DEFINITION } from '../src/model/chance.js';
+import { demoChance, runDemo, type DemoResult } from '../demo/demo.js';
+import { CHANCE_DEFINITION } from '../demo/model/chance.js';
 import { layerwiseFigure, type CurvePoint, type Series } from '../analysis/figures.js';
-import { MODEL_VARIANTS } from '../src/model/mini-llava.js';
-import { QUESTION_TYPES } from '../src/model/scenes.js';
+import { MODEL_VARIANTS } from '../demo/model/mini-llava.js';
+import { QUESTION_TYPES } from '../demo/model/scenes.js';
 import { meanSd, normalQuantile } from '../src/stats/index.js';
 
 /** Student-t 0.975 quantiles for df = 1..30 (standard table); beyond, the normal quantile is within 1.5%. */

@@ -26,7 +26,7 @@ import { parseArgs, promisify } from 'node:util';
 import { createEngine, describeEngine } from '../src/engine/index.js';
 import { computeMetric, Features, preprocess } from '../src/metrics/index.js';
 import { readNpy, writeNpy } from '../src/store/npy.js';
-import { mulberry32 } from '../src/stats/rng.js';
+import { mulberry32 } from '../src/core/rng.js';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 const OPENBLAS_DIRS = ['/usr/lib/x86_64-linux-gnu/openblas-pthread', '/usr/lib/x86_64-linux-gnu/openblas-openmp', '/usr/lib/x86_64-linux-gnu/openblas'];

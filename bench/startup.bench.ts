@@ -20,7 +20,7 @@ import os from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
-import { mulberry32 } from '../src/stats/rng.js';
+import { mulberry32 } from '../src/core/rng.js';
 import { writeNpy } from '../src/store/npy.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Transpiles the runtime sources (src, analysis, server, cli) to plain ES modules in dist/, so the installed CLI
+// Transpiles the runtime sources (src, analysis, demo, server, cli) to plain ES modules in dist/, so the installed CLI
 // starts without tsx compiling TypeScript on every call. Runs as `prepare` on npm install / npm ci; type checking
 // stays with `npm run typecheck`. esbuild is the one tsx already uses at run time; each file is transpiled on its
 // own (no bundling), so imports, native modules and the folder layout stay exactly as in the sources.
@@ -10,7 +10,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const DIRS = ['src', 'analysis', 'server', 'cli'];
+const DIRS = ['src', 'analysis', 'demo', 'server', 'cli'];
 
 /** Every .ts source under `dir` (tests excluded), with its mtime, for the staleness stamp bin/viral-lens.mjs reads. */
 async function sources(dir, out = []) {

@@ -1,5 +1,5 @@
 import { type EngineOptions, parseTorchPrecision } from '../src/engine/index.js';
-import { InputError } from '../src/errors.js';
+import { InputError } from '../src/core/errors.js';
 
 export function intOption(name: string, v: string | undefined, fallback: number): number {
   if (v === undefined) return fallback;
@@ -29,4 +29,12 @@ export function engineOptions(values: { device?: string | undefined; precision?:
   }
   if (values.precision !== undefined) out.precision = parseTorchPrecision(values.precision);
   return out;
+}
+
+/** The library's parameter names that the CLI spells differently; every other parameter `p` is the flag `--p`. */
+const FLAG_OF_PARAM: Record<string, string> = { k: '--topk' };
+
+/** The CLI flag for a library parameter named in a ParamError (snake_case parameters become kebab-case flags). */
+export function flagFor(param: string): string {
+  return FLAG_OF_PARAM[param] ?? `--${param.replace(/_/g, '-')}`;
 }

@@ -1,8 +1,8 @@
 import { parseArgs } from 'node:util';
 import { writeAttention } from '../analysis/attention.js';
-import { attentionForRun, type AttentionReport } from '../analysis/demo-replay.js';
-import { InputError } from '../src/errors.js';
-import { parseBackend } from '../src/model/backend.js';
+import { attentionForRun, type AttentionReport } from '../demo/replay.js';
+import { InputError } from '../src/core/errors.js';
+import { parseBackend } from '../demo/model/backend.js';
 import { fmt, table, toJson } from './format.js';
 
 export async function run(argv: string[]): Promise<number> {

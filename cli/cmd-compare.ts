@@ -1,9 +1,9 @@
 import { parseArgs } from 'node:util';
 import { createEngine, describeEngine } from '../src/engine/index.js';
-import { InputError } from '../src/errors.js';
+import { InputError } from '../src/core/errors.js';
 import { computeMetric, DEFAULT_K, describePreprocess, Features, METRICS, parseMetric, parsePreprocess } from '../src/metrics/index.js';
 import { locateMatrix } from '../src/store/load.js';
-import { fileFeatures } from '../src/store/source.js';
+import { fileFeatures } from '../src/engine/source.js';
 import { describeStats, similarityStats } from '../analysis/stats.js';
 import { engineOptions, intOption, numberOption } from './args.js';
 import { fmtWithStats, statsOptions } from './cmd-layerwise.js';

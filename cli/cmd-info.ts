@@ -1,7 +1,7 @@
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { InputError } from '../src/errors.js';
+import { InputError } from '../src/core/errors.js';
 import { listRuns, openCapture } from '../src/store/capture.js';
 import { describeFile, type FileDescription } from '../src/store/load.js';
 import { table, toJson } from './format.js';

@@ -1,7 +1,7 @@
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { mergeShards, readShardFile } from '../analysis/shard.js';
-import { InputError } from '../src/errors.js';
+import { InputError } from '../src/core/errors.js';
 import { writeFileAtomic } from '../src/store/atomic.js';
 import { toCsv, toJson } from './format.js';
 

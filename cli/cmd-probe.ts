@@ -1,7 +1,7 @@
 import { parseArgs } from 'node:util';
 import { runProbes, writeProbes, type ProbeReport } from '../analysis/probes.js';
-import { InputError } from '../src/errors.js';
-import { parseTokenMode } from '../src/tokens.js';
+import { InputError } from '../src/core/errors.js';
+import { parseTokenMode } from '../src/core/tokens.js';
 import { intOption, listOption, numberOption } from './args.js';
 import { fmt, table, toJson } from './format.js';
 import { Progress } from './progress.js';

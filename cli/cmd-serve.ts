@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
 import { startServer, DEFAULT_HOST, DEFAULT_PORT } from '../server/app.js';
-import { InputError } from '../src/errors.js';
+import { InputError } from '../src/core/errors.js';
 import { intOption } from './args.js';
 
 /** `viral-lens serve RUNS_DIR`: the dashboard; runs until interrupted. */

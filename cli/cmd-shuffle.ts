@@ -1,8 +1,8 @@
 import { parseArgs } from 'node:util';
-import { shuffleForRun, type ShuffleReport } from '../analysis/demo-replay.js';
+import { shuffleForRun, type ShuffleReport } from '../demo/replay.js';
 import { writeShuffle } from '../analysis/shuffle.js';
-import { InputError } from '../src/errors.js';
-import { parseBackend } from '../src/model/backend.js';
+import { InputError } from '../src/core/errors.js';
+import { parseBackend } from '../demo/model/backend.js';
 import { intOption } from './args.js';
 import { fmt, table, toJson } from './format.js';
 

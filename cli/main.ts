@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { pathToFileURL } from 'node:url';
-import { boundMessage, InputError } from '../src/errors.js';
+import { boundMessage, InputError, ParamError } from '../src/core/errors.js';
+import { flagFor } from './args.js';
 import { COMMANDS } from './commands.js';
 
 /** Exit code for bad input (files, flags, manifests): the message is one line naming the file/field/row. */
@@ -46,7 +47,8 @@ export async function main(argv: string[]): Promise<number> {
     return code;
   } catch (err) {
     if (err instanceof InputError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`viral-lens ${name}: ${boundMessage((err as Error).message.split('\n')[0]!)}\n`);
+      const message = err instanceof ParamError ? `${flagFor(err.param)}: ${err.detail}` : (err as Error).message;
+      process.stderr.write(`viral-lens ${name}: ${boundMessage(message.split('\n')[0]!)}\n`);
       return EXIT_INPUT;
     }
     throw err;

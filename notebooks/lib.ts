@@ -105,7 +105,7 @@ export function seriesOf(c: Capture, withStep = false) {
 }
 
 /**
- * The demo's chance level per question type ('overall', 'count', …; src/model/chance.ts) from <run>/demo.json, as a
+ * The demo's chance level per question type ('overall', 'count', …; demo/model/chance.ts) from <run>/demo.json, as a
  * fraction; null when the run has no demo.json or an older one without the field (e.g. a PyTorch run).
  */
 export async function chanceLevels(): Promise<Map<string, number | null> | null> {

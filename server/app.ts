@@ -5,7 +5,7 @@
  *   refused (a DNS-rebinding page cannot read the API): exactly 127.0.0.1, localhost, [::1] and the bound host.
  * - Every route has a JSON schema for its params/query/body; unknown query parameters are refused, and every error
  *   is a JSON body `{statusCode, error, message}` whose message names the parameter, file or capture at fault.
- * - Analyses run in worker threads through analysis/jobs.ts (cached under RUNS_DIR/.viral-lens-cache/, shared
+ * - Analyses run in worker threads through server/jobs.ts (cached under RUNS_DIR/.viral-lens-cache/, shared
  *   between concurrent requests, cancelled when the client disconnects).
  * - POST /api/ingest takes progress reports from training runs; it needs the bearer token printed at start.
  */
@@ -16,8 +16,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { toCsv } from '../analysis/figures.js';
-import { JobRunner } from '../analysis/jobs.js';
-import { InputError } from '../src/errors.js';
+import { JobRunner } from './jobs.js';
+import { InputError } from '../src/core/errors.js';
 import { parseManifestJson } from '../src/store/manifest.js';
 import { EventHub } from './events.js';
 import { analysisFolders, buildFigure, CURVE_DEFAULTS, FIGURES, figureQuerySchema, HOW_TO, parseResults, readAnalysis, type FigureName, type FigureQuery } from './figures-api.js';

@@ -24,16 +24,16 @@ import {
   type ProbePoint,
   type Series,
 } from '../analysis/figures.js';
-import type { JobProgress, JobRunner } from '../analysis/jobs.js';
+import type { JobProgress, JobRunner } from './jobs.js';
 import { DEMO_METRIC } from '../analysis/demo-settings.js';
 import { summariseWarnings } from '../analysis/layerwise.js';
 import { readProbes } from '../analysis/probes.js';
 import { readShuffle, shuffleFigure, type ShuffleResult } from '../analysis/shuffle.js';
 import { PCA_RGB_NORMALISATION } from '../src/embeddings/index.js';
-import { InputError } from '../src/errors.js';
+import { InputError } from '../src/core/errors.js';
 import { METRIC_NAMES, type MetricName, type Preprocess } from '../src/metrics/index.js';
-import { DEMO_MODEL_NAME, sceneImageDataUrl } from '../src/model/scenes.js';
-import { TOKEN_MODES, type TokenMode } from '../src/tokens.js';
+import { DEMO_MODEL_NAME, sceneImageDataUrl } from '../demo/model/scenes.js';
+import { TOKEN_MODES, type TokenMode } from '../src/core/tokens.js';
 import { ANALYSIS_FILES, type AnalysisFileName, type CaptureSummary, type RunsIndex } from './runs.js';
 
 /** Figures drawn from a run's analysis files (attention.json, shuffle.json) rather than from captures. */

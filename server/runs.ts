@@ -21,7 +21,7 @@ import { lstat, open, realpath, stat, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, relative, sep } from 'node:path';
 import { ATTENTION_FILE } from '../analysis/attention.js';
 import { SHUFFLE_FILE } from '../analysis/shuffle.js';
-import { InputError } from '../src/errors.js';
+import { InputError } from '../src/core/errors.js';
 import { parseJsonText, type TextReader } from '../src/store/json.js';
 import { listRuns, openCapture } from '../src/store/capture.js';
 

@@ -8,7 +8,7 @@ import { hnswKnn, knnProvenance, measureRecall, withKnnPolicy, type ApproxKnnLis
 import { createEngine } from '../src/engine/index.js';
 import { RefEngine } from '../src/engine/ref.js';
 import type { KnnLists } from '../src/engine/types.js';
-import type { Matrix } from '../src/matrix.js';
+import type { Matrix } from '../src/core/matrix.js';
 import { preprocess } from '../src/metrics/index.js';
 import { randn } from './helpers.js';
 

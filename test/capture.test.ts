@@ -8,7 +8,7 @@ import { chmod, cp, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } fro
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { InputError } from '../src/errors.js';
+import { InputError } from '../src/core/errors.js';
 import { writeFileAtomic } from '../src/store/atomic.js';
 import { CaptureWriter, listRuns, openCapture, validateCapture, type CaptureInit } from '../src/store/capture.js';
 import { floatToHalf, halfToFloat } from '../src/store/dtype.js';

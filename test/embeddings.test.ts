@@ -16,8 +16,8 @@ import {
   umapEmbed,
 } from '../src/embeddings/index.js';
 import { createEngine } from '../src/engine/index.js';
-import { InputError } from '../src/errors.js';
-import type { Matrix } from '../src/matrix.js';
+import { InputError } from '../src/core/errors.js';
+import type { Matrix } from '../src/core/matrix.js';
 import { CaptureWriter } from '../src/store/capture.js';
 import { randn, randomRotation } from './helpers.js';
 

@@ -17,14 +17,14 @@ import { similarityStats } from '../analysis/stats.js';
 import type { Engine } from '../src/engine/index.js';
 import { RefEngine } from '../src/engine/ref.js';
 import { TorchEngine } from '../src/engine/torch.js';
-import type { Matrix } from '../src/matrix.js';
+import type { Matrix } from '../src/core/matrix.js';
 import { computeMetric, Features, METRIC_NAMES, PREPROCESS_NAMES, type MetricName, type Preprocess } from '../src/metrics/index.js';
 import { CaptureWriter } from '../src/store/capture.js';
 import { encodeFloats, type FloatDtype } from '../src/store/dtype.js';
 import { npyHeaderBytes } from '../src/store/npy.js';
 import { writeSafetensors, type SafetensorsFloatDtype } from '../src/store/safetensors.js';
-import { fileFeatures } from '../src/store/source.js';
-import type { TokenMode } from '../src/tokens.js';
+import { fileFeatures } from '../src/engine/source.js';
+import type { TokenMode } from '../src/core/tokens.js';
 import { randn, torchPythonOrSkip } from './helpers.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');

@@ -10,7 +10,7 @@ import { main } from '../cli/main.js';
 import { createEngine, describeEngine, type Engine } from '../src/engine/index.js';
 import { RefEngine } from '../src/engine/ref.js';
 import { TorchEngine, torchStatus, TorchUnavailableError, TorchWorkerDiedError } from '../src/engine/torch.js';
-import type { Matrix } from '../src/matrix.js';
+import type { Matrix } from '../src/core/matrix.js';
 import { computeMetric, Features, METRIC_NAMES, preprocess, PREPROCESS_NAMES } from '../src/metrics/index.js';
 import { writeNpy } from '../src/store/npy.js';
 import { randn, torchPythonOrSkip } from './helpers.js';
@@ -247,7 +247,7 @@ test('torch engine: doctor\'s torch status names the interpreter, torch version 
   assert.match(bad.error!, /no python interpreter/);
 });
 
-test('torch engine: the compiled build (bin/viral-lens.mjs → dist/) starts the worker from src/hooks/torch and agrees with ref', { skip: missing }, async (t) => {
+test('torch engine: the compiled build (bin/viral-lens.mjs → dist/) starts the worker from python and agrees with ref', { skip: missing }, async (t) => {
   const run = (engine: string) =>
     promisify(execFile)(process.execPath, [join(root, 'bin', 'viral-lens.mjs'), 'compare', join(dir, 'A.npy'), join(dir, 'B.npy'), '--metric', 'cka', '--preprocess', 'l2', '--engine', engine, '--json'], {
       cwd: tmpdir(),

@@ -4,7 +4,7 @@ import { createEngine, selfCheck } from '../src/engine/index.js';
 import { OnnxEngine, type KnnGraph } from '../src/engine/onnx.js';
 import { RefEngine } from '../src/engine/ref.js';
 import type { Engine, KnnLists } from '../src/engine/types.js';
-import type { Matrix } from '../src/matrix.js';
+import type { Matrix } from '../src/core/matrix.js';
 import { preprocess } from '../src/metrics/index.js';
 import { randn } from './helpers.js';
 

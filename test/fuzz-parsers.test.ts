@@ -22,7 +22,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import fc from 'fast-check';
-import { InputError } from '../src/errors.js';
+import { InputError } from '../src/core/errors.js';
 import { openCapture, type Capture } from '../src/store/capture.js';
 import { readNpy } from '../src/store/npy.js';
 import { readSafetensorsHeader, readTensor } from '../src/store/safetensors.js';

@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { createEngine } from '../src/engine/index.js';
 import { computeMetric, Features, preprocess, type MetricName } from '../src/metrics/index.js';
-import { toFloat32 } from '../src/matrix.js';
+import { toFloat32 } from '../src/core/matrix.js';
 import { goldenInputs } from './helpers.js';
 
 // The leads' reference values, produced by the Platonic Representation Hypothesis code (provenance and how to

@@ -15,7 +15,7 @@ import { runLayerwise } from '../analysis/layerwise.js';
 import { table } from '../cli/format.js';
 import { OnnxEngine } from '../src/engine/onnx.js';
 import { RefEngine } from '../src/engine/ref.js';
-import { InputError } from '../src/errors.js';
+import { InputError } from '../src/core/errors.js';
 import { checkMetricInputs, computeMetric, Features } from '../src/metrics/index.js';
 import { CaptureWriter, openCapture, validateCapture, type CaptureInit } from '../src/store/capture.js';
 import { loadMatrix } from '../src/store/load.js';
@@ -24,7 +24,7 @@ import { findTensor, readSafetensorsHeader, readTensor } from '../src/store/safe
 import { randn } from './helpers.js';
 
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
-/** The bound every user-facing message keeps (src/errors.ts), pinned here as a number. */
+/** The bound every user-facing message keeps (src/core/errors.ts), pinned here as a number. */
 const MAX_MESSAGE_CHARS = 2000;
 const tmp = await mkdtemp(join(tmpdir(), 'vl-hard-'));
 test.after(() => rm(tmp, { recursive: true, force: true }));

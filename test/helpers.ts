@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
-import type { Matrix } from '../src/matrix.js';
+import type { Matrix } from '../src/core/matrix.js';
 
 /** golden.json's generator, written from its formulas (fixtures/golden/golden.json). */
 export function goldenInputs(n: number, dA: number, dB: number): { A: Matrix; B: Matrix } {

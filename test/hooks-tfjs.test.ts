@@ -1,5 +1,5 @@
 /**
- * TS capture hooks (src/hooks/tfjs.ts): captured tensors equal a direct forward of the same layers at the image
+ * TS capture hooks (demo/hooks/tfjs.ts): captured tensors equal a direct forward of the same layers at the image
  * positions, the capture directory is a valid capture with the run metadata, writes are queued (not awaited by the
  * caller), and attention capture matches the model's own attention weights.
  */
@@ -9,11 +9,11 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { InputError } from '../src/errors.js';
-import { blockOutputLayers, captureAttention, captureForward, capturableNames, TrainingCapture } from '../src/hooks/tfjs.js';
-import { initBackend } from '../src/model/backend.js';
-import { defaultConfig, MiniLlava } from '../src/model/mini-llava.js';
-import { TURN_LEN, VOCAB } from '../src/model/scenes.js';
+import { InputError } from '../src/core/errors.js';
+import { blockOutputLayers, captureAttention, captureForward, capturableNames, TrainingCapture } from '../demo/hooks/tfjs.js';
+import { initBackend } from '../demo/model/backend.js';
+import { defaultConfig, MiniLlava } from '../demo/model/mini-llava.js';
+import { TURN_LEN, VOCAB } from '../demo/model/scenes.js';
 import { listRuns, openCapture, validateCapture } from '../src/store/capture.js';
 
 await initBackend();

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { createEngine } from '../src/engine/index.js';
-import { InputError } from '../src/errors.js';
-import type { Matrix } from '../src/matrix.js';
+import { InputError } from '../src/core/errors.js';
+import type { Matrix } from '../src/core/matrix.js';
 import { computeMetric, Features, METRICS, preprocess, type MetricName } from '../src/metrics/index.js';
-import { absQuantile } from '../src/metrics/preprocess.js';
+import { absQuantile } from '../src/core/preprocess.js';
 import { matmul, randn, randomRotation, scale } from './helpers.js';
 
 const ref = await createEngine('ref');

@@ -1,5 +1,5 @@
 /**
- * The frozen encoders shipped in npm packages (src/model/encoders.ts): they load without network, give a 7×7 token
+ * The frozen encoders shipped in npm packages (demo/model/encoders.ts): they load without network, give a 7×7 token
  * grid aligned between encoder and teacher, respond locally to image content, and the float16 cache round-trips.
  */
 import { test } from 'node:test';
@@ -7,9 +7,9 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { initBackend } from '../src/model/backend.js';
-import { extractSceneFeatures, loadTeacher, loadVisionEncoder, PATCH_TOKENS } from '../src/model/encoders.js';
-import { IMAGE_SIZE, type Scene } from '../src/model/scenes.js';
+import { initBackend } from '../demo/model/backend.js';
+import { extractSceneFeatures, loadTeacher, loadVisionEncoder, PATCH_TOKENS } from '../demo/model/encoders.js';
+import { IMAGE_SIZE, type Scene } from '../demo/model/scenes.js';
 import { floatToHalf, halfToFloat } from '../src/store/dtype.js';
 
 await initBackend();

@@ -1,15 +1,15 @@
 /**
- * The mini-LLaVA (src/model/mini-llava.ts, ops.ts, train.ts): shapes, causal masking, the VIRAL loss against a
+ * The mini-LLaVA (demo/model/mini-llava.ts, ops.ts, train.ts): shapes, causal masking, the VIRAL loss against a
  * hand-computed value, the residual path, one training step, and the custom matMul gradient against references.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
-import { initBackend } from '../src/model/backend.js';
-import { defaultConfig, hookPoints, MiniLlava, shufflePatches, viralLoss, type MiniLlavaConfig, type ModelVariant } from '../src/model/mini-llava.js';
-import { matMul2d } from '../src/model/ops.js';
-import { TURN_LEN, VOCAB } from '../src/model/scenes.js';
-import { trainStep } from '../src/model/train.js';
+import { initBackend } from '../demo/model/backend.js';
+import { defaultConfig, hookPoints, MiniLlava, shufflePatches, viralLoss, type MiniLlavaConfig, type ModelVariant } from '../demo/model/mini-llava.js';
+import { matMul2d } from '../demo/model/ops.js';
+import { TURN_LEN, VOCAB } from '../demo/model/scenes.js';
+import { trainStep } from '../demo/model/train.js';
 
 const backend = await initBackend();
 const N = 4; // 2×2 image grid

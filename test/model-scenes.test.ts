@@ -1,5 +1,5 @@
 /**
- * Synthetic scenes and questions (src/model/scenes.ts) and the data/eval plumbing (src/model/train.ts): seeded
+ * Synthetic scenes and questions (demo/model/scenes.ts) and the data/eval plumbing (demo/model/train.ts): seeded
  * determinism, split by image, answers that follow from hand-built scenes, rendering, teacher-forced evaluation.
  */
 import { test } from 'node:test';
@@ -23,10 +23,10 @@ import {
   VOCAB,
   type Scene,
   type SceneObject,
-} from '../src/model/scenes.js';
-import { chanceLevels } from '../src/model/chance.js';
-import type { SceneFeatures } from '../src/model/encoders.js';
-import { batchOrder, evalBatches, evalTurns, learningRate, makeBatch, trainingTurns } from '../src/model/train.js';
+} from '../demo/model/scenes.js';
+import { chanceLevels } from '../demo/model/chance.js';
+import type { SceneFeatures } from '../demo/model/encoders.js';
+import { batchOrder, evalBatches, evalTurns, learningRate, makeBatch, trainingTurns } from '../demo/model/train.js';
 
 const obj = (shape: SceneObject['shape'], colour: SceneObject['colour'], row: number, col: number): SceneObject => {
   const cell = IMAGE_SIZE / 3;
@@ -186,7 +186,7 @@ test('chance level inputs: trainingTurns / evalTurns are exactly the questions o
   const said = (ts: { type: string; answer: string }[]) => ts.map((t) => `${t.type}:${t.answer}`);
   const o = { turns: 3, dialogues: 2, seed: 1007, batchSize: 4 };
   assert.deepEqual(said(evalTurns(scenes, split.heldout, o)), evalBatches(ds, split.heldout, o).flatMap(asked));
-  // The training loop's draw, written out by hand here (src/model/train.ts train(): batch order, then per step
+  // The training loop's draw, written out by hand here (demo/model/train.ts train(): batch order, then per step
   // mulberry32(mixSeed(seed ^ 0x7a11, step)) over the batch's images).
   const next = batchOrder(split.train, 9);
   const byHand: string[] = [];

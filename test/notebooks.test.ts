@@ -69,7 +69,7 @@ test('every figure notebook executes headless and writes its figures', { skip, t
     assert.ok(JSON.stringify(variants).includes('"n_objects probe @ ℓ1"'), 'the demo has no `count` label: the probe falls back to n_objects at the aligned layer 1');
     assert.equal((await json('attention-overlay')).provenance.variant, 'viral');
     assert.match(await readFile(join(figures, 'attention-overlay.svg'), 'utf8'), /<image[^>]+href="data:image\/png;base64,/, 'the overlay is drawn over the scene');
-    // The task accuracy's chance level comes from the run's demo.json (src/model/chance.ts), not recomputed.
+    // The task accuracy's chance level comes from the run's demo.json (demo/model/chance.ts), not recomputed.
     const demo = JSON.parse(await readFile(join(run, 'demo.json'), 'utf8')) as { accuracy: { question_type: string; chance: number }[] };
     const overallChance = demo.accuracy.find((a) => a.question_type === 'overall')!.chance;
     assert.equal((await json('residual-vs-viral')).provenance.task_accuracy_chance, 100 * overallChance);

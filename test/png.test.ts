@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { inflateSync } from 'node:zlib';
 import { crc32, encodePngRgb, pngDataUrl } from '../src/store/png.js';
-import { InputError } from '../src/errors.js';
+import { InputError } from '../src/core/errors.js';
 
 test('crc32: the standard check value and an empty input', () => {
   // CRC-32/ISO-HDLC check value (the CRC of the ASCII digits 1–9), as published for the algorithm PNG uses.

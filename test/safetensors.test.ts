@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { InputError } from '../src/errors.js';
+import { InputError } from '../src/core/errors.js';
 import { bf16ToFloat, floatToBf16, floatToHalf, halfToFloat } from '../src/store/dtype.js';
 import { readSafetensorsHeader, readTensor, writeSafetensors } from '../src/store/safetensors.js';
 import { describeFile, loadMatrix } from '../src/store/load.js';

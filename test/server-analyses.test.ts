@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { inflateSync } from 'node:zlib';
 import { after, before, describe, test } from 'node:test';
 import { buildApp, type Dashboard } from '../server/app.js';
-import { DEMO_MODEL_NAME, generateScene, IMAGE_SIZE, renderScene } from '../src/model/scenes.js';
+import { DEMO_MODEL_NAME, generateScene, IMAGE_SIZE, renderScene } from '../demo/model/scenes.js';
 import { ATTENTION_MAPS, makeRunsFixture, SHUFFLE_PLAN, writeAnalysesFixture, writeFixtureCapture } from './server-fixture.js';
 
 let root: string;
@@ -265,7 +265,7 @@ test("the demo's overlay is drawn on its scene, redrawn from the sample id", asy
     const stride = IMAGE_SIZE * 3 + 1;
     const pixels = Buffer.concat(Array.from({ length: IMAGE_SIZE }, (_, y) => raw.subarray(y * stride + 1, (y + 1) * stride)));
     assert.ok(Buffer.from(renderScene(generateScene(3, 5))).equals(pixels), 'the PNG holds scene 5 of seed 3');
-    assert.equal(fig.provenance.image, 'the scene redrawn from its id (src/model/scenes.ts)');
+    assert.equal(fig.provenance.image, 'the scene redrawn from its id (demo/model/scenes.ts)');
     const pdf = await get(app, '/api/export/attention-overlay?format=pdf');
     assert.match(pdf.raw.toString('latin1'), /\/Subtype \/Image/, 'the PDF embeds the scene');
   } finally {

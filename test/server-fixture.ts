@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { attentionEntropy, writeAttention } from '../analysis/attention.js';
 import { runShuffle, writeShuffle } from '../analysis/shuffle.js';
 import { normal } from '../fixtures/make-fixtures.js';
-import { mulberry32 } from '../src/stats/rng.js';
+import { mulberry32 } from '../src/core/rng.js';
 import { CaptureWriter } from '../src/store/capture.js';
 
 const SAMPLES = 40;

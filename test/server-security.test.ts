@@ -10,7 +10,7 @@ import { mkdir, mkdtemp, readFile, rm, stat, symlink, utimes, writeFile } from '
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { contentSample, JobRunner } from '../analysis/jobs.js';
+import { contentSample, JobRunner } from '../server/jobs.js';
 import { buildApp, startServer, type Dashboard } from '../server/app.js';
 import { makeProbesFile, writeFixtureCapture } from './server-fixture.js';
 

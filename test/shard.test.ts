@@ -9,7 +9,7 @@ import { promisify } from 'node:util';
 import { runLayerwise, type LayerwiseRow } from '../analysis/layerwise.js';
 import { mergeShards, parseShard, planJobs, readShardFile, shardJobs, type MergedSweep, type ShardFile } from '../analysis/shard.js';
 import { createEngine } from '../src/engine/index.js';
-import { InputError } from '../src/errors.js';
+import { InputError } from '../src/core/errors.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const fixture = join(root, 'fixtures', 'capture-small');

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { scaledK, similarityStats, subMatrix } from '../analysis/stats.js';
 import { createEngine } from '../src/engine/index.js';
-import type { Matrix } from '../src/matrix.js';
+import type { Matrix } from '../src/core/matrix.js';
 import { computeMetric, Features, preprocess, type MetricName } from '../src/metrics/index.js';
 import {
   mcnemarExact,

@@ -11,7 +11,7 @@ import { openCapture, validateCapture } from '../src/store/capture.js';
 import { torchPythonOrSkip } from './helpers.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const shim = join(root, 'src', 'hooks', 'torch');
+const shim = join(root, 'python');
 
 const { python, missing } = torchPythonOrSkip(
   'python3 with torch not found (apt-get install python3-torch); the PyTorch shim tests need it',
@@ -19,10 +19,10 @@ const { python, missing } = torchPythonOrSkip(
 );
 
 // Twice: as the environment is (with the optional `safetensors` package where installed; Debian ships no
-// python3-safetensors) and with that package hidden (test/python/common.py), since HF environments always have it.
+// python3-safetensors) and with that package hidden (python/tests/common.py), since HF environments always have it.
 for (const hide of [false, true]) {
   test(`PyTorch shim: the Python unittest suite passes${hide ? ' without the safetensors package' : ''}`, { skip: missing }, () => {
-    const r = spawnSync(python!, ['-m', 'unittest', 'discover', '-s', join(root, 'test', 'python')], {
+    const r = spawnSync(python!, ['-m', 'unittest', 'discover', '-s', join(root, 'python', 'tests')], {
       cwd: root,
       env: { ...process.env, PYTHONPATH: shim, VIRAL_LENS_REQUIRE_TORCH: '1', ...(hide ? { VIRAL_LENS_HIDE_SAFETENSORS: '1' } : {}) },
       encoding: 'utf8',
@@ -36,7 +36,7 @@ test('cross-language: Python writes a capture, TypeScript reads the same numbers
   const dir = await mkdtemp(join(tmpdir(), 'viral-lens-torch-'));
   try {
     const out = join(dir, 'cap');
-    execFileSync(python!, [join(root, 'test', 'python', 'make_capture.py'), out], { env: { ...process.env, PYTHONPATH: shim } });
+    execFileSync(python!, [join(root, 'python', 'tests', 'make_capture.py'), out], { env: { ...process.env, PYTHONPATH: shim } });
     assert.deepEqual(await validateCapture(out, { checkValues: true }), []);
     // Python's own reader of the same files: per-layer float64 sums and one probe value per layer.
     const script = `

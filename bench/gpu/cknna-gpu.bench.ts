@@ -18,7 +18,7 @@ import * as ort from 'onnxruntime-node';
 import { createEngine, describeEngine } from '../../src/engine/index.js';
 import { OnnxEngine } from '../../src/engine/onnx.js';
 import { computeMetric, Features, preprocess } from '../../src/metrics/index.js';
-import { mulberry32 } from '../../src/stats/rng.js';
+import { mulberry32 } from '../../src/core/rng.js';
 
 const { onnx } = onnxProto;
 

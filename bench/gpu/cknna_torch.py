@@ -24,8 +24,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, '..', 'reference'))
 import cknna_reference as dense  # noqa: E402  (the dense baseline, used as the small-n oracle)
 
-# One implementation: the tile loop, top-k and prh quantile are the product's torch engine (src/hooks/torch).
-sys.path.insert(0, os.path.join(HERE, '..', '..', 'src', 'hooks', 'torch'))
+# One implementation: the tile loop, top-k and prh quantile are the product's torch engine (python).
+sys.path.insert(0, os.path.join(HERE, '..', '..', 'python'))
 from viral_lens_torch import engine  # noqa: E402
 
 

@@ -6,8 +6,8 @@
  * min–max scaling would do. A channel with IQR 0 is flat grey.
  */
 import type { Engine } from '../engine/index.js';
-import { InputError } from '../errors.js';
-import type { Matrix } from '../matrix.js';
+import { InputError } from '../core/errors.js';
+import type { Matrix } from '../core/matrix.js';
 import { pca } from './pca.js';
 
 export const PCA_RGB_NORMALISATION = 'per channel (x − median)/IQR, squashed by ½ + ½·tanh';

@@ -10,9 +10,9 @@
  */
 import { EigenvalueDecomposition, Matrix as MlMatrix } from 'ml-matrix';
 import type { Engine } from '../engine/index.js';
-import { InputError } from '../errors.js';
-import type { Matrix } from '../matrix.js';
-import { gaussian, mulberry32 } from '../stats/rng.js';
+import { InputError } from '../core/errors.js';
+import type { Matrix } from '../core/matrix.js';
+import { gaussian, mulberry32 } from '../core/rng.js';
 
 export interface PcaOptions {
   /** Computes the scatter product (Gram or cross product) of the centred rows; default: float64 loops here. */

@@ -5,7 +5,7 @@
  * them to a reference removes exactly that freedom and nothing else.
  */
 import { Matrix as MlMatrix, SVD } from 'ml-matrix';
-import { InputError } from '../errors.js';
+import { InputError } from '../core/errors.js';
 
 export interface ProcrustesOptions {
   /** Fit a uniform scale too (default true). */

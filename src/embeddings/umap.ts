@@ -5,14 +5,14 @@
  * gives exactly the cosine neighbours, and the Euclidean distance between unit rows, √(2 − 2·cos), is what UMAP's
  * fuzzy graph sees. umap-js's own NN-descent would cost O(n·k·d) per sweep in plain JS at d = 4096; "bring your own
  * kNN" keeps the expensive part in one place and reuses it. Every random draw (umap-js's initial layout and negative
- * sampling) comes from one seeded mulberry32 stream (src/stats/rng.ts), so the same input and seed give the same map,
+ * sampling) comes from one seeded mulberry32 stream (src/core/rng.ts), so the same input and seed give the same map,
  * in any process.
  */
 import { UMAP } from 'umap-js';
 import type { Engine } from '../engine/index.js';
-import { InputError } from '../errors.js';
-import type { Matrix } from '../matrix.js';
-import { mulberry32 } from '../stats/rng.js';
+import { InputError } from '../core/errors.js';
+import type { Matrix } from '../core/matrix.js';
+import { mulberry32 } from '../core/rng.js';
 
 export interface UmapOptions {
   seed: number;

@@ -1,7 +1,7 @@
-import { InputError } from '../errors.js';
-import { type Matrix, toFloat32 } from '../matrix.js';
-import { heapMatrix } from '../metrics/rows.js';
-import { subsampleRows } from '../tokens.js';
+import { InputError } from '../core/errors.js';
+import { type Matrix, toFloat32 } from '../core/matrix.js';
+import { heapMatrix } from './rows.js';
+import { subsampleRows } from '../core/tokens.js';
 import { checkKnnInput, type Engine, type KnnLists, type KnnOptions } from './types.js';
 
 /**

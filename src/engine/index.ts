@@ -1,5 +1,5 @@
-import { InputError } from '../errors.js';
-import type { Matrix } from '../matrix.js';
+import { InputError } from '../core/errors.js';
+import type { Matrix } from '../core/matrix.js';
 import { cudaProviderFiles } from './cuda.js';
 import { OnnxEngine } from './onnx.js';
 import { RefEngine } from './ref.js';

@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import os from 'node:os';
 import * as ort from 'onnxruntime-node';
-import { type Matrix, toFloat32 } from '../matrix.js';
+import { type Matrix, toFloat32 } from '../core/matrix.js';
 import { cudaProviderFiles, disableTf32 } from './cuda.js';
 import { deviceTopKModel, loopTopKModel, MAX_DEVICE_ROWS, pairTopKModel, uploadModel } from './gpu-graphs.js';
 import { gemmModel, gramTopKModel } from './onnx-graphs.js';

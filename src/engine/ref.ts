@@ -1,4 +1,4 @@
-import { type Matrix, toFloat64 } from '../matrix.js';
+import { type Matrix, toFloat64 } from '../core/matrix.js';
 import { checkCrossInput, checkKnnInput, type Engine, type KnnLists, type KnnOptions } from './types.js';
 
 /**

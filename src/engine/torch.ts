@@ -3,13 +3,13 @@ import { accessSync, constants, existsSync, statfsSync, unlinkSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { InputError } from '../errors.js';
-import type { FileRows, Matrix } from '../matrix.js';
+import { InputError } from '../core/errors.js';
+import type { FileRows, Matrix } from '../core/matrix.js';
 import { checkCrossInput, checkKnnInput, type Engine, type EnginePrecision, type FileRowsOps, type KnnLists, type KnnOptions } from './types.js';
 
 /**
  * `--engine torch`: the O(n²·d) work on a PyTorch device, run by a long-lived Python worker from the capture shim's
- * package (src/hooks/torch/viral_lens_torch/engine.py), one per engine instance. Protocol: docs/torch-engine.md.
+ * package (python/viral_lens_torch/engine.py), one per engine instance. Protocol: docs/torch-engine.md.
  * Matrices reach the worker as files it memory-maps, never as JSON: file-backed matrices (`Matrix.source`: .npy
  * payloads, safetensors tensors, capture shards) straight from their files, which the worker also reduces by token
  * mode and preprocesses; any other matrix via a shared-memory file written from the typed array's own buffer and
@@ -65,11 +65,11 @@ export class TorchUnavailableError extends InputError {
 export class TorchWorkerDiedError extends InputError {}
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-// The Python package is not compiled: from the built dist/src/engine/ it is the source tree's src/hooks/torch (the
-// npm package ships src/), so the worker never runs a stale copy of engine.py.
-const SHIM_DIR = [join(HERE, '..', 'hooks', 'torch'), join(HERE, '..', '..', '..', 'src', 'hooks', 'torch')].find((d) =>
+// The Python package is not compiled: from the built dist/src/engine/ it is the source tree's python/ (the
+// npm package ships python/), so the worker never runs a stale copy of engine.py.
+const SHIM_DIR = [join(HERE, '..', '..', 'python'), join(HERE, '..', '..', '..', 'python')].find((d) =>
   existsSync(join(d, 'viral_lens_torch', 'engine.py')),
-) ?? join(HERE, '..', 'hooks', 'torch');
+) ?? join(HERE, '..', '..', 'python');
 const ENGINE_PY = join(SHIM_DIR, 'viral_lens_torch', 'engine.py');
 /** Loaded matrices kept in the worker's memory; older ones are freed (a layer sweep streams through its layers). */
 const MAX_RESIDENT = 6;

@@ -1,5 +1,5 @@
-import { InputError } from '../errors.js';
-import type { Matrix } from '../matrix.js';
+import { InputError } from '../core/errors.js';
+import type { Matrix } from '../core/matrix.js';
 
 /**
  * The k nearest neighbours of every row of X under the inner-product kernel K = X·Xᵀ, self excluded.
@@ -50,12 +50,12 @@ export interface Engine extends EngineInfo {
   dispose(): Promise<void>;
   /**
    * Present on engines that read file-backed matrices (`Matrix.source`) themselves: pipelines then hand them
-   * descriptions instead of values (src/store/source.ts), and the few O(n·d) sums metrics need come from here.
+   * descriptions instead of values (src/engine/source.ts), and the few O(n·d) sums metrics need come from here.
    */
   readonly files?: FileRowsOps;
 }
 
-/** The O(n·d) work on file-backed matrices that metrics otherwise do over `Matrix.data` (src/metrics/rows.ts). */
+/** The O(n·d) work on file-backed matrices that metrics otherwise do over `Matrix.data` (src/engine/rows.ts). */
 export interface FileRowsOps {
   /** Σ_c a_ic·b_ic per row, float64. */
   rowDots(a: Matrix, b: Matrix): Promise<Float64Array>;

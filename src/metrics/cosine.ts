@@ -1,6 +1,6 @@
 import type { Engine } from '../engine/types.js';
-import type { Matrix } from '../matrix.js';
-import { rowDots } from './rows.js';
+import type { Matrix } from '../core/matrix.js';
+import { rowDots } from '../engine/rows.js';
 
 /** Mean over paired rows of cos(a_i, b_i), the view of VIRAL's alignment loss. Needs dA = dB. Rows of norm 0 count 0. */
 export async function pairedCosine(engine: Engine, a: Matrix, b: Matrix): Promise<number> {

@@ -1,7 +1,7 @@
 import type { Engine, KnnLists } from '../engine/index.js';
-import { InputError } from '../errors.js';
-import { sourcedMatrix, type Matrix } from '../matrix.js';
-import { columnSquaredNorms, heapMatrix, rowDots } from './rows.js';
+import { InputError } from '../core/errors.js';
+import { sourcedMatrix, type Matrix } from '../core/matrix.js';
+import { columnSquaredNorms, heapMatrix, rowDots } from '../engine/rows.js';
 
 /**
  * Largest magnitude a float32 engine's sums may reach here: half of float32's maximum (3.4e38), so rounding in a

@@ -1,5 +1,5 @@
 import { knnProvenance } from '../engine/approx.js';
-import { InputError } from '../errors.js';
+import { InputError, ParamError } from '../core/errors.js';
 import { cknnaFromKnn } from './cknna.js';
 import { cycleKnnFromKnn } from './cycle-knn.js';
 import { ckaValues } from './cka.js';
@@ -12,7 +12,7 @@ import type { MetricResult } from './result.js';
 
 export { Features } from './features.js';
 export { METRICS, METRIC_NAMES, parseMetric, type MetricName, type MetricSpec } from './registry.js';
-export { preprocess, parsePreprocess, describePreprocess, PREPROCESS_NAMES, type Preprocess } from './preprocess.js';
+export { preprocess, parsePreprocess, describePreprocess, PREPROCESS_NAMES, type Preprocess } from '../core/preprocess.js';
 export type { MetricResult } from './result.js';
 
 export const DEFAULT_K = 10;
@@ -30,8 +30,8 @@ export function checkMetricInputs(metric: MetricName, nA: number, nB: number, dA
   }
   if (metric !== 'cosine' && nA <= 3) throw new InputError(`${metric} is undefined for n = ${nA} ≤ 3 samples (HSIC divides by n(n−3))`);
   if (spec.needsKnn) {
-    if (!Number.isInteger(k) || k < 2) throw new InputError(`--topk: k must be an integer ≥ 2, got ${k}`);
-    if (k >= nA) throw new InputError(`--topk: k = ${k} must be smaller than n = ${nA}`);
+    if (!Number.isInteger(k) || k < 2) throw new ParamError('k', `k must be an integer ≥ 2, got ${k}`);
+    if (k >= nA) throw new ParamError('k', `k = ${k} must be smaller than n = ${nA}`);
   }
 }
 

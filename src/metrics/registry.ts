@@ -1,4 +1,4 @@
-import { InputError } from '../errors.js';
+import { InputError } from '../core/errors.js';
 
 /** What each metric is, as data (ReSi-style), so callers and pages never hard-code a metric's behaviour. */
 export interface MetricSpec {

@@ -1,5 +1,5 @@
-import { InputError } from '../errors.js';
-import { shuffleInPlace, type Rng } from '../stats/rng.js';
+import { InputError } from '../core/errors.js';
+import { shuffleInPlace, type Rng } from '../core/rng.js';
 
 /**
  * K-fold assignment of IMAGES (not rows) to folds, so all tokens of one image fall on the same side of every split

@@ -1,6 +1,6 @@
-import { InputError } from '../errors.js';
-import type { Matrix } from '../matrix.js';
-import { deriveSeed, mulberry32, randInt, type Rng } from '../stats/rng.js';
+import { InputError } from '../core/errors.js';
+import type { Matrix } from '../core/matrix.js';
+import { deriveSeed, mulberry32, randInt, type Rng } from '../core/rng.js';
 import { percentileInterval, wilsonInterval, checkLevel } from '../stats/summary.js';
 import { applyStandardiser, fitStandardiser, groupFolds } from './cv.js';
 import { fitLogistic, predictLogistic } from './logistic.js';

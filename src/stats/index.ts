@@ -1,7 +1,7 @@
-export { mulberry32, deriveSeed, randInt, randomPermutation, shuffleInPlace, gaussian, type Rng } from './rng.js';
+export { mulberry32, deriveSeed, randInt, randomPermutation, shuffleInPlace, gaussian, type Rng } from '../core/rng.js';
 export { meanSd, quantile, quantileSorted, normalQuantile, wilsonInterval, percentileInterval, checkLevel } from './summary.js';
 export { mcnemarExact, mcnemarP, binomialHalfCdf, type McNemarResult } from './paired.js';
-export { permuteKnn, restrictKnn } from './knn.js';
+export { permuteKnn, restrictKnn } from '../engine/knn-lists.js';
 export {
   rowGroups,
   rowsByGroup,

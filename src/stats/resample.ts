@@ -1,5 +1,5 @@
-import { InputError } from '../errors.js';
-import { randInt, randomPermutation, shuffleInPlace, type Rng } from './rng.js';
+import { InputError } from '../core/errors.js';
+import { randInt, randomPermutation, shuffleInPlace, type Rng } from '../core/rng.js';
 
 /**
  * Which image (sample) and which token position each row of a flattened matrix came from. Resampling happens over

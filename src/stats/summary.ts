@@ -1,4 +1,4 @@
-import { InputError } from '../errors.js';
+import { InputError } from '../core/errors.js';
 
 /** Mean and sample standard deviation (n − 1), ignoring NaN; `count` is the number of finite values used. */
 export function meanSd(values: ArrayLike<number>): { mean: number; sd: number; count: number } {

@@ -9,7 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
-import { InputError } from '../errors.js';
+import { InputError } from '../core/errors.js';
 
 /** What can be written: one buffer, a string (UTF-8), or a (possibly lazy / async) sequence of chunks. */
 export type AtomicData = string | Uint8Array | Iterable<Uint8Array> | AsyncIterable<Uint8Array>;

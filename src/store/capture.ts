@@ -11,8 +11,8 @@
  */
 import { mkdir, readdir, readFile, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, relative, sep } from 'node:path';
-import { boundMessage, InputError, quoteName } from '../errors.js';
-import type { SourceSegment } from '../matrix.js';
+import { boundMessage, InputError, quoteName } from '../core/errors.js';
+import type { SourceSegment } from '../core/matrix.js';
 import { describeOsError, fsyncDir, isTempFileName, writeFileAtomic } from './atomic.js';
 import { fmtShape, withFile } from './io.js';
 import {

@@ -1,6 +1,6 @@
 /** Small positioned-read helpers shared by the readers: they never load more of a file than asked for. */
 import { open, type FileHandle } from 'node:fs/promises';
-import { InputError } from '../errors.js';
+import { InputError } from '../core/errors.js';
 import { describeOsError } from './atomic.js';
 
 /** Largest single read; FileHandle.read takes at most 2^31-1 bytes, and smaller reads keep peaks in check. */

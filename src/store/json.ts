@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import type { z } from 'zod';
-import { InputError } from '../errors.js';
+import { InputError } from '../core/errors.js';
 import { describeOsError, writeFileAtomic } from './atomic.js';
 import { parseWithSchema } from './manifest.js';
 

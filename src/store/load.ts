@@ -1,8 +1,8 @@
 /** Loading a feature matrix from a single .npy / .safetensors file, and describing such files for `info`. */
 import { stat } from 'node:fs/promises';
 import { extname, join } from 'node:path';
-import { InputError } from '../errors.js';
-import { matrix, type Matrix, type SourceSegment } from '../matrix.js';
+import { InputError } from '../core/errors.js';
+import { matrix, type Matrix, type SourceSegment } from '../core/matrix.js';
 import { describeOsError } from './atomic.js';
 import { fmtShape, readFully, withFile } from './io.js';
 import { readNpy, readNpyHeader } from './npy.js';

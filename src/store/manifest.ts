@@ -4,7 +4,7 @@
  * `runs/x/manifest.json: layers[3].shards[0].count: expected a non-negative integer`.
  */
 import { z } from 'zod';
-import { InputError } from '../errors.js';
+import { InputError } from '../core/errors.js';
 
 const nonNegInt = (): z.ZodNumber => {
   const msg = 'expected a non-negative integer';

@@ -5,7 +5,7 @@
  * literal such as `{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }` padded with spaces and a final
  * newline (latin-1 for 1.0/2.0, UTF-8 for 3.0), then the raw data. Reading only touches the header and the data range.
  */
-import { InputError, listSome, quoteName } from '../errors.js';
+import { InputError, listSome, quoteName } from '../core/errors.js';
 import { writeFileAtomic } from './atomic.js';
 import { decodeInto, encodeFloats, toHostOrderInPlace, type FloatDtype } from './dtype.js';
 import { fmtShape, readFully, shapeSize, withFile } from './io.js';

@@ -4,7 +4,7 @@
  * because zlib.crc32 only exists from Node 20.15 and the project supports every Node 20.
  */
 import { deflateSync } from 'node:zlib';
-import { InputError } from '../errors.js';
+import { InputError } from '../core/errors.js';
 
 const SIGNATURE = Uint8Array.of(0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a);
 

@@ -7,7 +7,7 @@
  * Readers here parse the header once and read only the byte range of the tensor asked for.
  */
 import type { FileHandle } from 'node:fs/promises';
-import { clip, InputError, listSome, quoteName } from '../errors.js';
+import { clip, InputError, listSome, quoteName } from '../core/errors.js';
 import { writeFileAtomic } from './atomic.js';
 import { decodeInto, encodeFloats, toHostOrderInPlace, type FloatDtype } from './dtype.js';
 import { fmtShape, readFully, shapeSize, withFile } from './io.js';

@@ -1,5 +1,5 @@
 /**
- * Seeded randomness for every resampling in the toolkit. mulberry32 is the same generator `src/tokens.ts` uses for
+ * Seeded randomness for every resampling in the toolkit. mulberry32 is the same generator `src/core/tokens.ts` uses for
  * row subsamples: 32-bit state, fast, and the same stream in every process, so a result's `seed` reproduces it.
  */
 export type Rng = () => number;

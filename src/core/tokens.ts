@@ -1,6 +1,6 @@
 import { InputError } from './errors.js';
 import type { Matrix } from './matrix.js';
-import { mulberry32 } from './stats/rng.js';
+import { mulberry32 } from './rng.js';
 
 /**
  * The one place where per-token captures become per-row matrices (the shape contract):

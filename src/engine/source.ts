@@ -5,13 +5,13 @@
  * capture shards and prepares on its device, so that Node never holds the n×d values.
  */
 import { createHash } from 'node:crypto';
-import type { Engine } from '../engine/types.js';
-import { assertFinite, fileRowCount, sourcedMatrix, type FileRows, type Matrix } from '../matrix.js';
-import { preprocess, prhQuantile, type Preprocess, type PreprocessOptions } from '../metrics/preprocess.js';
-import type { TokenMode } from '../tokens.js';
-import type { ShardRows } from './capture.js';
-import { readFully, withFile } from './io.js';
-import { loadMatrix, locateMatrix, type LoadMatrixOptions } from './load.js';
+import type { Engine } from './types.js';
+import { assertFinite, fileRowCount, sourcedMatrix, type FileRows, type Matrix } from '../core/matrix.js';
+import { preprocess, prhQuantile, type Preprocess, type PreprocessOptions } from '../core/preprocess.js';
+import type { TokenMode } from '../core/tokens.js';
+import type { ShardRows } from '../store/capture.js';
+import { readFully, withFile } from '../store/io.js';
+import { loadMatrix, locateMatrix, type LoadMatrixOptions } from '../store/load.js';
 
 export interface PrepareOptions extends PreprocessOptions {
   preprocess: Preprocess;

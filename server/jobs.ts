@@ -24,12 +24,12 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import type { Engine } from '../src/engine/index.js';
-import { InputError } from '../src/errors.js';
+import { InputError } from '../src/core/errors.js';
 import type { MetricName, Preprocess } from '../src/metrics/index.js';
-import type { TokenMode } from '../src/tokens.js';
-import type { PcaGridResult, UmapRunResult } from './embeddings.js';
-import type { ExportFormat, VlSpec } from './figures.js';
-import type { LayerwiseRow } from './layerwise.js';
+import type { TokenMode } from '../src/core/tokens.js';
+import type { PcaGridResult, UmapRunResult } from '../analysis/embeddings.js';
+import type { ExportFormat, VlSpec } from '../analysis/figures.js';
+import type { LayerwiseRow } from '../analysis/layerwise.js';
 
 /** Bump when an analysis changes what it returns for the same inputs, so stale cache entries are not served. */
 export const CACHE_VERSION = 'viral-lens-jobs/1';
@@ -130,7 +130,7 @@ async function execute(kind: JobKind, params: unknown, signal: AbortSignal, onPr
   switch (kind) {
     case 'layerwise': {
       const p = params as LayerwiseJobParams;
-      const { runLayerwise } = await import('./layerwise.js');
+      const { runLayerwise } = await import('../analysis/layerwise.js');
       return runLayerwise(p.capture, {
         engine: await engineFor(p.engine),
         metrics: p.metrics,
@@ -148,7 +148,7 @@ async function execute(kind: JobKind, params: unknown, signal: AbortSignal, onPr
     }
     case 'umap': {
       const p = params as UmapJobParams;
-      const { runUmap } = await import('./embeddings.js');
+      const { runUmap } = await import('../analysis/embeddings.js');
       return runUmap(p.captures, {
         engine: await engineFor(p.engine),
         layer: p.layer,
@@ -165,7 +165,7 @@ async function execute(kind: JobKind, params: unknown, signal: AbortSignal, onPr
     }
     case 'pca-grid': {
       const p = params as PcaGridJobParams;
-      const { runPcaGrid } = await import('./embeddings.js');
+      const { runPcaGrid } = await import('../analysis/embeddings.js');
       return runPcaGrid(p.captures, {
         sample: p.sample,
         ...(p.layers ? { layers: p.layers } : {}),
@@ -176,7 +176,7 @@ async function execute(kind: JobKind, params: unknown, signal: AbortSignal, onPr
     }
     case 'render': {
       const p = params as RenderJobParams;
-      const { renderFigure } = await import('./figures.js');
+      const { renderFigure } = await import('../analysis/figures.js');
       return renderFigure(p.spec, p.format, p.scale === undefined ? {} : { scale: p.scale });
     }
   }

@@ -2,8 +2,8 @@
  * The demo's attention-entropy and patch-shuffle analyses recomputed from what a demo run keeps: demo.json (seed,
  * sizes, each variant's config), <variant>/model.safetensors (weights, with the config in their metadata) and
  * features/ (the frozen encoders' cached patch features). The models are rebuilt from the weights and the same
- * evaluation code as in training is re-run on the held-out images (src/hooks/train-run.ts: shuffleEvaluations,
- * attentionMaps; analysis/demo.ts: demoShuffle, demoAttention), so a recomputed result is what the demo would have
+ * evaluation code as in training is re-run on the held-out images (demo/train-run.ts: shuffleEvaluations,
+ * attentionMaps; demo/demo.ts: demoShuffle, demoAttention), so a recomputed result is what the demo would have
  * recorded, and is compared with the stored attention.json / shuffle.json to show that it is.
  *
  * A run that lacks any of those inputs (a PyTorch run that wrote its own shuffle.json, a copy without weights) cannot
@@ -12,18 +12,18 @@
 import { readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
-import { InputError } from '../src/errors.js';
-import { shuffleEvaluations, attentionMaps } from '../src/hooks/train-run.js';
-import { initBackend, type BackendInfo, type BackendName } from '../src/model/backend.js';
-import { extractSceneFeatures, loadTeacher, loadVisionEncoder, readFeatureCache, type EncoderSpec, type SceneFeatures } from '../src/model/encoders.js';
-import { MODEL_VARIANTS, type MiniLlava } from '../src/model/mini-llava.js';
-import { generateScenes, splitByImage } from '../src/model/scenes.js';
-import type { DemoDataset } from '../src/model/train.js';
-import { loadWeights } from '../src/model/weights.js';
+import { InputError } from '../src/core/errors.js';
+import { shuffleEvaluations, attentionMaps } from './train-run.js';
+import { initBackend, type BackendInfo, type BackendName } from './model/backend.js';
+import { extractSceneFeatures, loadTeacher, loadVisionEncoder, readFeatureCache, type EncoderSpec, type SceneFeatures } from './model/encoders.js';
+import { MODEL_VARIANTS, type MiniLlava } from './model/mini-llava.js';
+import { generateScenes, splitByImage } from './model/scenes.js';
+import type { DemoDataset } from './model/train.js';
+import { loadWeights } from './model/weights.js';
 import { parseWithSchema } from '../src/store/manifest.js';
-import { ATTENTION_FILE, readAttention, type AttentionEntropyResult } from './attention.js';
+import { ATTENTION_FILE, readAttention, type AttentionEntropyResult } from '../analysis/attention.js';
 import { demoAttention, demoEvalSettings, demoShuffle, type FinalEvaluations } from './demo.js';
-import { readShuffle, SHUFFLE_FILE, type ShuffleResult } from './shuffle.js';
+import { readShuffle, SHUFFLE_FILE, type ShuffleResult } from '../analysis/shuffle.js';
 
 export const DEMO_FILE = 'demo.json';
 
@@ -38,7 +38,7 @@ const SpecSchema = z.object({
   description: z.string(),
 });
 
-/** The part of demo.json a recomputation needs (analysis/demo.ts writeDemoFiles writes it). */
+/** The part of demo.json a recomputation needs (demo/demo.ts writeDemoFiles writes it). */
 const DemoJsonSchema = z.object({
   format: z.literal('viral-lens.demo'),
   version: z.literal(1),

@@ -13,9 +13,9 @@
  * train/held-out split is a seeded permutation of image indices (split BY IMAGE: no image contributes questions to
  * both sides).
  */
-import { InputError } from '../errors.js';
-import { mulberry32 } from '../stats/rng.js';
-import { encodePngRgb, pngDataUrl } from '../store/png.js';
+import { InputError } from '../../src/core/errors.js';
+import { mulberry32 } from '../../src/core/rng.js';
+import { encodePngRgb, pngDataUrl } from '../../src/store/png.js';
 
 /**
  * `model.name` of every capture and analysis file the demo writes (how a rerun recognises its own captures, and how

@@ -1,5 +1,5 @@
-import type { Engine } from '../engine/types.js';
-import type { Matrix } from '../matrix.js';
+import type { Engine } from './types.js';
+import type { Matrix } from '../core/matrix.js';
 
 /**
  * The O(n·d) sums metrics take over whole matrices, in one place: over `Matrix.data` in Node, or by the engine where

@@ -20,7 +20,7 @@
  * ℓ defaults to layers/2 (the paper aligns layer 16 of 32).
  */
 import * as tf from '@tensorflow/tfjs';
-import { InputError } from '../errors.js';
+import { InputError } from '../../src/core/errors.js';
 import { linear, matMul2d, rmsNorm, rowCosine, silu } from './ops.js';
 import { mixSeed, mulberry32, shuffled } from './scenes.js';
 

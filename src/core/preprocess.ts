@@ -1,5 +1,5 @@
-import { InputError } from '../errors.js';
-import type { Matrix } from '../matrix.js';
+import { InputError } from './errors.js';
+import type { Matrix } from './matrix.js';
 
 export const PREPROCESS_NAMES = ['none', 'l2', 'prh'] as const;
 export type Preprocess = (typeof PREPROCESS_NAMES)[number];

@@ -7,7 +7,7 @@
  * type. Batches depend only on (seed, step), never on the variant, so the three variants see identical data.
  */
 import * as tf from '@tensorflow/tfjs';
-import { InputError } from '../errors.js';
+import { InputError } from '../../src/core/errors.js';
 import type { SceneFeatures } from './encoders.js';
 import { shufflePatches, type MiniLlava } from './mini-llava.js';
 import {

@@ -11,7 +11,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
-import { InputError } from '../errors.js';
+import { InputError } from '../../src/core/errors.js';
 
 export type BackendName = 'auto' | 'wasm' | 'cpu' | 'tensorflow';
 

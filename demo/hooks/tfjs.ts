@@ -1,5 +1,5 @@
 /**
- * Capture hooks for tfjs models (the TypeScript side of "capture hooks"; the PyTorch shim is src/hooks/torch/).
+ * Capture hooks for tfjs models (the TypeScript side of "capture hooks"; the PyTorch shim is python/).
  *
  * Names are the canonical hook names of the capture format: `embed` = the input of block 0 (hidden_states[0]),
  * `blocks.{i}.out` = the output of block i (hidden_states[i+1]), plus `projector.out` (the connector output, before
@@ -13,8 +13,8 @@
  */
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { InputError } from '../errors.js';
-import { CaptureWriter, type CaptureInit, type Tensor3, type Variant } from '../store/capture.js';
+import { InputError } from '../../src/core/errors.js';
+import { CaptureWriter, type CaptureInit, type Tensor3, type Variant } from '../../src/store/capture.js';
 import type { ForwardInputs, MiniLlava } from '../model/mini-llava.js';
 
 /** A layer of the capture format: canonical name and hidden_states index. */

@@ -26,6 +26,20 @@ export class InputError extends Error {
   }
 }
 
+/**
+ * Bad value of one named parameter (k, metric, preprocess, tokens, ...). The library names the parameter as the
+ * library calls it; each front end says it in its own words (the CLI as its flag, `--topk`; the server as its query
+ * field), so no library message hard-codes a command-line flag.
+ */
+export class ParamError extends InputError {
+  constructor(
+    readonly param: string,
+    readonly detail: string,
+  ) {
+    super(`${param}: ${detail}`);
+  }
+}
+
 export function inputError(message: string): never {
   throw new InputError(message);
 }

@@ -1,5 +1,5 @@
 import { InputError } from './errors.js';
-import type { Preprocess } from './metrics/preprocess.js';
+import type { Preprocess } from './preprocess.js';
 import type { TokenMode } from './tokens.js';
 
 /** A dense row-major matrix: row i = one sample (or one token, in per-token mode). */

@@ -4,7 +4,7 @@
  * `{ type: 'event', event }` while running, then `{ type: 'done', result }` or `{ type: 'error', message, input }`.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { InputError } from '../errors.js';
+import { InputError } from '../src/core/errors.js';
 import { runVariant, type VariantRunInput } from './train-run.js';
 
 if (!parentPort) throw new Error('train-worker.ts must run in a worker thread');

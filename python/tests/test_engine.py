@@ -67,7 +67,7 @@ class EngineTest(unittest.TestCase):
 
 
 class LoadRowsTest(unittest.TestCase):
-    """`load` with a `source`: the worker's half of the file-backed matrices (src/store/source.ts)."""
+    """`load` with a `source`: the worker's half of the file-backed matrices (src/engine/source.ts)."""
 
     def setUp(self):
         import tempfile

@@ -3,8 +3,8 @@
  * config in its metadata, so a trained demo model can be reloaded for later analyses (attention, probes).
  */
 import * as tf from '@tensorflow/tfjs';
-import { InputError } from '../errors.js';
-import { readSafetensorsHeader, readTensor, writeSafetensors } from '../store/safetensors.js';
+import { InputError } from '../../src/core/errors.js';
+import { readSafetensorsHeader, readTensor, writeSafetensors } from '../../src/store/safetensors.js';
 import { MiniLlava, type MiniLlavaConfig } from './mini-llava.js';
 
 export async function saveWeights(model: MiniLlava, path: string, extra: Record<string, string> = {}): Promise<void> {

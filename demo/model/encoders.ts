@@ -19,9 +19,9 @@ import { mkdir, readFile, stat } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { InputError } from '../errors.js';
-import { floatToHalf, halfToFloat } from '../store/dtype.js';
-import { readTensor, writeSafetensors } from '../store/safetensors.js';
+import { InputError } from '../../src/core/errors.js';
+import { floatToHalf, halfToFloat } from '../../src/store/dtype.js';
+import { readTensor, writeSafetensors } from '../../src/store/safetensors.js';
 import { installedVersion } from './backend.js';
 import { IMAGE_SIZE, renderScene, type Scene } from './scenes.js';
 

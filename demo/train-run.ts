@@ -9,15 +9,15 @@
  */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { InputError } from '../errors.js';
-import { writeFileAtomic } from '../store/atomic.js';
-import { initBackend, type BackendInfo, type BackendName } from '../model/backend.js';
-import type { EncoderSpec, SceneFeatures } from '../model/encoders.js';
-import { defaultConfig, MiniLlava, type MiniLlavaConfig, type ModelVariant } from '../model/mini-llava.js';
-import { DEMO_MODEL_NAME, generateScenes, mixSeed, mulberry32, QUESTION_LEN, QUESTION_TYPES, sceneLabels, splitByImage, TURN_LEN, VOCAB } from '../model/scenes.js';
-import { evaluate, makeBatch, train, type DemoDataset, type EvalResult, type TrainOptions } from '../model/train.js';
-import { saveWeights } from '../model/weights.js';
-import { captureAttention, TrainingCapture } from './tfjs.js';
+import { InputError } from '../src/core/errors.js';
+import { writeFileAtomic } from '../src/store/atomic.js';
+import { initBackend, type BackendInfo, type BackendName } from './model/backend.js';
+import type { EncoderSpec, SceneFeatures } from './model/encoders.js';
+import { defaultConfig, MiniLlava, type MiniLlavaConfig, type ModelVariant } from './model/mini-llava.js';
+import { DEMO_MODEL_NAME, generateScenes, mixSeed, mulberry32, QUESTION_LEN, QUESTION_TYPES, sceneLabels, splitByImage, TURN_LEN, VOCAB } from './model/scenes.js';
+import { evaluate, makeBatch, train, type DemoDataset, type EvalResult, type TrainOptions } from './model/train.js';
+import { saveWeights } from './model/weights.js';
+import { captureAttention, TrainingCapture } from './hooks/tfjs.js';
 
 export interface VariantRunInput {
   variant: ModelVariant;
@@ -143,7 +143,7 @@ export async function runVariant(input: VariantRunInput, emit: (e: VariantRunEve
       grid: f.grid,
       provenance: {
         ...input.provenance,
-        tool: 'viral-lens demo (src/hooks/tfjs.ts)',
+        tool: 'viral-lens demo (demo/hooks/tfjs.ts)',
         backend,
         model_seed: input.modelSeed,
         data_seed: input.dataSeed,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write a small, deterministic viral-lens capture with the PyTorch shim (used by the cross-language TS test).
 
-    python3 test/python/make_capture.py OUT_DIR [--samples 24] [--batch-size 10] [--pooling none|mean]
+    python3 python/tests/make_capture.py OUT_DIR [--samples 24] [--batch-size 10] [--pooling none|mean]
 
 The capture: a tiny LLaVA-shaped model (tiny_llava.py, HF layout, 4 decoder layers, hidden size 32, seeded),
 24 synthetic 16x16 images (4x4 grid of 4x4 patches -> 16 image tokens), every layer (embed + 4 blocks), tokens
@@ -71,7 +71,7 @@ def make_capture(out_dir, samples=24, batch_size=10, pooling="none", dtype=torch
         model, build_batches(samples, batch_size), out_dir, pooling=pooling, dtype=dtype,
         expected_image_tokens=NUM_PATCHES, grid=GRID, overwrite=True, variant="baseline",
         checkpoint={"step": 0}, model_info={"name": "viral-lens/tiny-llava-test", "seed": SEED},
-        provenance={"created": "2026-01-01T00:00:00Z", "script": "test/python/make_capture.py"})
+        provenance={"created": "2026-01-01T00:00:00Z", "script": "python/tests/make_capture.py"})
 
 
 def main(argv=None):

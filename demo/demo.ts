@@ -4,7 +4,7 @@
  * teacher — the whole story of the VIRAL paper without a checkpoint or a GPU.
  *
  *   1. render the scenes, run the two frozen encoders once (features cached under <out>/features/);
- *   2. train the variants in parallel worker threads (src/hooks/train-worker.ts), each capturing the probe set at
+ *   2. train the variants in parallel worker threads (demo/train-worker.ts), each capturing the probe set at
  *      step 0 and every N steps into <out>/<variant>/step-<N>/ and writing <out>/<variant>/results.json;
  *   3. layer-wise CKNNA of every capture against both targets (runLayerwise), held-out accuracy per question type,
  *      patch-shuffle test (analysis/shuffle.ts), attention entropy (analysis/attention.ts);
@@ -16,19 +16,19 @@ import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { createEngine, describeEngine, type Engine } from '../src/engine/index.js';
-import { InputError } from '../src/errors.js';
-import { initBackend, type BackendInfo, type BackendName } from '../src/model/backend.js';
-import { extractSceneFeatures, loadTeacher, loadVisionEncoder, type EncoderSpec } from '../src/model/encoders.js';
-import { MODEL_VARIANTS, type ModelVariant } from '../src/model/mini-llava.js';
-import { generateScenes, QUESTION_TYPES, splitByImage, type QuestionType, type Scene } from '../src/model/scenes.js';
-import { CHANCE_DEFINITION, chanceLevels, type ChanceLevel } from '../src/model/chance.js';
-import { DEFAULT_TRAIN, evalTurns, trainingTurns, type EvalResult } from '../src/model/train.js';
-import { DEMO_MODEL_NAME, runVariant, type VariantRunEvent, type VariantRunInput, type VariantRunResult } from '../src/hooks/train-run.js';
-import { DEMO_METRIC } from './demo-settings.js';
-import { attentionEntropy, entropyHeatmapFigure, writeAttention, type AttentionEntropyResult } from './attention.js';
-import { trainingFigure, variantsFigure, type AccuracyRow, type CurvePoint, type Figure, type Series } from './figures.js';
-import { runLayerwise, type LayerwiseRow } from './layerwise.js';
-import { runShuffle, shuffleFigure, writeShuffle, type ShuffleResult } from './shuffle.js';
+import { InputError } from '../src/core/errors.js';
+import { initBackend, type BackendInfo, type BackendName } from './model/backend.js';
+import { extractSceneFeatures, loadTeacher, loadVisionEncoder, type EncoderSpec } from './model/encoders.js';
+import { MODEL_VARIANTS, type ModelVariant } from './model/mini-llava.js';
+import { generateScenes, QUESTION_TYPES, splitByImage, type QuestionType, type Scene } from './model/scenes.js';
+import { CHANCE_DEFINITION, chanceLevels, type ChanceLevel } from './model/chance.js';
+import { DEFAULT_TRAIN, evalTurns, trainingTurns, type EvalResult } from './model/train.js';
+import { DEMO_MODEL_NAME, runVariant, type VariantRunEvent, type VariantRunInput, type VariantRunResult } from './train-run.js';
+import { DEMO_METRIC } from '../analysis/demo-settings.js';
+import { attentionEntropy, entropyHeatmapFigure, writeAttention, type AttentionEntropyResult } from '../analysis/attention.js';
+import { trainingFigure, variantsFigure, type AccuracyRow, type CurvePoint, type Figure, type Series } from '../analysis/figures.js';
+import { runLayerwise, type LayerwiseRow } from '../analysis/layerwise.js';
+import { runShuffle, shuffleFigure, writeShuffle, type ShuffleResult } from '../analysis/shuffle.js';
 
 /** Sizes of a demo run. */
 export interface DemoSize {
@@ -109,7 +109,7 @@ export interface AccuracyCell {
   total: number;
   accuracy: number;
   accuracy_shuffled: number | null;
-  /** Chance level of this question type on the same held-out questions (src/model/chance.ts); null: no guess. */
+  /** Chance level of this question type on the same held-out questions (demo/model/chance.ts); null: no guess. */
   chance: number | null;
 }
 
@@ -134,7 +134,7 @@ export interface DemoResult {
   /** The same over every capture step (training dynamics). */
   dynamics: LayerwiseRow[];
   accuracy: AccuracyCell[];
-  /** Chance level per question type (src/model/chance.ts), with the guessed answer; the same for every variant. */
+  /** Chance level per question type (demo/model/chance.ts), with the guessed answer; the same for every variant. */
   chance: Record<QuestionType | 'overall', ChanceLevel>;
   shuffle: ShuffleResult | null;
   attention: AttentionEntropyResult[];
@@ -178,7 +178,7 @@ function workerBootstrap(entry: URL): string {
 }
 
 function runInWorker(input: VariantRunInput, onEvent: (e: VariantRunEvent) => void): Promise<VariantRunResult> {
-  const worker = new Worker(workerBootstrap(new URL(`../src/hooks/train-worker${new URL(import.meta.url).pathname.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url)), { eval: true, workerData: input });
+  const worker = new Worker(workerBootstrap(new URL(`./train-worker${new URL(import.meta.url).pathname.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url)), { eval: true, workerData: input });
   return new Promise((resolvePromise, reject) => {
     let settled = false;
     const finish = (fn: () => void) => {
@@ -388,7 +388,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
 }
 
 /**
- * The chance level per question type of a demo run (src/model/chance.ts): majority answers over the questions every
+ * The chance level per question type of a demo run (demo/model/chance.ts): majority answers over the questions every
  * variant trains on (seed, steps, batch, turns, as train() draws them), scored on the final evaluation's held-out
  * questions. Needs no model: the scenes and the split are enough.
  */

@@ -229,7 +229,7 @@ def cross_product(a, b, precision='float32', block_rows=CROSS_BLOCK_ROWS):
 def abs_quantile(x, q, chunk=None):
     """The element of rank floor(q·N) (0-based, ascending) of |x| over all N elements, exactly.
 
-    The same definition as src/metrics/preprocess.ts. A radix selection on the bit patterns of |x| (non-negative
+    The same definition as src/core/preprocess.ts. A radix selection on the bit patterns of |x| (non-negative
     IEEE floats order like their bit patterns as integers): one histogram pass per 16 bits (2 passes for float32,
     4 for float64), each streamed in chunks, so any N works (torch.kthvalue refuses more than 2³¹ elements) and the
     cost is a few reads of the data.
@@ -264,7 +264,7 @@ def abs_quantile(x, q, chunk=None):
 
 
 def prh(x, q=0.95, chunk=None):
-    """prh preprocessing (src/metrics/preprocess.ts) of a copy of x: clamp to ±(exact |x| quantile q), then unit-norm
+    """prh preprocessing (src/core/preprocess.ts) of a copy of x: clamp to ±(exact |x| quantile q), then unit-norm
     rows (rows of norm 0 stay 0)."""
     return preprocess_(x.clone(), 'prh', q, chunk)
 
@@ -278,7 +278,7 @@ def _row_blocks(x):
 
 
 def l2_rows_(x):
-    """In place, src/metrics/preprocess.ts's arithmetic: s = Σ x² in float64, x·(1/√s) rounded to x's dtype; rows
+    """In place, src/core/preprocess.ts's arithmetic: s = Σ x² in float64, x·(1/√s) rounded to x's dtype; rows
     with s = 0 stay 0."""
     torch = _torch()
     for s, e in _row_blocks(x):
@@ -290,7 +290,7 @@ def l2_rows_(x):
 
 
 def preprocess_(x, name, q=0.95, chunk=None):
-    """`none`, `l2` or `prh` (src/metrics/preprocess.ts), in place on a matrix the caller owns."""
+    """`none`, `l2` or `prh` (src/core/preprocess.ts), in place on a matrix the caller owns."""
     if name == 'none':
         return x
     if name not in ('l2', 'prh'):

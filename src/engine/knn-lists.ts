@@ -1,4 +1,4 @@
-import type { KnnLists } from '../engine/index.js';
+import type { KnnLists } from './index.js';
 
 /**
  * kNN lists of a row-permuted matrix without a Gram product. With Bπ the matrix whose row i is B's row perm[i],
