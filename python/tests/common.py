@@ -6,7 +6,7 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-SHIM = os.path.join(ROOT, "src", "hooks", "torch")
+SHIM = os.path.join(ROOT, "python")
 for p in (HERE, SHIM):
     if p not in sys.path:
         sys.path.insert(0, p)

@@ -30,7 +30,7 @@ import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "src", "hooks", "torch"))
+sys.path.insert(0, os.path.join(ROOT, "python"))
 
 import torch  # noqa: E402
 
