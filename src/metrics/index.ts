@@ -18,7 +18,7 @@ export {
   type PairStatistic,
 } from './registry.js';
 export { defineKnnMetric, defineFeatureMetric, describeInvariances, type StatisticOptions } from './spec.js';
-export { subMatrix } from './statistic.js';
+export { subMatrix, knnStatistic, recomputedStatistic } from './statistic.js';
 export { preprocess, parsePreprocess, describePreprocess, PREPROCESS_NAMES, type Preprocess } from '../core/preprocess.js';
 export type { MetricResult } from './result.js';
 
