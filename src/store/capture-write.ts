@@ -104,20 +104,20 @@ function checkBatchLabels(where: string, labels: Record<string, (number | string
   }
 }
 
-/** Serializes in manifest key order, so manifests are stable and diffable. */
+/** Serializes in manifest key order, so manifests are stable and diffable (JSON.stringify drops an undefined field). */
 function manifestText(m: Manifest): string {
   const ordered: Record<string, unknown> = {
     format: m.format,
     version: m.version,
     model: m.model,
     variant: m.variant,
-    ...(m.checkpoint === undefined ? {} : { checkpoint: m.checkpoint }),
+    checkpoint: m.checkpoint,
     token_layout: m.token_layout,
     layers: m.layers,
     targets: m.targets,
     samples: m.samples,
-    ...(m.labels === undefined ? {} : { labels: m.labels }),
-    ...(m.provenance === undefined ? {} : { provenance: m.provenance }),
+    labels: m.labels,
+    provenance: m.provenance,
   };
   return `${JSON.stringify(ordered, null, 2)}\n`;
 }
