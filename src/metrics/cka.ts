@@ -1,5 +1,7 @@
 import { InputError } from '../core/errors.js';
+import { ckaStatistic } from './cka-grams.js';
 import { Features } from './features.js';
+import { defineFeatureMetric, type FeatureMetricSpec } from './spec.js';
 
 /**
  * Linear CKA, biased and unbiased, matching the reference code's kernels (K = A·Aᵀ on the preprocessed features):
@@ -53,3 +55,20 @@ export async function ckaValues(a: Features, b: Features): Promise<{ cka: number
   }
   return { cka, unbiasedCka: kl.unbiased / (Math.sqrt(prod) + 1e-6) };
 }
+
+/** Linear CKA and unbiased CKA share their algebra; their only difference in data is the estimator and its range. */
+export const CKA_INVARIANCES = { orthogonalEither: true, orthogonalBoth: true, isotropicScaling: true, rowScaling: false, translation: true, jointPermutation: true };
+
+export const cka: FeatureMetricSpec<'cka'> = defineFeatureMetric({
+  name: 'cka',
+  title: 'CKA (linear, biased HSIC)',
+  definition: 'trace(KHLH)/(√(trace(KHKH)·trace(LHLH))+1e-6), K=A·Aᵀ, L=B·Bᵀ',
+  range: [0, 1],
+  symmetric: true,
+  needsSameDim: false,
+  minN: 4,
+  minNReason: 'HSIC divides by n(n−3)',
+  invariantTo: CKA_INVARIANCES,
+  fromFeatures: async (a, b) => ({ value: (await ckaValues(a, b)).cka }),
+  statistic: (a, b, options) => ckaStatistic(cka, a, b, options, false),
+});

@@ -1,6 +1,7 @@
 import type { KnnLists } from '../engine/index.js';
 import { hsicUnbiasedSparse } from './hsic.js';
 import { maskedKernels } from './knn-mask.js';
+import { defineKnnMetric, type MetricValue } from './spec.js';
 
 /**
  * CKNNA (Huh et al. 2024, arXiv 2405.07987), with the reference code's semantics:
@@ -8,7 +9,7 @@ import { maskedKernels } from './knn-mask.js';
  *   CKNNA    = sim(K, L) / (√(sim(K, K)·sim(L, L)) + 1e-6)
  * Asymmetric (M is not symmetric and the first HSIC term transposes L). Works from the two kNN lists only.
  */
-export function cknnaFromKnn(a: KnnLists, b: KnnLists): { value: number; undefinedReason?: string; warning?: string } {
+export function cknnaFromKnn(a: KnnLists, b: KnnLists): MetricValue {
   const simKL = hsicUnbiasedSparse(maskedKernels(a, b));
   const simKK = hsicUnbiasedSparse(maskedKernels(a));
   const simLL = hsicUnbiasedSparse(maskedKernels(b));
@@ -45,3 +46,17 @@ export function cknnaWarning(n: number, k: number, value: number): string | unde
     '(platonic-rep computes the same); use more samples or a smaller k'
   );
 }
+
+export const cknna = defineKnnMetric({
+  name: 'cknna',
+  title: 'CKNNA',
+  definition: 'HSIC_u(M∘K, M∘L)/(√(HSIC_u(M_K∘K,M_K∘K)·HSIC_u(M_L∘L,M_L∘L))+1e-6), M_ij=1[j∈knn_K(i)∧j∈knn_L(i)], raw inner-product kernels',
+  range: [-1, 1],
+  symmetric: false,
+  needsSameDim: false,
+  minN: 4,
+  minNReason: 'HSIC divides by n(n−3)',
+  // Raw (uncentred) kernels: a translation moves both the neighbours and the kernel values.
+  invariantTo: { orthogonalEither: true, orthogonalBoth: true, isotropicScaling: true, rowScaling: false, translation: false, jointPermutation: true },
+  fromKnn: cknnaFromKnn,
+});

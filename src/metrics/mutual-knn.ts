@@ -1,4 +1,5 @@
 import type { KnnLists } from '../engine/index.js';
+import { defineKnnMetric } from './spec.js';
 
 /** mutual_knn(A, B, k) = mean over i of |knn_A(i) ∩ knn_B(i)| / k. Symmetric. */
 export function mutualKnnFromKnn(a: KnnLists, b: KnnLists): number {
@@ -13,3 +14,17 @@ export function mutualKnnFromKnn(a: KnnLists, b: KnnLists): number {
   }
   return total / n;
 }
+
+export const mutualKnn = defineKnnMetric({
+  name: 'mutual_knn',
+  title: 'mutual k-NN',
+  definition: 'mean_i |knn_A(i) ∩ knn_B(i)| / k, inner-product neighbours, self excluded',
+  range: [0, 1],
+  symmetric: true,
+  needsSameDim: false,
+  // The floor (and its words) of the HSIC metrics, so that every metric refuses the same inputs.
+  minN: 4,
+  minNReason: 'HSIC divides by n(n−3)',
+  invariantTo: { orthogonalEither: true, orthogonalBoth: true, isotropicScaling: true, rowScaling: false, translation: false, jointPermutation: true },
+  fromKnn: (a, b) => ({ value: mutualKnnFromKnn(a, b) }),
+});

@@ -1,4 +1,4 @@
-import { InputError } from '../core/errors.js';
+import { InputError, ParamError } from '../core/errors.js';
 import { shuffleInPlace, type Rng } from '../core/rng.js';
 
 /**
@@ -9,7 +9,7 @@ import { shuffleInPlace, type Rng } from '../core/rng.js';
  * Returns fold[g] for every image id g in `images` (a Map keyed by image id).
  */
 export function groupFolds(images: Int32Array, folds: number, rng: Rng, strata?: ArrayLike<number>): Map<number, number> {
-  if (!Number.isInteger(folds) || folds < 2) throw new InputError(`--folds: expected an integer ≥ 2, got ${folds}`);
+  if (!Number.isInteger(folds) || folds < 2) throw new ParamError('folds', `expected an integer ≥ 2, got ${folds}`);
   if (images.length < folds) throw new InputError(`--folds ${folds}: only ${images.length} images to split (each fold needs one)`);
   const order: number[][] = [];
   if (strata) {

@@ -132,59 +132,20 @@ export function runProbe(input: ProbeInput, options: ProbeOptions): ProbeScore {
   const foldRng = mulberry32(deriveSeed(options.seed, 'folds'));
   const strata = task === 'classify' ? Array.from(images, (g) => enc.y[g]!) : undefined;
   const foldOf = groupFolds(images, options.folds, foldRng, strata);
-
-  const real = crossValidate(X.data, n, d, groups, foldOf, yRow, task, C, options);
-  const correct = task === 'classify' ? Float64Array.from(real.pred, (p, r) => (p === yRow[r] ? 1 : 0)) : null;
-
   // Per-image sums for the image bootstrap (and Wilson when there is one row per image).
   const imageIndex = new Map<number, number>();
   images.forEach((g, i) => imageIndex.set(g, i));
-  const sums = perImageSums(groups, imageIndex, G, yRow, real.pred, correct);
-  const onePerImage = n === G;
-  const bootN = options.bootstrap ?? 1000;
-  const bootRng = mulberry32(deriveSeed(options.seed, 'probe-boot'));
+  const run: ProbeRun = { input, options, task, n, d, G, C, yRow, foldOf, imageIndex, level, bootN: options.bootstrap ?? 1000 };
 
-  let score: number;
-  let ci: { low: number; high: number };
-  let ciMethod: string;
-  if (task === 'classify') {
-    const hits = correct!.reduce((s, v) => s + v, 0);
-    score = hits / n;
-    if (onePerImage) {
-      ci = wilsonInterval(hits, n, level);
-      ciMethod = `Wilson score interval, ${Math.round(level * 100)}%, n = ${n} images`;
-    } else {
-      ci = percentileInterval(bootstrapImages(G, bootN, bootRng, (w) => weightedAccuracy(sums, w)), level);
-      ciMethod = `percentile bootstrap over images (${bootN} resamples, tokens of a resampled image kept together), ${Math.round(level * 100)}%`;
-    }
-  } else {
-    score = r2(sums, null);
-    ci = percentileInterval(bootstrapImages(G, bootN, bootRng, (w) => r2(sums, w)), level);
-    ciMethod = `percentile bootstrap over images (${bootN} resamples), ${Math.round(level * 100)}%`;
-  }
-
-  let controlScore: number | null = null;
-  let selectivity: number | null = null;
-  let selCi: { low: number; high: number } | null = null;
-  if (options.control) {
-    const yControl = controlLabels(input, options.control, yRow, mulberry32(deriveSeed(options.seed, 'control')));
-    const ctrl = crossValidate(X.data, n, d, groups, foldOf, yControl, task, C, options);
-    const ctrlCorrect = task === 'classify' ? Float64Array.from(ctrl.pred, (p, r) => (p === yControl[r] ? 1 : 0)) : null;
-    const ctrlSums = perImageSums(groups, imageIndex, G, yControl, ctrl.pred, ctrlCorrect);
-    const stat = task === 'classify' ? (s: ImageSums, w: Float64Array | null) => weightedAccuracy(s, w) : r2;
-    controlScore = stat(ctrlSums, null);
-    selectivity = score - controlScore;
-    // Paired: the same resampled images for the real and the control task.
-    const selRng = mulberry32(deriveSeed(options.seed, 'selectivity-boot'));
-    selCi = percentileInterval(bootstrapImages(G, bootN, selRng, (w) => stat(sums, w) - stat(ctrlSums, w)), level);
-  }
-
+  const real = outcome(run, yRow);
+  const { score, ci, ciMethod } = scoreInterval(run, real);
+  const control = options.control ? controlScores(run, real, score, options.control) : null;
   let majority: number | null = null;
   let confusion: number[][] | null = null;
   if (task === 'classify') {
     majority = majorityAccuracy(groups, foldOf, yRow, options.folds, C);
     confusion = Array.from({ length: C }, () => new Array<number>(C).fill(0));
-    for (let r = 0; r < n; r++) confusion[yRow[r]!]![real.pred[r]!]!++;
+    for (let r = 0; r < n; r++) confusion[yRow[r]!]![real.fold.pred[r]!]!++;
   }
   return {
     task,
@@ -193,20 +154,81 @@ export function runProbe(input: ProbeInput, options: ProbeOptions): ProbeScore {
     ci_low: ci.low,
     ci_high: ci.high,
     ci_method: ciMethod,
-    control_score: controlScore,
-    selectivity,
-    selectivity_ci_low: selCi?.low ?? null,
-    selectivity_ci_high: selCi?.high ?? null,
+    control_score: control?.score ?? null,
+    selectivity: control?.selectivity ?? null,
+    selectivity_ci_low: control?.ci.low ?? null,
+    selectivity_ci_high: control?.ci.high ?? null,
     chance: task === 'classify' ? 1 / C : null,
     majority,
     n_images: G,
     n_rows: n,
     dim: d,
-    l2: real.l2,
+    l2: real.fold.l2,
     folds: options.folds,
-    folds_converged: real.converged,
+    folds_converged: real.fold.converged,
     confusion,
   };
+}
+
+/** What every step of one probe shares: the data, its image folds and the interval settings. */
+interface ProbeRun {
+  input: ProbeInput;
+  options: ProbeOptions;
+  task: ProbeTask;
+  n: number;
+  d: number;
+  /** Images, and classes (0 for regression). */
+  G: number;
+  C: number;
+  yRow: Float64Array;
+  foldOf: Map<number, number>;
+  imageIndex: Map<number, number>;
+  level: number;
+  bootN: number;
+}
+
+/** Cross-validated predictions for labels `y`, with their per-image sums. */
+function outcome(run: ProbeRun, y: Float64Array): { fold: FoldOutcome; sums: ImageSums; correct: Float64Array | null } {
+  const { input, n, d, task, C, options } = run;
+  const fold = crossValidate(input.X.data, n, d, input.groups, run.foldOf, y, task, C, options);
+  const correct = task === 'classify' ? Float64Array.from(fold.pred, (p, r) => (p === y[r] ? 1 : 0)) : null;
+  return { fold, sums: perImageSums(input.groups, run.imageIndex, run.G, y, fold.pred, correct), correct };
+}
+
+/** The score statistic over images; `w` = bootstrap weights per image, null = every image once. */
+function statistic(task: ProbeTask): (s: ImageSums, w: Float64Array | null) => number {
+  return task === 'classify' ? (s, w) => weightedAccuracy(s, w) : r2;
+}
+
+/** Accuracy (Wilson interval with one row per image, else image bootstrap) or R² (image bootstrap). */
+function scoreInterval(run: ProbeRun, real: ReturnType<typeof outcome>): { score: number; ci: { low: number; high: number }; ciMethod: string } {
+  const { n, G, level, bootN, task } = run;
+  const bootRng = mulberry32(deriveSeed(run.options.seed, 'probe-boot'));
+  const pct = Math.round(level * 100);
+  if (task !== 'classify') {
+    const ci = percentileInterval(bootstrapImages(G, bootN, bootRng, (w) => r2(real.sums, w)), level);
+    return { score: r2(real.sums, null), ci, ciMethod: `percentile bootstrap over images (${bootN} resamples), ${pct}%` };
+  }
+  const hits = real.correct!.reduce((s, v) => s + v, 0);
+  if (n === G) return { score: hits / n, ci: wilsonInterval(hits, n, level), ciMethod: `Wilson score interval, ${pct}%, n = ${n} images` };
+  return {
+    score: hits / n,
+    ci: percentileInterval(bootstrapImages(G, bootN, bootRng, (w) => weightedAccuracy(real.sums, w)), level),
+    ciMethod: `percentile bootstrap over images (${bootN} resamples, tokens of a resampled image kept together), ${pct}%`,
+  };
+}
+
+/** The control task's score, and the selectivity (real − control) with a paired image-bootstrap interval. */
+function controlScores(run: ProbeRun, real: ReturnType<typeof outcome>, score: number, control: NonNullable<ProbeOptions['control']>) {
+  const { options, G, bootN, level } = run;
+  const yControl = controlLabels(run.input, control, run.yRow, mulberry32(deriveSeed(options.seed, 'control')));
+  const ctrl = outcome(run, yControl);
+  const stat = statistic(run.task);
+  const controlScore = stat(ctrl.sums, null);
+  // Paired: the same resampled images for the real and the control task.
+  const selRng = mulberry32(deriveSeed(options.seed, 'selectivity-boot'));
+  const ci = percentileInterval(bootstrapImages(G, bootN, selRng, (w) => stat(real.sums, w) - stat(ctrl.sums, w)), level);
+  return { score: controlScore, selectivity: score - controlScore, ci };
 }
 
 function rowsWhere(groups: Int32Array, foldOf: Map<number, number>, test: (fold: number) => boolean): Int32Array {

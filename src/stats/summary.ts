@@ -1,4 +1,4 @@
-import { InputError } from '../core/errors.js';
+import { ParamError } from '../core/errors.js';
 
 /** Mean and sample standard deviation (n − 1), ignoring NaN; `count` is the number of finite values used. */
 export function meanSd(values: ArrayLike<number>): { mean: number; sd: number; count: number } {
@@ -35,8 +35,8 @@ export function quantileSorted(sorted: ArrayLike<number>, p: number): number {
   return sorted[lo]! + (h - lo) * (sorted[hi]! - sorted[lo]!);
 }
 
-export function checkLevel(level: number, flag = 'ci'): void {
-  if (!(level > 0 && level < 1)) throw new InputError(`--${flag}: confidence level must be in (0, 1), got ${level}`);
+export function checkLevel(level: number, param = 'ci'): void {
+  if (!(level > 0 && level < 1)) throw new ParamError(param, `confidence level must be in (0, 1), got ${level}`);
 }
 
 /**

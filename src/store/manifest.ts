@@ -168,19 +168,35 @@ function canonicalIndex(name: string): number | null {
   return m ? Number(m[1]) + 1 : null;
 }
 
+/** Adds one problem: "<field>: <message>" (the manifest path is prefixed by the caller). */
+type AddProblem = (field: string, msg: string) => void;
+
 /**
  * The rules of docs/capture-format.md the schema cannot express. Cheap: no file is touched.
  * Returns every problem, each "<manifestPath>: <field>: <message>".
  */
 export function manifestRuleProblems(m: Manifest, manifestPath: string): string[] {
   const problems: string[] = [];
-  const add = (field: string, msg: string): void => {
+  const add: AddProblem = (field, msg) => {
     problems.push(`${manifestPath}: ${field}: ${msg}`);
   };
-  const n = m.samples.count;
+  tokenLayoutProblems(m.token_layout, add);
+  sampleProblems(m, add);
+  layerProblems(m, add);
+  const targetNames = new Map<string, number>();
+  m.targets.forEach((t, i) => {
+    const prev = targetNames.get(t.name);
+    if (prev !== undefined) add(`targets[${i}].name`, `duplicate target name ${JSON.stringify(t.name)} (also targets[${prev}])`);
+    else targetNames.set(t.name, i);
+  });
+  // Shards: safe paths, each file used once (across layers and targets), consecutive coverage of [0, n).
+  const fileUse = new Map<string, string>();
+  m.layers.forEach((l, i) => shardRuleProblems(`layers[${i}]`, l.shards, m.samples.count, fileUse, add));
+  m.targets.forEach((t, i) => shardRuleProblems(`targets[${i}]`, t.shards, m.samples.count, fileUse, add));
+  return problems;
+}
 
-  // Token layout.
-  const tl = m.token_layout;
+function tokenLayoutProblems(tl: Manifest['token_layout'], add: AddProblem): void {
   if (tl.pooling === 'mean' && tl.tokens !== 1) add('token_layout.tokens', `is ${tl.tokens} but pooling "mean" stores 1 token per sample`);
   if (tl.pooling === 'none' && tl.tokens !== tl.source_tokens) {
     add('token_layout.tokens', `is ${tl.tokens} but pooling "none" stores all ${tl.source_tokens} source_tokens`);
@@ -188,8 +204,11 @@ export function manifestRuleProblems(m: Manifest, manifestPath: string): string[
   if (tl.grid && tl.grid[0] * tl.grid[1] !== tl.source_tokens) {
     add('token_layout.grid', `${tl.grid[0]}×${tl.grid[1]} = ${tl.grid[0] * tl.grid[1]} cells but source_tokens is ${tl.source_tokens}`);
   }
+}
 
-  // Samples and labels.
+/** Sample ids: as many as samples.count, unique; every label has one value per sample. */
+function sampleProblems(m: Manifest, add: AddProblem): void {
+  const n = m.samples.count;
   if (m.samples.ids.length !== n) add('samples.ids', `has ${m.samples.ids.length} entries but samples.count is ${n}`);
   const firstSeen = new Map<string, number>();
   m.samples.ids.forEach((id, i) => {
@@ -202,8 +221,10 @@ export function manifestRuleProblems(m: Manifest, manifestPath: string): string[
     if (!name) add(field, 'label name must not be empty');
     if (values.length !== n) add(field, `has ${values.length} entries but samples.count is ${n}`);
   }
+}
 
-  // Layers: unique names, model order, canonical names consistent with their index.
+/** Layers: unique names, model order, canonical names consistent with their index. */
+function layerProblems(m: Manifest, add: AddProblem): void {
   const layerNames = new Map<string, number>();
   m.layers.forEach((l, i) => {
     const prevName = layerNames.get(l.name);
@@ -219,31 +240,21 @@ export function manifestRuleProblems(m: Manifest, manifestPath: string): string[
       add(`layers[${i}].index`, `${l.index} exceeds model.num_layers ${m.model.num_layers}`);
     }
   });
-  const targetNames = new Map<string, number>();
-  m.targets.forEach((t, i) => {
-    const prev = targetNames.get(t.name);
-    if (prev !== undefined) add(`targets[${i}].name`, `duplicate target name ${JSON.stringify(t.name)} (also targets[${prev}])`);
-    else targetNames.set(t.name, i);
-  });
+}
 
-  // Shards: safe paths, each file used once, consecutive coverage of [0, n).
-  const fileUse = new Map<string, string>();
-  const checkShards = (owner: string, shards: readonly ManifestShard[]): void => {
-    let covered = 0;
-    shards.forEach((s, k) => {
-      const field = `${owner}.shards[${k}]`;
-      const reason = unsafePathReason(s.file);
-      if (reason) add(`${field}.file`, `${JSON.stringify(s.file)} ${reason}`);
-      const other = fileUse.get(s.file);
-      if (other) add(`${field}.file`, `${JSON.stringify(s.file)} is also listed as ${other}`);
-      else fileUse.set(s.file, field);
-      if (s.start > covered) add(`${field}.start`, `is ${s.start} but the previous shards end at ${covered}: samples [${covered}, ${s.start}) are not covered`);
-      if (s.start < covered) add(`${field}.start`, `is ${s.start} but the previous shards already cover up to ${covered}: overlap`);
-      covered = s.start + s.count;
-    });
-    if (covered !== n) add(`${owner}.shards`, `cover samples [0, ${covered}) but samples.count is ${n}`);
-  };
-  m.layers.forEach((l, i) => checkShards(`layers[${i}]`, l.shards));
-  m.targets.forEach((t, i) => checkShards(`targets[${i}]`, t.shards));
-  return problems;
+/** One layer's or target's shards; `fileUse` maps each file seen so far to the field that listed it. */
+function shardRuleProblems(owner: string, shards: readonly ManifestShard[], n: number, fileUse: Map<string, string>, add: AddProblem): void {
+  let covered = 0;
+  shards.forEach((s, k) => {
+    const field = `${owner}.shards[${k}]`;
+    const reason = unsafePathReason(s.file);
+    if (reason) add(`${field}.file`, `${JSON.stringify(s.file)} ${reason}`);
+    const other = fileUse.get(s.file);
+    if (other) add(`${field}.file`, `${JSON.stringify(s.file)} is also listed as ${other}`);
+    else fileUse.set(s.file, field);
+    if (s.start > covered) add(`${field}.start`, `is ${s.start} but the previous shards end at ${covered}: samples [${covered}, ${s.start}) are not covered`);
+    if (s.start < covered) add(`${field}.start`, `is ${s.start} but the previous shards already cover up to ${covered}: overlap`);
+    covered = s.start + s.count;
+  });
+  if (covered !== n) add(`${owner}.shards`, `cover samples [0, ${covered}) but samples.count is ${n}`);
 }

@@ -67,119 +67,150 @@ const PY_ESCAPES: Record<string, string> = {
 };
 
 function parsePyLiteral(text: string, options: { longs: boolean }): PyValue {
-  let pos = 0;
-  const fail = (what: string): never => {
-    throw new PyParseError(`${what} at character ${pos}`);
-  };
-  const skipWs = (): void => {
+  return new PyLiteralParser(text, options.longs).parse();
+}
+
+/**
+ * Recursive descent over the literal subset numpy headers use (dict, tuple, list, str, int, True/False/None). Nesting
+ * is bounded: a header of 5,000 '(' must be refused, not overflow the stack.
+ */
+class PyLiteralParser {
+  private pos = 0;
+  private depth = 0;
+  /** Python 3 integers (no leading zeros), and Python 2's 3L, which numpy filters out of 1.0/2.0 headers only. */
+  private readonly word: RegExp;
+
+  constructor(
+    private readonly text: string,
+    longs: boolean,
+  ) {
+    this.word = longs ? /^(?:True|False|None|[-+]?(?:0+|[1-9]\d*)L?)(?![\w.])/ : /^(?:True|False|None|[-+]?(?:0+|[1-9]\d*))(?![\w.])/;
+  }
+
+  parse(): PyValue {
+    const value = this.value();
+    this.skipWs();
+    if (this.pos < this.text.length) this.fail('unexpected trailing text');
+    return value;
+  }
+
+  private fail(what: string): never {
+    throw new PyParseError(`${what} at character ${this.pos}`);
+  }
+
+  private skipWs(): void {
     // Python's whitespace between tokens, not JavaScript's \s (which also takes U+00A0 and other spaces Python refuses).
-    while (pos < text.length && ' \t\n\r\f'.includes(text[pos]!)) pos++;
-  };
-  // Recursive descent, so nesting is bounded: a header of 5,000 '(' must be refused, not overflow the stack.
-  let depth = 0;
-  const nested = <T>(parse: () => T): T => {
-    if (++depth > MAX_NESTING) fail(`nesting deeper than ${MAX_NESTING} levels`);
+    while (this.pos < this.text.length && ' \t\n\r\f'.includes(this.text[this.pos]!)) this.pos++;
+  }
+
+  private nested<T>(parse: () => T): T {
+    if (++this.depth > MAX_NESTING) this.fail(`nesting deeper than ${MAX_NESTING} levels`);
     const v = parse();
-    depth--;
+    this.depth--;
     return v;
-  };
-  const parseValue = (): PyValue => {
-    skipWs();
-    const c = text[pos];
-    if (c === undefined) return fail('unexpected end of header');
-    if (c === '{') return nested(parseDict);
-    if (c === '(') return nested(() => parseSeq(')'));
-    if (c === '[') return nested(() => parseSeq(']'));
-    if (c === "'" || c === '"') return parseString();
-    // Python 3 integers (no leading zeros), and Python 2's 3L, which numpy filters out of 1.0/2.0 headers only.
-    const word = (options.longs ? /^(?:True|False|None|[-+]?(?:0+|[1-9]\d*)L?)(?![\w.])/ : /^(?:True|False|None|[-+]?(?:0+|[1-9]\d*))(?![\w.])/).exec(
-      text.slice(pos, pos + 40),
-    );
-    if (!word) return fail(`unexpected ${JSON.stringify(c)}`);
-    pos += word[0].length;
+  }
+
+  private value(): PyValue {
+    this.skipWs();
+    const c = this.text[this.pos];
+    if (c === undefined) return this.fail('unexpected end of header');
+    if (c === '{') return this.nested(() => this.dict());
+    if (c === '(') return this.nested(() => this.seq(')'));
+    if (c === '[') return this.nested(() => this.seq(']'));
+    if (c === "'" || c === '"') return this.string();
+    const word = this.word.exec(this.text.slice(this.pos, this.pos + 40));
+    if (!word) return this.fail(`unexpected ${JSON.stringify(c)}`);
+    this.pos += word[0].length;
     if (word[0] === 'True') return true;
     if (word[0] === 'False') return false;
     if (word[0] === 'None') return null;
     return Number(word[0].replace('L', '')); // Python 2 era headers write longs as 3L
-  };
-  // Python's escapes, as ast.literal_eval (numpy's header reader) applies them: '<f\\4' is '<f' + chr(4), not '<f4'.
-  const parseString = (): string => {
-    const quote = text[pos++];
+  }
+
+  /** Python's escapes, as ast.literal_eval (numpy's header reader) applies them: '<f\\4' is '<f' + chr(4), not '<f4'. */
+  private string(): string {
+    const { text } = this;
+    const quote = text[this.pos++];
     let out = '';
-    while (pos < text.length && text[pos] !== quote) {
-      const c = text[pos++]!;
-      if (c === '\n') fail('line break inside a string');
+    while (this.pos < text.length && text[this.pos] !== quote) {
+      const c = text[this.pos++]!;
+      if (c === '\n') this.fail('line break inside a string');
       if (c !== '\\') {
         out += c;
         continue;
       }
-      const e = text[pos];
+      const e = text[this.pos];
       if (e === undefined) break;
-      const simple = PY_ESCAPES[e];
-      if (simple !== undefined) {
-        out += simple;
-        pos++;
-      } else if (/[0-7]/.test(e)) {
-        const oct = /^[0-7]{1,3}/.exec(text.slice(pos, pos + 3))![0];
-        out += String.fromCharCode(parseInt(oct, 8));
-        pos += oct.length;
-      } else if (e === 'x') {
-        const hex = /^[0-9a-fA-F]{2}/.exec(text.slice(pos + 1, pos + 3));
-        if (!hex) fail('invalid \\x escape');
-        out += String.fromCharCode(parseInt(hex![0], 16));
-        pos += 3;
-      } else if (e === 'u' || e === 'U' || e === 'N') {
-        fail(`unsupported \\${e} escape`); // never in a float dtype or a dict key numpy writes
-      } else out += '\\'; // Python keeps an unknown escape as written: backslash and character
+      out += this.escape(e);
     }
-    if (pos >= text.length) fail('unterminated string');
-    pos++;
+    if (this.pos >= text.length) this.fail('unterminated string');
+    this.pos++;
     return out;
-  };
-  const parseSeq = (close: string): PyValue => {
-    pos++; // skip the opening bracket
+  }
+
+  /** The character(s) an escape after a backslash stands for; `pos` is at `e` and moves past the escape. */
+  private escape(e: string): string {
+    const simple = PY_ESCAPES[e];
+    if (simple !== undefined) {
+      this.pos++;
+      return simple;
+    }
+    if (/[0-7]/.test(e)) {
+      const oct = /^[0-7]{1,3}/.exec(this.text.slice(this.pos, this.pos + 3))![0];
+      this.pos += oct.length;
+      return String.fromCharCode(parseInt(oct, 8));
+    }
+    if (e === 'x') {
+      const hex = /^[0-9a-fA-F]{2}/.exec(this.text.slice(this.pos + 1, this.pos + 3));
+      if (!hex) this.fail('invalid \\x escape');
+      this.pos += 3;
+      return String.fromCharCode(parseInt(hex[0], 16));
+    }
+    if (e === 'u' || e === 'U' || e === 'N') this.fail(`unsupported \\${e} escape`); // never in a float dtype or a dict key numpy writes
+    return '\\'; // Python keeps an unknown escape as written: backslash and character
+  }
+
+  private seq(close: string): PyValue {
+    this.pos++; // skip the opening bracket
     const items: PyValue[] = [];
     let comma = false;
     for (;;) {
-      skipWs();
-      if (text[pos] === close) {
-        pos++;
+      this.skipWs();
+      if (this.text[this.pos] === close) {
+        this.pos++;
         // Python: (3) is the number 3; only (3,) is a tuple.
         if (close === ']') PY_LISTS.add(items);
         return close === ')' && items.length === 1 && !comma ? items[0]! : items;
       }
-      items.push(parseValue());
-      skipWs();
-      if (text[pos] === ',') {
-        pos++;
+      items.push(this.value());
+      this.skipWs();
+      if (this.text[this.pos] === ',') {
+        this.pos++;
         comma = true;
-      } else if (text[pos] !== close) fail(`expected ',' or '${close}'`);
+      } else if (this.text[this.pos] !== close) this.fail(`expected ',' or '${close}'`);
     }
-  };
-  const parseDict = (): { [key: string]: PyValue } => {
-    pos++;
+  }
+
+  private dict(): { [key: string]: PyValue } {
+    this.pos++;
     const out: { [key: string]: PyValue } = Object.create(null);
     for (;;) {
-      skipWs();
-      if (text[pos] === '}') {
-        pos++;
+      this.skipWs();
+      if (this.text[this.pos] === '}') {
+        this.pos++;
         return out;
       }
-      const key = parseValue();
-      if (typeof key !== 'string') fail('dict key is not a string');
-      skipWs();
-      if (text[pos] !== ':') fail("expected ':'");
-      pos++;
-      out[key as string] = parseValue();
-      skipWs();
-      if (text[pos] === ',') pos++;
-      else if (text[pos] !== '}') fail("expected ',' or '}'");
+      const key = this.value();
+      if (typeof key !== 'string') this.fail('dict key is not a string');
+      this.skipWs();
+      if (this.text[this.pos] !== ':') this.fail("expected ':'");
+      this.pos++;
+      out[key] = this.value();
+      this.skipWs();
+      if (this.text[this.pos] === ',') this.pos++;
+      else if (this.text[this.pos] !== '}') this.fail("expected ',' or '}'");
     }
-  };
-  const value = parseValue();
-  skipWs();
-  if (pos < text.length) fail('unexpected trailing text');
-  return value;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -198,6 +229,32 @@ function parseDescr(path: string, descr: PyValue): { dtype: NpyDtype; littleEndi
 }
 
 async function readHeaderFrom(fh: FileHandle, fileSize: number, path: string): Promise<NpyHeader> {
+  const { major, minor, headerStart, headerLen } = await readPreamble(fh, fileSize, path);
+  const raw = Buffer.alloc(headerLen);
+  await readFully(fh, raw, headerStart);
+  let text: string;
+  if (major === 3) {
+    try {
+      text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(raw);
+    } catch {
+      throw new InputError(`${path}: header is not valid UTF-8 (format 3.0 headers are UTF-8)`);
+    }
+  } else text = raw.toString('latin1');
+  const f = headerFields(path, text, major);
+  return {
+    version: `${major}.${minor}`,
+    descr: f.descr,
+    dtype: f.dtype,
+    littleEndian: f.littleEndian,
+    fortranOrder: f.fortranOrder,
+    shape: f.shape,
+    dataOffset: headerStart + headerLen,
+    itemSize: f.itemSize,
+  };
+}
+
+/** Magic bytes, format version and header length, each checked against the file's size. */
+async function readPreamble(fh: FileHandle, fileSize: number, path: string): Promise<{ major: number; minor: number; headerStart: number; headerLen: number }> {
   const pre = Buffer.alloc(12);
   const got = await readFully(fh, pre, 0);
   if (got >= 6 && got < 10 && pre.subarray(0, 6).equals(MAGIC)) {
@@ -223,17 +280,11 @@ async function readHeaderFrom(fh: FileHandle, fileSize: number, path: string): P
       `${path}: header length ${headerLen} runs past the end of the file (header would end at byte ${headerStart + headerLen}, file is ${fileSize} bytes)`,
     );
   }
-  const raw = Buffer.alloc(headerLen);
-  await readFully(fh, raw, headerStart);
-  let text: string;
-  if (major === 3) {
-    try {
-      text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(raw);
-    } catch {
-      throw new InputError(`${path}: header is not valid UTF-8 (format 3.0 headers are UTF-8)`);
-    }
-  } else text = raw.toString('latin1');
+  return { major, minor, headerStart, headerLen };
+}
 
+/** The header dict's three keys, checked as numpy checks them (and nothing else allowed). */
+function headerFields(path: string, text: string, major: number): Omit<NpyHeader, 'version' | 'dataOffset'> {
   let dict: PyValue;
   try {
     dict = parsePyLiteral(text, { longs: major < 3 });
@@ -260,16 +311,7 @@ async function readHeaderFrom(fh: FileHandle, fileSize: number, path: string): P
     throw new InputError(`${path}: header 'shape' must be a tuple of non-negative integers, got ${JSON.stringify(shape).slice(0, 120)}`);
   }
   if (shape.length > MAX_DIMS) throw new InputError(`${path}: header 'shape' has ${shape.length} dimensions (numpy allows at most ${MAX_DIMS})`);
-  return {
-    version: `${major}.${minor}`,
-    descr: dict['descr'] as string,
-    dtype,
-    littleEndian,
-    fortranOrder,
-    shape: shape as number[],
-    dataOffset: headerStart + headerLen,
-    itemSize: size,
-  };
+  return { descr: dict['descr'] as string, dtype, littleEndian, fortranOrder, shape: shape as number[], itemSize: size };
 }
 
 /** Checks that the data area holds exactly shape × itemsize bytes. */

@@ -79,6 +79,33 @@ function isCount(v: unknown): v is number {
 
 /** Lower-level: parses and validates the header from an open file. */
 export async function parseSafetensorsHeader(fh: FileHandle, fileSize: number, path: string): Promise<SafetensorsHeader> {
+  const { json, n } = await readHeaderJson(fh, fileSize, path);
+  const entries = Object.entries(json);
+  if (entries.length > MAX_TENSORS + 1) {
+    throw new InputError(`${path}: header lists ${entries.length} entries, more than the ${MAX_TENSORS} tensors this reader accepts`);
+  }
+  const dataStart = 8 + n;
+  const dataSize = fileSize - dataStart;
+  let metadata: Record<string, string> | null = null;
+  const tensors: SafetensorsTensorInfo[] = [];
+  for (const [name, entry] of entries) {
+    if (name === '__metadata__') {
+      if (entry === null) continue;
+      if (!isObject(entry) || !Object.values(entry).every((v) => typeof v === 'string')) {
+        throw new InputError(`${path}: invalid header: __metadata__ must map strings to strings`);
+      }
+      metadata = entry as Record<string, string>;
+      continue;
+    }
+    tensors.push(tensorEntry(path, name, entry, dataStart, dataSize));
+  }
+  tensors.sort((x, y) => x.begin - y.begin || x.end - y.end);
+  checkTiling(path, tensors, dataStart, dataSize, n);
+  return { tensors, metadata, dataStart, fileSize };
+}
+
+/** The length prefix and the JSON object it announces (UTF-8, starting at byte 8); `n` is its length in bytes. */
+async function readHeaderJson(fh: FileHandle, fileSize: number, path: string): Promise<{ json: Record<string, unknown>; n: number }> {
   if (fileSize < 8) throw new InputError(`${path}: too short to be a safetensors file (${fileSize} bytes)`);
   const lenBuf = Buffer.alloc(8);
   await readFully(fh, lenBuf, 0);
@@ -108,55 +135,45 @@ export async function parseSafetensorsHeader(fh: FileHandle, fileSize: number, p
     throw new InputError(`${path}: invalid JSON header: ${(err as Error).message}`);
   }
   if (!isObject(json)) throw new InputError(`${path}: invalid header: expected a JSON object`);
-  const entries = Object.entries(json);
-  if (entries.length > MAX_TENSORS + 1) {
-    throw new InputError(`${path}: header lists ${entries.length} entries, more than the ${MAX_TENSORS} tensors this reader accepts`);
-  }
+  return { json, n };
+}
 
-  const dataStart = 8 + n;
-  const dataSize = fileSize - dataStart;
-  let metadata: Record<string, string> | null = null;
-  const tensors: SafetensorsTensorInfo[] = [];
-  for (const [name, entry] of entries) {
-    if (name === '__metadata__') {
-      if (entry === null) continue;
-      if (!isObject(entry) || !Object.values(entry).every((v) => typeof v === 'string')) {
-        throw new InputError(`${path}: invalid header: __metadata__ must map strings to strings`);
-      }
-      metadata = entry as Record<string, string>;
-      continue;
-    }
-    const where = `${path}: tensor ${quoteName(name)}`;
-    if (!isObject(entry)) throw new InputError(`${where}: header entry is not an object`);
-    const { dtype, shape, data_offsets: offsets } = entry;
-    if (typeof dtype !== 'string') throw new InputError(`${where}: missing or non-string dtype`);
-    if (!Array.isArray(shape) || !shape.every(isCount)) {
-      throw new InputError(`${where}: shape must be an array of non-negative integers, got ${String(JSON.stringify(shape)).slice(0, 120)}`);
-    }
-    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount) || offsets[0]! > offsets[1]!) {
-      throw new InputError(`${where}: data_offsets must be [begin, end] with 0 ≤ begin ≤ end, got ${String(JSON.stringify(offsets)).slice(0, 120)}`);
-    }
-    const [b, e] = offsets as [number, number];
-    if (e > dataSize) {
+/** One tensor's header entry: dtype, shape, and offsets that lie in the data area and match shape × itemsize. */
+function tensorEntry(path: string, name: string, entry: unknown, dataStart: number, dataSize: number): SafetensorsTensorInfo {
+  const where = `${path}: tensor ${quoteName(name)}`;
+  if (!isObject(entry)) throw new InputError(`${where}: header entry is not an object`);
+  const { dtype, shape, data_offsets: offsets } = entry;
+  if (typeof dtype !== 'string') throw new InputError(`${where}: missing or non-string dtype`);
+  if (!Array.isArray(shape) || !shape.every(isCount)) {
+    throw new InputError(`${where}: shape must be an array of non-negative integers, got ${String(JSON.stringify(shape)).slice(0, 120)}`);
+  }
+  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount) || offsets[0]! > offsets[1]!) {
+    throw new InputError(`${where}: data_offsets must be [begin, end] with 0 ≤ begin ≤ end, got ${String(JSON.stringify(offsets)).slice(0, 120)}`);
+  }
+  const [b, e] = offsets as [number, number];
+  if (e > dataSize) {
+    throw new InputError(
+      `${where}: data_offsets [${b}, ${e}] run past the end of the data area (${dataSize} bytes): the file is truncated or the offsets are wrong`,
+    );
+  }
+  const itemSize = ITEM_SIZES[dtype];
+  if (itemSize !== undefined) {
+    const expected = shapeSize(shape) * itemSize;
+    if (e - b !== expected) {
       throw new InputError(
-        `${where}: data_offsets [${b}, ${e}] run past the end of the data area (${dataSize} bytes): the file is truncated or the offsets are wrong`,
+        `${where}: data_offsets span ${e - b} bytes but shape ${fmtShape(shape)} × ${dtype} itemsize ${itemSize} = ${Number.isSafeInteger(expected) ? expected : 'more than 2^53'} bytes`,
       );
     }
-    const itemSize = ITEM_SIZES[dtype];
-    if (itemSize !== undefined) {
-      const expected = shapeSize(shape) * itemSize;
-      if (e - b !== expected) {
-        throw new InputError(
-          `${where}: data_offsets span ${e - b} bytes but shape ${fmtShape(shape)} × ${dtype} itemsize ${itemSize} = ${Number.isSafeInteger(expected) ? expected : 'more than 2^53'} bytes`,
-        );
-      }
-    }
-    tensors.push({ name, dtype, shape, begin: dataStart + b, end: dataStart + e });
   }
-  tensors.sort((x, y) => x.begin - y.begin || x.end - y.end);
-  // As the reference implementation: the tensors tile the data area exactly, from its first byte to the end of the
-  // file. A gap or a tail means the header length or the offsets are wrong, e.g. a length one byte short shifts
-  // every tensor by one byte and leaves one byte over.
+  return { name, dtype, shape, begin: dataStart + b, end: dataStart + e };
+}
+
+/**
+ * As the reference implementation: the tensors (sorted by offset) tile the data area exactly, from its first byte to
+ * the end of the file. A gap or a tail means the header length or the offsets are wrong, e.g. a length one byte short
+ * shifts every tensor by one byte and leaves one byte over.
+ */
+function checkTiling(path: string, tensors: readonly SafetensorsTensorInfo[], dataStart: number, dataSize: number, n: number): void {
   let covered = 0;
   for (let i = 0; i < tensors.length; i++) {
     const prev = tensors[i - 1];
@@ -179,7 +196,6 @@ export async function parseSafetensorsHeader(fh: FileHandle, fileSize: number, p
       `${path}: the tensors' data_offsets end at byte ${covered} of the data area but it holds ${dataSize} bytes (header length ${n}): the header length or the offsets are wrong, or the file has trailing data`,
     );
   }
-  return { tensors, metadata, dataStart, fileSize };
 }
 
 /** Reads and validates a file's header (no tensor data is read). */
