@@ -369,6 +369,38 @@ export interface CheckpointFigureOptions {
 }
 
 /**
+ * Each row with its difference to the baseline series at the same step and layer (null for the baseline itself, and
+ * where there is no baseline value); `missing` counts the rows with no baseline cell at all.
+ */
+function withBaselineDiff(data: readonly CurvePoint[], baseline: string | null): { rows: (CurvePoint & { diff: number | null })[]; missing: number } {
+  const base = new Map<string, number | null>();
+  if (baseline) for (const r of data) if (r.series === baseline) base.set(`${r.step}|${r.layer_index}`, r.value);
+  let missing = 0;
+  const rows = data.map((r) => {
+    if (!baseline || r.series === baseline) return { ...r, diff: null as number | null };
+    const b = base.get(`${r.step}|${r.layer_index}`);
+    if (b === undefined) missing++;
+    return { ...r, diff: b === undefined || b === null || r.value === null ? null : r.value - b };
+  });
+  return { rows, missing };
+}
+
+/** A row of layer × step heatmaps, one per series (faceted), in cells of the given size. */
+function heatmapPanel(title: string, values: readonly unknown[], order: readonly string[], cell: { w: number; h: number; x: unknown; y: unknown }, color: unknown, tooltip: unknown[]): VlSpec {
+  return {
+    title: { text: title, fontSize: 11, fontWeight: 'normal' },
+    data: { values },
+    facet: { column: { field: 'series', type: 'nominal', sort: order, header: { title: null, labelAngle: 0 } } },
+    spec: {
+      width: { step: cell.w },
+      height: { step: cell.h },
+      mark: { type: 'rect' },
+      encoding: { x: cell.x, y: cell.y, color, tooltip },
+    },
+  };
+}
+
+/**
  * Layer × step heatmaps, one per series, and below them the difference to the baseline series at the same step and
  * layer (cells without a baseline value at that exact step are left empty and counted in the notes).
  */
@@ -376,65 +408,28 @@ export function checkpointFigure(rows: readonly CurvePoint[], o: CheckpointFigur
   const data = cleanCurve(rows.filter((r) => r.metric === o.metric && r.target === o.target && r.step !== null));
   const order = o.series.map((s) => s.label);
   const notes = [...(o.notes ?? [])];
-  const base = new Map<string, number | null>();
-  if (o.baseline) for (const r of data) if (r.series === o.baseline) base.set(`${r.step}|${r.layer_index}`, r.value);
-  let missing = 0;
-  const withDiff = data.map((r) => {
-    if (!o.baseline || r.series === o.baseline) return { ...r, diff: null as number | null };
-    const b = base.get(`${r.step}|${r.layer_index}`);
-    if (b === undefined) missing++;
-    return { ...r, diff: b === undefined || b === null || r.value === null ? null : r.value - b };
-  });
+  const { rows: withDiff, missing } = withBaselineDiff(data, o.baseline);
   if (o.baseline && missing) notes.push(`${missing} cell(s) have no baseline value at the same step and layer; their difference is left empty`);
   const k = data.find((r) => r.k)?.k ?? null;
   const steps = [...new Set(data.map((r) => r.step as number))].sort((a, b) => a - b);
   const layers = [...new Set(data.map((r) => r.layer_index))].sort((a, b) => a - b);
-  const cellW = Math.max(10, Math.min(44, Math.floor(320 / Math.max(1, steps.length))));
-  const cellH = Math.max(6, Math.min(22, Math.floor(260 / Math.max(1, layers.length))));
-  const x = { field: 'step', type: 'ordinal', title: 'training step', sort: steps, axis: { labelAngle: steps.length > 8 ? -45 : 0 } };
-  const y = { field: 'layer_index', type: 'ordinal', title: 'layer ℓ', sort: 'descending', axis: { labelExpr: layers.length > 16 ? 'datum.value % 4 === 0 ? datum.label : ""' : 'datum.label' } };
-  const header = { title: null, labelAngle: 0 };
-  const valueChart = {
-    title: { text: axisTitleFor(o.metric, k), fontSize: 11, fontWeight: 'normal' },
-    data: { values: withDiff },
-    facet: { column: { field: 'series', type: 'nominal', sort: order, header } },
-    spec: {
-      width: { step: cellW },
-      height: { step: cellH },
-      mark: { type: 'rect' },
-      encoding: {
-        x,
-        y,
-        color: { field: 'value', type: 'quantitative', scale: { scheme: 'viridis' }, title: metricTitle(o.metric), legend: { orient: 'right', gradientLength: 120 } },
-        tooltip: [
-          { field: 'series' },
-          { field: 'step' },
-          { field: 'layer_index', title: 'ℓ' },
-          { field: 'value', format: '.4f' },
-        ],
-      },
-    },
+  const cell = {
+    w: Math.max(10, Math.min(44, Math.floor(320 / Math.max(1, steps.length)))),
+    h: Math.max(6, Math.min(22, Math.floor(260 / Math.max(1, layers.length)))),
+    x: { field: 'step', type: 'ordinal', title: 'training step', sort: steps, axis: { labelAngle: steps.length > 8 ? -45 : 0 } },
+    y: { field: 'layer_index', type: 'ordinal', title: 'layer ℓ', sort: 'descending', axis: { labelExpr: layers.length > 16 ? 'datum.value % 4 === 0 ? datum.label : ""' : 'datum.label' } },
   };
+  const tooltip = [{ field: 'series' }, { field: 'step' }, { field: 'layer_index', title: 'ℓ' }, { field: 'value', format: '.4f' }];
+  const legend = { orient: 'right', gradientLength: 120 };
+  const parts: VlSpec[] = [
+    heatmapPanel(axisTitleFor(o.metric, k), withDiff, order, cell, { field: 'value', type: 'quantitative', scale: { scheme: 'viridis' }, title: metricTitle(o.metric), legend }, tooltip),
+  ];
   const diffs = withDiff.filter((r) => r.diff !== null);
   const maxAbs = Math.max(1e-6, ...diffs.map((r) => Math.abs(r.diff!)));
-  const parts: VlSpec[] = [valueChart];
   if (o.baseline && diffs.length) {
-    parts.push({
-      title: { text: `difference to ${o.baseline} (same step, same layer)`, fontSize: 11, fontWeight: 'normal' },
-      data: { values: diffs },
-      facet: { column: { field: 'series', type: 'nominal', sort: order.filter((s) => s !== o.baseline), header } },
-      spec: {
-        width: { step: cellW },
-        height: { step: cellH },
-        mark: { type: 'rect' },
-        encoding: {
-          x,
-          y,
-          color: { field: 'diff', type: 'quantitative', scale: { scheme: 'blueorange', domain: [-maxAbs, maxAbs] }, title: `Δ ${metricTitle(o.metric)}`, legend: { orient: 'right', gradientLength: 120 } },
-          tooltip: [{ field: 'series' }, { field: 'step' }, { field: 'layer_index', title: 'ℓ' }, { field: 'value', format: '.4f' }, { field: 'diff', title: 'Δ vs baseline', format: '+.4f' }],
-        },
-      },
-    });
+    const color = { field: 'diff', type: 'quantitative', scale: { scheme: 'blueorange', domain: [-maxAbs, maxAbs] }, title: `Δ ${metricTitle(o.metric)}`, legend };
+    const others = order.filter((s) => s !== o.baseline);
+    parts.push(heatmapPanel(`difference to ${o.baseline} (same step, same layer)`, diffs, others, cell, color, [...tooltip, { field: 'diff', title: 'Δ vs baseline', format: '+.4f' }]));
   }
   const provenance = { ...o.provenance, metric: o.metric, k, target: o.target, baseline: o.baseline };
   const spec: VlSpec = {
@@ -508,6 +503,52 @@ export interface VariantsFigureOptions {
   notes?: string[];
 }
 
+/** Task/probe accuracy per variant, one small bar panel per benchmark with its own y scale and chance rule. */
+function accuracyPanel(accuracy: readonly AccuracyRow[], colors: ReturnType<typeof seriesColors>): VlSpec {
+  const benchmarks = [...new Set(accuracy.map((a) => a.benchmark))];
+  const chanceLayers = [
+    {
+      transform: [{ filter: 'isValid(datum.chance)' }],
+      mark: { type: 'rule', strokeDash: [4, 3], color: '#000000', strokeWidth: 1 },
+      encoding: { y: { field: 'chance', type: 'quantitative', aggregate: 'mean' }, tooltip: [{ field: 'chance', aggregate: 'mean', format: '.1f', title: 'chance' }] },
+    },
+    {
+      transform: [{ filter: 'isValid(datum.chance)' }, { aggregate: [{ op: 'mean', field: 'chance', as: 'chance' }] }],
+      mark: { type: 'text', text: 'chance', align: 'right', baseline: 'bottom', dy: -2, fontSize: 7.5, color: '#000000' },
+      encoding: { x: { value: 'width' }, y: { field: 'chance', type: 'quantitative' } },
+    },
+  ];
+  return {
+    data: { values: accuracy },
+    facet: { column: { field: 'benchmark', type: 'nominal', sort: benchmarks, title: 'task / probe accuracy', header: { labelAngle: 0 } } },
+    spec: {
+      width: 22 * Math.max(2, new Set(accuracy.map((a) => a.series)).size),
+      height: 230,
+      layer: [
+        {
+          mark: { type: 'bar', width: { band: 0.75 } },
+          encoding: {
+            x: { field: 'series', type: 'nominal', sort: colors.domain, axis: { labels: false, ticks: false, title: null } },
+            y: { field: 'value', type: 'quantitative', title: null },
+            color: { field: 'series', type: 'nominal', scale: colors, sort: colors.domain, title: 'variant' },
+            tooltip: [{ field: 'series' }, { field: 'benchmark' }, { field: 'value', format: '.2f' }, { field: 'source' }],
+          },
+        },
+        {
+          mark: { type: 'text', dy: -5, fontSize: 8.5, baseline: 'bottom' },
+          encoding: {
+            x: { field: 'series', type: 'nominal', sort: colors.domain },
+            y: { field: 'value', type: 'quantitative' },
+            text: { field: 'value', format: '.1f' },
+          },
+        },
+        ...(accuracy.some((a) => typeof a.chance === 'number') ? chanceLayers : []),
+      ],
+    },
+    resolve: { scale: { y: 'independent' } },
+  };
+}
+
 /**
  * One panel per target with every variant's curve (band when CIs exist, trained layers marked), and next to it the
  * task/probe accuracy per variant, one small panel per benchmark (each with its own y scale: POPE ≈ 85, MME ≈ 1650).
@@ -522,58 +563,12 @@ export function variantsFigure(rows: readonly CurvePoint[], accuracy: readonly A
     width: 280,
     height: 230,
   });
-  const colors = seriesColors(o.series, 'variant');
   const notes = [...(o.notes ?? [])];
   const curveSpec = { ...curves.spec };
   for (const key of ['$schema', 'config', 'usermeta', 'title']) delete curveSpec[key];
   const parts: VlSpec[] = [curveSpec];
-  if (accuracy.length) {
-    const benchmarks = [...new Set(accuracy.map((a) => a.benchmark))];
-    parts.push({
-      data: { values: accuracy },
-      facet: { column: { field: 'benchmark', type: 'nominal', sort: benchmarks, title: 'task / probe accuracy', header: { labelAngle: 0 } } },
-      spec: {
-        width: 22 * Math.max(2, new Set(accuracy.map((a) => a.series)).size),
-        height: 230,
-        layer: [
-          {
-            mark: { type: 'bar', width: { band: 0.75 } },
-            encoding: {
-              x: { field: 'series', type: 'nominal', sort: colors.domain, axis: { labels: false, ticks: false, title: null } },
-              y: { field: 'value', type: 'quantitative', title: null },
-              color: { field: 'series', type: 'nominal', scale: colors, sort: colors.domain, title: 'variant' },
-              tooltip: [{ field: 'series' }, { field: 'benchmark' }, { field: 'value', format: '.2f' }, { field: 'source' }],
-            },
-          },
-          {
-            mark: { type: 'text', dy: -5, fontSize: 8.5, baseline: 'bottom' },
-            encoding: {
-              x: { field: 'series', type: 'nominal', sort: colors.domain },
-              y: { field: 'value', type: 'quantitative' },
-              text: { field: 'value', format: '.1f' },
-            },
-          },
-          ...(accuracy.some((a) => typeof a.chance === 'number')
-            ? [
-                {
-                  transform: [{ filter: 'isValid(datum.chance)' }],
-                  mark: { type: 'rule', strokeDash: [4, 3], color: '#000000', strokeWidth: 1 },
-                  encoding: { y: { field: 'chance', type: 'quantitative', aggregate: 'mean' }, tooltip: [{ field: 'chance', aggregate: 'mean', format: '.1f', title: 'chance' }] },
-                },
-                {
-                  transform: [{ filter: 'isValid(datum.chance)' }, { aggregate: [{ op: 'mean', field: 'chance', as: 'chance' }] }],
-                  mark: { type: 'text', text: 'chance', align: 'right', baseline: 'bottom', dy: -2, fontSize: 7.5, color: '#000000' },
-                  encoding: { x: { value: 'width' }, y: { field: 'chance', type: 'quantitative' } },
-                },
-              ]
-            : []),
-        ],
-      },
-      resolve: { scale: { y: 'independent' } },
-    });
-  } else {
-    notes.push('no accuracy found (runs/<run>/results.json); showing the curves only');
-  }
+  if (accuracy.length) parts.push(accuracyPanel(accuracy, seriesColors(o.series, 'variant')));
+  else notes.push('no accuracy found (runs/<run>/results.json); showing the curves only');
   const provenance = { ...curves.provenance };
   const spec: VlSpec = {
     $schema: SCHEMA,
