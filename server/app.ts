@@ -167,11 +167,11 @@ function createFastify(options: ServerOptions, host: string): FastifyInstance {
 }
 
 export async function buildApp(options: ServerOptions): Promise<Dashboard> {
-  const index = await RunsIndex.open(options.runsDir, options.pollMs === undefined ? {} : { pollMs: options.pollMs });
+  const index = await RunsIndex.open(options.runsDir, { pollMs: options.pollMs });
   const hub = new EventHub();
   const runner = new JobRunner({
     cacheDir: await cacheDirOf(options, index.root),
-    ...(options.workers === undefined ? {} : { workers: options.workers }),
+    workers: options.workers,
     onEvent: (e) => {
       if (e.state !== 'progress' || hub.size) hub.send('job', e);
     },
