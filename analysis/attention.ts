@@ -164,6 +164,65 @@ export function describeThreshold(t: Threshold): string {
   return t.kind === 'mean' ? 'p > 1/N (the map mean)' : t.kind === 'quantile' ? `p > its ${t.q} quantile` : `p > ${t.value}`;
 }
 
+type Components = { threshold: Threshold; connectivity: 4 | 8 } | null;
+
+/**
+ * One layer × head: the entropies over all samples and query rows (per map, or of each sample's mean map), the
+ * image mass, and the overlay sample's mean map. `undefinedComponents` counts maps with no component above the
+ * threshold (left out of the component mean).
+ */
+function headCell(maps: AttentionMaps, l: number, h: number, aggregate: NonNullable<EntropyOptions['aggregate']>, comp: Components, overlaySample: number | null) {
+  const { samples: S, layers: L, heads: H, queries: Q, grid } = maps;
+  const N = grid[0] * grid[1];
+  const at = (s: number, q: number) => (((s * L + l) * H + h) * Q + q) * N;
+  let eSum = 0;
+  let ccSum = 0;
+  let ccCount = 0;
+  let compSum = 0;
+  let mapCount = 0;
+  let mass = 0;
+  let undefinedComponents = 0;
+  let overlayMap: number[] | null = null;
+  const addMap = (m: Float64Array | Float32Array) => {
+    eSum += shannonEntropy(m);
+    mapCount++;
+    if (comp) {
+      const r = componentEntropy(m, grid, comp.threshold, comp.connectivity);
+      compSum += r.components;
+      if (Number.isNaN(r.entropy)) undefinedComponents++;
+      else {
+        ccSum += r.entropy;
+        ccCount++;
+      }
+    }
+  };
+  for (let s = 0; s < S; s++) {
+    const meanMap = new Float64Array(N);
+    for (let q = 0; q < Q; q++) {
+      const m = maps.data.subarray(at(s, q), at(s, q) + N);
+      let tot = 0;
+      for (let t = 0; t < N; t++) tot += m[t]!;
+      mass += tot;
+      for (let t = 0; t < N; t++) meanMap[t]! += tot > 0 ? m[t]! / tot / Q : 0;
+      if (aggregate === 'mean-entropy') addMap(m);
+    }
+    if (aggregate === 'entropy-of-mean') addMap(meanMap);
+    if (s === overlaySample) overlayMap = Array.from(meanMap, (v) => Number(v.toPrecision(5)));
+  }
+  const entropy = eSum / mapCount;
+  const cell: EntropyCell = {
+    layer: maps.layerNames?.[l] ?? `blocks.${l}`,
+    layer_index: maps.layerIndices?.[l] ?? l + 1,
+    head: h,
+    entropy,
+    normalised_entropy: N > 1 ? entropy / Math.log2(N) : 0,
+    component_entropy: comp ? (ccCount ? ccSum / ccCount : NaN) : null,
+    components: comp ? compSum / mapCount : null,
+    image_mass: mass / (S * Q),
+  };
+  return { cell, overlayMap, undefinedComponents };
+}
+
 /** Entropy per layer × head over all samples and query rows. */
 export function attentionEntropy(maps: AttentionMaps, options: EntropyOptions = {}): AttentionEntropyResult {
   const { samples: S, layers: L, heads: H, queries: Q, grid } = maps;
@@ -174,59 +233,19 @@ export function attentionEntropy(maps: AttentionMaps, options: EntropyOptions = 
   const aggregate = options.aggregate ?? 'mean-entropy';
   const comp = options.components === undefined ? { threshold: { kind: 'mean' } as Threshold, connectivity: 8 as const } : options.components;
   const overlaySample = options.overlaySample === undefined ? 0 : options.overlaySample;
-  const at = (s: number, l: number, h: number, q: number) => (((s * L + l) * H + h) * Q + q) * N;
+  const hasOverlay = overlaySample !== null && overlaySample < S;
   const cells: EntropyCell[] = [];
   const overlay: number[][][] = [];
   let undefinedComponents = 0;
-  const logN = Math.log2(N);
   for (let l = 0; l < L; l++) {
     const overlayLayer: number[][] = [];
     for (let h = 0; h < H; h++) {
-      let eSum = 0;
-      let ccSum = 0;
-      let ccCount = 0;
-      let compSum = 0;
-      let mapCount = 0;
-      let mass = 0;
-      const addMap = (m: Float64Array | Float32Array) => {
-        eSum += shannonEntropy(m);
-        mapCount++;
-        if (comp) {
-          const r = componentEntropy(m, grid, comp.threshold, comp.connectivity);
-          compSum += r.components;
-          if (Number.isNaN(r.entropy)) undefinedComponents++;
-          else {
-            ccSum += r.entropy;
-            ccCount++;
-          }
-        }
-      };
-      for (let s = 0; s < S; s++) {
-        const meanMap = new Float64Array(N);
-        for (let q = 0; q < Q; q++) {
-          const m = maps.data.subarray(at(s, l, h, q), at(s, l, h, q) + N);
-          let tot = 0;
-          for (let t = 0; t < N; t++) tot += m[t]!;
-          mass += tot;
-          for (let t = 0; t < N; t++) meanMap[t]! += tot > 0 ? m[t]! / tot / Q : 0;
-          if (aggregate === 'mean-entropy') addMap(m);
-        }
-        if (aggregate === 'entropy-of-mean') addMap(meanMap);
-        if (s === overlaySample) overlayLayer.push(Array.from(meanMap, (v) => Number(v.toPrecision(5))));
-      }
-      const entropy = eSum / mapCount;
-      cells.push({
-        layer: maps.layerNames?.[l] ?? `blocks.${l}`,
-        layer_index: maps.layerIndices?.[l] ?? l + 1,
-        head: h,
-        entropy,
-        normalised_entropy: N > 1 ? entropy / logN : 0,
-        component_entropy: comp ? (ccCount ? ccSum / ccCount : NaN) : null,
-        components: comp ? compSum / mapCount : null,
-        image_mass: mass / (S * Q),
-      });
+      const r = headCell(maps, l, h, aggregate, comp, overlaySample);
+      cells.push(r.cell);
+      if (r.overlayMap) overlayLayer.push(r.overlayMap);
+      undefinedComponents += r.undefinedComponents;
     }
-    if (overlaySample !== null && overlaySample < S) overlay.push(overlayLayer);
+    if (hasOverlay) overlay.push(overlayLayer);
   }
   return {
     model: options.model ?? 'unknown',
@@ -242,7 +261,7 @@ export function attentionEntropy(maps: AttentionMaps, options: EntropyOptions = 
       ? `connected-component entropy (Peruzzo et al. 2022): binarise at ${describeThreshold(comp.threshold)}, ${comp.connectivity}-connected components, P_c = component mass / mass of all components, bits`
       : null,
     cells,
-    overlay: overlaySample !== null && overlaySample < S ? { sample: maps.sampleIds?.[overlaySample] ?? `sample ${overlaySample}`, maps: overlay } : null,
+    overlay: hasOverlay ? { sample: maps.sampleIds?.[overlaySample] ?? `sample ${overlaySample}`, maps: overlay } : null,
     ...(undefinedComponents ? { undefined_components: undefinedComponents } : {}),
   };
 }

@@ -9,10 +9,6 @@
  * variant (baseline black, residual orange, VIRAL blue), point shapes as a second cue for greyscale print, viridis for
  * sequential and blue–orange for diverging scales.
  */
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { InputError } from '../src/core/errors.js';
 import { METRICS, type MetricName } from '../src/metrics/index.js';
 
 export type VlSpec = Record<string, unknown>;
@@ -369,6 +365,38 @@ export interface CheckpointFigureOptions {
 }
 
 /**
+ * Each row with its difference to the baseline series at the same step and layer (null for the baseline itself, and
+ * where there is no baseline value); `missing` counts the rows with no baseline cell at all.
+ */
+function withBaselineDiff(data: readonly CurvePoint[], baseline: string | null): { rows: (CurvePoint & { diff: number | null })[]; missing: number } {
+  const base = new Map<string, number | null>();
+  if (baseline) for (const r of data) if (r.series === baseline) base.set(`${r.step}|${r.layer_index}`, r.value);
+  let missing = 0;
+  const rows = data.map((r) => {
+    if (!baseline || r.series === baseline) return { ...r, diff: null as number | null };
+    const b = base.get(`${r.step}|${r.layer_index}`);
+    if (b === undefined) missing++;
+    return { ...r, diff: b === undefined || b === null || r.value === null ? null : r.value - b };
+  });
+  return { rows, missing };
+}
+
+/** A row of layer × step heatmaps, one per series (faceted), in cells of the given size. */
+function heatmapPanel(title: string, values: readonly unknown[], order: readonly string[], cell: { w: number; h: number; x: unknown; y: unknown }, color: unknown, tooltip: unknown[]): VlSpec {
+  return {
+    title: { text: title, fontSize: 11, fontWeight: 'normal' },
+    data: { values },
+    facet: { column: { field: 'series', type: 'nominal', sort: order, header: { title: null, labelAngle: 0 } } },
+    spec: {
+      width: { step: cell.w },
+      height: { step: cell.h },
+      mark: { type: 'rect' },
+      encoding: { x: cell.x, y: cell.y, color, tooltip },
+    },
+  };
+}
+
+/**
  * Layer × step heatmaps, one per series, and below them the difference to the baseline series at the same step and
  * layer (cells without a baseline value at that exact step are left empty and counted in the notes).
  */
@@ -376,65 +404,28 @@ export function checkpointFigure(rows: readonly CurvePoint[], o: CheckpointFigur
   const data = cleanCurve(rows.filter((r) => r.metric === o.metric && r.target === o.target && r.step !== null));
   const order = o.series.map((s) => s.label);
   const notes = [...(o.notes ?? [])];
-  const base = new Map<string, number | null>();
-  if (o.baseline) for (const r of data) if (r.series === o.baseline) base.set(`${r.step}|${r.layer_index}`, r.value);
-  let missing = 0;
-  const withDiff = data.map((r) => {
-    if (!o.baseline || r.series === o.baseline) return { ...r, diff: null as number | null };
-    const b = base.get(`${r.step}|${r.layer_index}`);
-    if (b === undefined) missing++;
-    return { ...r, diff: b === undefined || b === null || r.value === null ? null : r.value - b };
-  });
+  const { rows: withDiff, missing } = withBaselineDiff(data, o.baseline);
   if (o.baseline && missing) notes.push(`${missing} cell(s) have no baseline value at the same step and layer; their difference is left empty`);
   const k = data.find((r) => r.k)?.k ?? null;
   const steps = [...new Set(data.map((r) => r.step as number))].sort((a, b) => a - b);
   const layers = [...new Set(data.map((r) => r.layer_index))].sort((a, b) => a - b);
-  const cellW = Math.max(10, Math.min(44, Math.floor(320 / Math.max(1, steps.length))));
-  const cellH = Math.max(6, Math.min(22, Math.floor(260 / Math.max(1, layers.length))));
-  const x = { field: 'step', type: 'ordinal', title: 'training step', sort: steps, axis: { labelAngle: steps.length > 8 ? -45 : 0 } };
-  const y = { field: 'layer_index', type: 'ordinal', title: 'layer ℓ', sort: 'descending', axis: { labelExpr: layers.length > 16 ? 'datum.value % 4 === 0 ? datum.label : ""' : 'datum.label' } };
-  const header = { title: null, labelAngle: 0 };
-  const valueChart = {
-    title: { text: axisTitleFor(o.metric, k), fontSize: 11, fontWeight: 'normal' },
-    data: { values: withDiff },
-    facet: { column: { field: 'series', type: 'nominal', sort: order, header } },
-    spec: {
-      width: { step: cellW },
-      height: { step: cellH },
-      mark: { type: 'rect' },
-      encoding: {
-        x,
-        y,
-        color: { field: 'value', type: 'quantitative', scale: { scheme: 'viridis' }, title: metricTitle(o.metric), legend: { orient: 'right', gradientLength: 120 } },
-        tooltip: [
-          { field: 'series' },
-          { field: 'step' },
-          { field: 'layer_index', title: 'ℓ' },
-          { field: 'value', format: '.4f' },
-        ],
-      },
-    },
+  const cell = {
+    w: Math.max(10, Math.min(44, Math.floor(320 / Math.max(1, steps.length)))),
+    h: Math.max(6, Math.min(22, Math.floor(260 / Math.max(1, layers.length)))),
+    x: { field: 'step', type: 'ordinal', title: 'training step', sort: steps, axis: { labelAngle: steps.length > 8 ? -45 : 0 } },
+    y: { field: 'layer_index', type: 'ordinal', title: 'layer ℓ', sort: 'descending', axis: { labelExpr: layers.length > 16 ? 'datum.value % 4 === 0 ? datum.label : ""' : 'datum.label' } },
   };
+  const tooltip = [{ field: 'series' }, { field: 'step' }, { field: 'layer_index', title: 'ℓ' }, { field: 'value', format: '.4f' }];
+  const legend = { orient: 'right', gradientLength: 120 };
+  const parts: VlSpec[] = [
+    heatmapPanel(axisTitleFor(o.metric, k), withDiff, order, cell, { field: 'value', type: 'quantitative', scale: { scheme: 'viridis' }, title: metricTitle(o.metric), legend }, tooltip),
+  ];
   const diffs = withDiff.filter((r) => r.diff !== null);
   const maxAbs = Math.max(1e-6, ...diffs.map((r) => Math.abs(r.diff!)));
-  const parts: VlSpec[] = [valueChart];
   if (o.baseline && diffs.length) {
-    parts.push({
-      title: { text: `difference to ${o.baseline} (same step, same layer)`, fontSize: 11, fontWeight: 'normal' },
-      data: { values: diffs },
-      facet: { column: { field: 'series', type: 'nominal', sort: order.filter((s) => s !== o.baseline), header } },
-      spec: {
-        width: { step: cellW },
-        height: { step: cellH },
-        mark: { type: 'rect' },
-        encoding: {
-          x,
-          y,
-          color: { field: 'diff', type: 'quantitative', scale: { scheme: 'blueorange', domain: [-maxAbs, maxAbs] }, title: `Δ ${metricTitle(o.metric)}`, legend: { orient: 'right', gradientLength: 120 } },
-          tooltip: [{ field: 'series' }, { field: 'step' }, { field: 'layer_index', title: 'ℓ' }, { field: 'value', format: '.4f' }, { field: 'diff', title: 'Δ vs baseline', format: '+.4f' }],
-        },
-      },
-    });
+    const color = { field: 'diff', type: 'quantitative', scale: { scheme: 'blueorange', domain: [-maxAbs, maxAbs] }, title: `Δ ${metricTitle(o.metric)}`, legend };
+    const others = order.filter((s) => s !== o.baseline);
+    parts.push(heatmapPanel(`difference to ${o.baseline} (same step, same layer)`, diffs, others, cell, color, [...tooltip, { field: 'diff', title: 'Δ vs baseline', format: '+.4f' }]));
   }
   const provenance = { ...o.provenance, metric: o.metric, k, target: o.target, baseline: o.baseline };
   const spec: VlSpec = {
@@ -508,6 +499,52 @@ export interface VariantsFigureOptions {
   notes?: string[];
 }
 
+/** Task/probe accuracy per variant, one small bar panel per benchmark with its own y scale and chance rule. */
+function accuracyPanel(accuracy: readonly AccuracyRow[], colors: ReturnType<typeof seriesColors>): VlSpec {
+  const benchmarks = [...new Set(accuracy.map((a) => a.benchmark))];
+  const chanceLayers = [
+    {
+      transform: [{ filter: 'isValid(datum.chance)' }],
+      mark: { type: 'rule', strokeDash: [4, 3], color: '#000000', strokeWidth: 1 },
+      encoding: { y: { field: 'chance', type: 'quantitative', aggregate: 'mean' }, tooltip: [{ field: 'chance', aggregate: 'mean', format: '.1f', title: 'chance' }] },
+    },
+    {
+      transform: [{ filter: 'isValid(datum.chance)' }, { aggregate: [{ op: 'mean', field: 'chance', as: 'chance' }] }],
+      mark: { type: 'text', text: 'chance', align: 'right', baseline: 'bottom', dy: -2, fontSize: 7.5, color: '#000000' },
+      encoding: { x: { value: 'width' }, y: { field: 'chance', type: 'quantitative' } },
+    },
+  ];
+  return {
+    data: { values: accuracy },
+    facet: { column: { field: 'benchmark', type: 'nominal', sort: benchmarks, title: 'task / probe accuracy', header: { labelAngle: 0 } } },
+    spec: {
+      width: 22 * Math.max(2, new Set(accuracy.map((a) => a.series)).size),
+      height: 230,
+      layer: [
+        {
+          mark: { type: 'bar', width: { band: 0.75 } },
+          encoding: {
+            x: { field: 'series', type: 'nominal', sort: colors.domain, axis: { labels: false, ticks: false, title: null } },
+            y: { field: 'value', type: 'quantitative', title: null },
+            color: { field: 'series', type: 'nominal', scale: colors, sort: colors.domain, title: 'variant' },
+            tooltip: [{ field: 'series' }, { field: 'benchmark' }, { field: 'value', format: '.2f' }, { field: 'source' }],
+          },
+        },
+        {
+          mark: { type: 'text', dy: -5, fontSize: 8.5, baseline: 'bottom' },
+          encoding: {
+            x: { field: 'series', type: 'nominal', sort: colors.domain },
+            y: { field: 'value', type: 'quantitative' },
+            text: { field: 'value', format: '.1f' },
+          },
+        },
+        ...(accuracy.some((a) => typeof a.chance === 'number') ? chanceLayers : []),
+      ],
+    },
+    resolve: { scale: { y: 'independent' } },
+  };
+}
+
 /**
  * One panel per target with every variant's curve (band when CIs exist, trained layers marked), and next to it the
  * task/probe accuracy per variant, one small panel per benchmark (each with its own y scale: POPE ≈ 85, MME ≈ 1650).
@@ -522,58 +559,12 @@ export function variantsFigure(rows: readonly CurvePoint[], accuracy: readonly A
     width: 280,
     height: 230,
   });
-  const colors = seriesColors(o.series, 'variant');
   const notes = [...(o.notes ?? [])];
   const curveSpec = { ...curves.spec };
   for (const key of ['$schema', 'config', 'usermeta', 'title']) delete curveSpec[key];
   const parts: VlSpec[] = [curveSpec];
-  if (accuracy.length) {
-    const benchmarks = [...new Set(accuracy.map((a) => a.benchmark))];
-    parts.push({
-      data: { values: accuracy },
-      facet: { column: { field: 'benchmark', type: 'nominal', sort: benchmarks, title: 'task / probe accuracy', header: { labelAngle: 0 } } },
-      spec: {
-        width: 22 * Math.max(2, new Set(accuracy.map((a) => a.series)).size),
-        height: 230,
-        layer: [
-          {
-            mark: { type: 'bar', width: { band: 0.75 } },
-            encoding: {
-              x: { field: 'series', type: 'nominal', sort: colors.domain, axis: { labels: false, ticks: false, title: null } },
-              y: { field: 'value', type: 'quantitative', title: null },
-              color: { field: 'series', type: 'nominal', scale: colors, sort: colors.domain, title: 'variant' },
-              tooltip: [{ field: 'series' }, { field: 'benchmark' }, { field: 'value', format: '.2f' }, { field: 'source' }],
-            },
-          },
-          {
-            mark: { type: 'text', dy: -5, fontSize: 8.5, baseline: 'bottom' },
-            encoding: {
-              x: { field: 'series', type: 'nominal', sort: colors.domain },
-              y: { field: 'value', type: 'quantitative' },
-              text: { field: 'value', format: '.1f' },
-            },
-          },
-          ...(accuracy.some((a) => typeof a.chance === 'number')
-            ? [
-                {
-                  transform: [{ filter: 'isValid(datum.chance)' }],
-                  mark: { type: 'rule', strokeDash: [4, 3], color: '#000000', strokeWidth: 1 },
-                  encoding: { y: { field: 'chance', type: 'quantitative', aggregate: 'mean' }, tooltip: [{ field: 'chance', aggregate: 'mean', format: '.1f', title: 'chance' }] },
-                },
-                {
-                  transform: [{ filter: 'isValid(datum.chance)' }, { aggregate: [{ op: 'mean', field: 'chance', as: 'chance' }] }],
-                  mark: { type: 'text', text: 'chance', align: 'right', baseline: 'bottom', dy: -2, fontSize: 7.5, color: '#000000' },
-                  encoding: { x: { value: 'width' }, y: { field: 'chance', type: 'quantitative' } },
-                },
-              ]
-            : []),
-        ],
-      },
-      resolve: { scale: { y: 'independent' } },
-    });
-  } else {
-    notes.push('no accuracy found (runs/<run>/results.json); showing the curves only');
-  }
+  if (accuracy.length) parts.push(accuracyPanel(accuracy, seriesColors(o.series, 'variant')));
+  else notes.push('no accuracy found (runs/<run>/results.json); showing the curves only');
   const provenance = { ...curves.provenance };
   const spec: VlSpec = {
     $schema: SCHEMA,
@@ -795,203 +786,8 @@ export function probeFigure(points: readonly ProbePoint[], o: ProbeFigureOptions
   return { name: 'probes', spec, data: points as unknown as Row[], provenance, notes: o.notes ?? [] };
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// Tables and headless rendering
-
-/** CSV with a header from the union of keys (RFC 4180 quoting); nested values as JSON. */
-export function toCsv(rows: readonly Row[]): string {
-  if (rows.length === 0) return '';
-  const keys = [...new Set(rows.flatMap((r) => Object.keys(r)))];
-  const cell = (v: unknown) => {
-    const s = v === null || v === undefined ? '' : typeof v === 'object' ? JSON.stringify(v) : String(v);
-    return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
-  };
-  return [keys.join(','), ...rows.map((r) => keys.map((k) => cell(r[k])).join(','))].join('\n') + '\n';
-}
-
-export type ExportFormat = 'svg' | 'png' | 'pdf';
-
-export interface RenderOptions {
-  /** PNG pixel density (default 3: about 300 dpi at the chart's size in CSS pixels at 96 dpi, ×~1). */
-  scale?: number;
-  /** Receives Vega-Lite/Vega warnings (default: ignored). */
-  onWarning?: (message: string) => void;
-}
-
-/** Compiles a figure spec to SVG with vega's headless View; no browser involved. */
-export async function renderSvg(spec: VlSpec, options: RenderOptions = {}): Promise<string> {
-  const [vl, vega] = await Promise.all([import('vega-lite'), import('vega')]);
-  const warn = options.onWarning ?? (() => {});
-  const logger = {
-    level: () => logger,
-    error: (...a: unknown[]) => {
-      throw new Error(a.map(String).join(' '));
-    },
-    warn: (...a: unknown[]) => {
-      warn(a.map(String).join(' '));
-      return logger;
-    },
-    info: () => logger,
-    debug: () => logger,
-  };
-  const compiled = vl.compile(spec as never, { logger: logger as never }).spec;
-  const view = new vega.View(vega.parse(compiled), { renderer: 'none', logLevel: vega.Warn });
-  try {
-    return await view.toSVG();
-  } finally {
-    view.finalize();
-  }
-}
-
-/**
- * The TrueType fonts exports embed. The PDF core fonts (Helvetica) cover WinAnsi only, so ℓ, Δ, −, ≤, →, ·² and the
- * like vanished from PDFs; DejaVu Sans has every character the figures use. Looked up in the npm package
- * `dejavu-fonts-ttf` first (no system dependency), then in the usual system folders (Debian's fonts-dejavu-core,
- * Fedora, Arch, Homebrew). null when neither has it.
- */
-export interface ExportFonts {
-  sans: string;
-  sansBold: string;
-  sansOblique: string;
-  sansBoldOblique: string;
-  mono: string;
-  monoBold: string;
-  /** Where they came from (for messages and tests). */
-  source: string;
-}
-
-const FONT_FILES = {
-  sans: 'DejaVuSans.ttf',
-  sansBold: 'DejaVuSans-Bold.ttf',
-  sansOblique: 'DejaVuSans-Oblique.ttf',
-  sansBoldOblique: 'DejaVuSans-BoldOblique.ttf',
-  mono: 'DejaVuSansMono.ttf',
-  monoBold: 'DejaVuSansMono-Bold.ttf',
-} as const;
-
-export const SYSTEM_FONT_DIRS = [
-  '/usr/share/fonts/truetype/dejavu',
-  '/usr/share/fonts/dejavu-sans-fonts',
-  '/usr/share/fonts/dejavu',
-  '/usr/share/fonts/TTF',
-  '/opt/homebrew/share/fonts',
-  '/usr/local/share/fonts',
-];
-
-let fontsFound: ExportFonts | null | undefined;
-
-function fontsIn(dir: string, source: string): ExportFonts | null {
-  const files = Object.fromEntries(Object.entries(FONT_FILES).map(([k, f]) => [k, join(dir, f)])) as Omit<ExportFonts, 'source'>;
-  return Object.values(files).every((f) => existsSync(f)) ? { ...files, source } : null;
-}
-
-export function exportFonts(): ExportFonts | null {
-  if (fontsFound !== undefined) return fontsFound;
-  let pkgDir: string | null = null;
-  try {
-    pkgDir = dirname(createRequire(import.meta.url).resolve('dejavu-fonts-ttf/package.json'));
-  } catch {
-    // not installed: try the system's copy
-  }
-  fontsFound = (pkgDir && fontsIn(join(pkgDir, 'ttf'), 'npm package dejavu-fonts-ttf')) || null;
-  for (const dir of SYSTEM_FONT_DIRS) fontsFound ??= fontsIn(dir, dir);
-  return fontsFound;
-}
-
-/** SVG → PNG (resvg) at `scale`× the SVG's pixel size, with the export fonts (and the system's) available. */
-export async function svgToPng(svg: string, scale = 3): Promise<Uint8Array> {
-  const { Resvg } = await import('@resvg/resvg-js');
-  const fonts = exportFonts();
-  const r = new Resvg(svg, {
-    fitTo: { mode: 'zoom', value: scale },
-    background: 'white',
-    font: {
-      loadSystemFonts: true,
-      ...(fonts ? { fontFiles: [fonts.sans, fonts.sansBold, fonts.sansOblique, fonts.sansBoldOblique, fonts.mono, fonts.monoBold] } : {}),
-      defaultFontFamily: 'DejaVu Sans',
-      sansSerifFamily: 'DejaVu Sans',
-    },
-  });
-  return new Uint8Array(r.render().asPng());
-}
-
-/** Characters of the PDF core fonts' WinAnsi encoding (printable ASCII and Latin-1, plus the cp1252 extras). */
-const WIN_ANSI = /^[\x20-\x7e\xa0-\xff\u20ac\u201a\u0192\u201e\u2026\u2020\u2021\u02c6\u2030\u0160\u2039\u0152\u017d\u2018\u2019\u201c\u201d\u2022\u2013\u2014\u02dc\u2122\u0161\u203a\u0153\u017e\u0178\s]*$/;
-
-/** The text content of an SVG's text elements, entities decoded (enough to know which characters are drawn). */
-function svgText(svg: string): string {
-  return [...svg.matchAll(/<text\b[^>]*>([^<]*)</g)]
-    .map((m) => m[1]!)
-    .join(' ')
-    .replace(/&#x([0-9a-f]+);/gi, (_, h: string) => String.fromCodePoint(parseInt(h, 16)))
-    .replace(/&#(\d+);/g, (_, d: string) => String.fromCodePoint(Number(d)))
-    .replace(/&(amp|lt|gt|quot|apos);/g, (_, e: string) => ({ amp: '&', lt: '<', gt: '>', quot: '"', apos: "'" })[e]!);
-}
-
-/**
- * SVG → single-page vector PDF, page size = chart size (1 CSS px = 0.75 pt). Text is set in DejaVu Sans (embedded,
- * subset) so every glyph survives; without that font the core Helvetica is used only when every character is in its
- * encoding, otherwise the export fails and says what to install rather than dropping characters.
- */
-export async function svgToPdf(svg: string): Promise<Uint8Array> {
-  const [{ default: PDFDocument }, { default: SVGtoPDF }] = await Promise.all([import('pdfkit'), import('svg-to-pdfkit')]);
-  const fonts = exportFonts();
-  if (!fonts) {
-    const outside = [...new Set([...svgText(svg)].filter((c) => !WIN_ANSI.test(c)))];
-    if (outside.length) {
-      throw new InputError(
-        `PDF export: the figure uses ${outside.join(' ')}, which the PDF core fonts lack, and no DejaVu Sans TTF was found (npm package dejavu-fonts-ttf, or fonts-dejavu-core in ${SYSTEM_FONT_DIRS[0]}); install one, or export SVG/PNG`,
-      );
-    }
-  }
-  const w = Number(/<svg[^>]*\swidth="([\d.]+)"/.exec(svg)?.[1] ?? 600);
-  const h = Number(/<svg[^>]*\sheight="([\d.]+)"/.exec(svg)?.[1] ?? 400);
-  const doc = new PDFDocument({ size: [w * 0.75, h * 0.75], margin: 0, info: { Title: 'viral-lens figure', Creator: 'viral-lens' } });
-  if (fonts) {
-    doc.registerFont('Sans', fonts.sans);
-    doc.registerFont('Sans-Bold', fonts.sansBold);
-    doc.registerFont('Sans-Oblique', fonts.sansOblique);
-    doc.registerFont('Sans-BoldOblique', fonts.sansBoldOblique);
-    doc.registerFont('Mono', fonts.mono);
-    doc.registerFont('Mono-Bold', fonts.monoBold);
-  }
-  const chunks: Buffer[] = [];
-  const done = new Promise<void>((resolve, reject) => {
-    doc.on('data', (c: Buffer) => chunks.push(c));
-    doc.on('end', () => resolve());
-    doc.on('error', reject);
-  });
-  SVGtoPDF(doc, svg, 0, 0, {
-    width: w * 0.75,
-    height: h * 0.75,
-    // Every sans family → DejaVu Sans (or Helvetica), monospace → DejaVu Sans Mono (or Courier).
-    fontCallback: (family: string, bold: boolean, italic: boolean, options: Record<string, unknown>) => {
-      const mono = /mono|courier/i.test(family);
-      if (fonts) {
-        if (mono) {
-          if (italic) options.fauxItalic = true;
-          return bold ? 'Mono-Bold' : 'Mono';
-        }
-        return `Sans${bold && italic ? '-BoldOblique' : bold ? '-Bold' : italic ? '-Oblique' : ''}`;
-      }
-      const baseName = mono ? 'Courier' : 'Helvetica';
-      const style = bold && italic ? '-BoldOblique' : bold ? '-Bold' : italic ? '-Oblique' : '';
-      return baseName + style;
-    },
-    warningCallback: () => {},
-  });
-  doc.end();
-  await done;
-  return new Uint8Array(Buffer.concat(chunks));
-}
-
-/** A figure in one export format: the bytes and their content type. */
-export async function renderFigure(spec: VlSpec, format: ExportFormat, options: RenderOptions = {}): Promise<{ body: Uint8Array | string; contentType: string }> {
-  const svg = await renderSvg(spec, options);
-  if (format === 'svg') return { body: svg, contentType: 'image/svg+xml; charset=utf-8' };
-  if (format === 'png') return { body: await svgToPng(svg, options.scale ?? 3), contentType: 'image/png' };
-  return { body: await svgToPdf(svg), contentType: 'application/pdf' };
-}
+// Tables and headless rendering live in analysis/render.ts (re-exported here).
+export * from './render.js';
 
 export function isMetric(name: string): name is MetricName {
   return name in METRICS;

@@ -105,78 +105,68 @@ function indexOutcomes(list: readonly QuestionOutcome[], what: string): Outcomes
   return map;
 }
 
+interface VariantOutcomes {
+  name: string;
+  original: Outcomes;
+  shuffled: Outcomes[];
+}
+
+/** A variant's answers in the original order and per shuffle seed; every seed must answer the same questions. */
+async function evaluateVariant(v: ShuffleVariant, seeds: readonly number[]): Promise<VariantOutcomes> {
+  const original = indexOutcomes(await v.evaluate(null), `${v.name} original`);
+  const shuffled: Outcomes[] = [];
+  for (const s of seeds) {
+    const out = indexOutcomes(await v.evaluate(s), `${v.name} shuffle seed ${s}`);
+    if (out.size !== original.size || [...original.keys()].some((id) => !out.has(id))) {
+      throw new InputError(`${v.name}: the shuffled evaluation (seed ${s}) did not answer the same questions as the original (${out.size} vs ${original.size})`);
+    }
+    shuffled.push(out);
+  }
+  return { name: v.name, original, shuffled };
+}
+
+/**
+ * Rows of one variant and question type ('all' or one type): one per seed with its McNemar test, and when there
+ * are several seeds a seed-averaged row (no test: the averaged answers are not paired outcomes).
+ */
+function typeRows(v: VariantOutcomes, type: string, seeds: readonly number[]): ShuffleRow[] {
+  const ids = [...v.original.values()].filter((o) => type === 'all' || o.type === type).map((o) => o.id);
+  const orig = ids.map((id) => v.original.get(id)!.correct);
+  const n = ids.length;
+  const co = orig.filter(Boolean).length;
+  const row = (seed: number | null, cs: number) => ({
+    variant: v.name,
+    question_type: type,
+    shuffle_seed: seed,
+    n,
+    correct_original: co,
+    correct_shuffled: cs,
+    acc_original: co / n,
+    acc_shuffled: cs / n,
+    drop: co - cs,
+    drop_rate: (co - cs) / n,
+  });
+  const perSeed = v.shuffled.map((sh, si) => {
+    const shu = ids.map((id) => sh.get(id)!.correct);
+    return { seed: seeds[si]!, cs: shu.filter(Boolean).length, t: mcnemarExact(orig, shu) };
+  });
+  const rows: ShuffleRow[] = perSeed.map((s) => ({ ...row(s.seed, s.cs), lost: s.t.b, gained: s.t.c, p_value: s.t.p_value, test: s.t.method }));
+  if (seeds.length > 1) {
+    const cs = perSeed.reduce((a, s) => a + s.cs, 0) / seeds.length;
+    rows.push({ ...row(null, cs), lost: null, gained: null, p_value: null, test: null });
+  }
+  return rows;
+}
+
 /** Runs every variant's evaluator on the original order and on each shuffle seed, then tests the drops. */
 export async function runShuffle(variants: readonly ShuffleVariant[], options: ShuffleOptions = {}): Promise<ShuffleResult> {
   const seeds = options.seeds?.length ? options.seeds : [0];
   const level = options.ci ?? 0.95;
   checkLevel(level);
   if (new Set(variants.map((v) => v.name)).size !== variants.length) throw new InputError('shuffle: variant names must be unique');
-  const perVariant: { name: string; original: Outcomes; shuffled: Outcomes[] }[] = [];
-  for (const v of variants) {
-    const original = indexOutcomes(await v.evaluate(null), `${v.name} original`);
-    const shuffled: Outcomes[] = [];
-    for (const s of seeds) {
-      const out = indexOutcomes(await v.evaluate(s), `${v.name} shuffle seed ${s}`);
-      if (out.size !== original.size || [...original.keys()].some((id) => !out.has(id))) {
-        throw new InputError(`${v.name}: the shuffled evaluation (seed ${s}) did not answer the same questions as the original (${out.size} vs ${original.size})`);
-      }
-      shuffled.push(out);
-    }
-    perVariant.push({ name: v.name, original, shuffled });
-  }
-  const rows: ShuffleRow[] = [];
-  for (const v of perVariant) {
-    const types = ['all', ...[...new Set([...v.original.values()].map((o) => o.type))].sort()];
-    for (const type of types) {
-      const ids = [...v.original.values()].filter((o) => type === 'all' || o.type === type).map((o) => o.id);
-      const orig = ids.map((id) => v.original.get(id)!.correct);
-      const n = ids.length;
-      const co = orig.filter(Boolean).length;
-      const perSeed = v.shuffled.map((sh, si) => {
-        const shu = ids.map((id) => sh.get(id)!.correct);
-        const cs = shu.filter(Boolean).length;
-        const t = mcnemarExact(orig, shu);
-        return { seed: seeds[si]!, cs, t };
-      });
-      for (const s of perSeed) {
-        rows.push({
-          variant: v.name,
-          question_type: type,
-          shuffle_seed: s.seed,
-          n,
-          correct_original: co,
-          correct_shuffled: s.cs,
-          acc_original: co / n,
-          acc_shuffled: s.cs / n,
-          drop: co - s.cs,
-          drop_rate: (co - s.cs) / n,
-          lost: s.t.b,
-          gained: s.t.c,
-          p_value: s.t.p_value,
-          test: s.t.method,
-        });
-      }
-      if (seeds.length > 1) {
-        const cs = perSeed.reduce((a, s) => a + s.cs, 0) / seeds.length;
-        rows.push({
-          variant: v.name,
-          question_type: type,
-          shuffle_seed: null,
-          n,
-          correct_original: co,
-          correct_shuffled: cs,
-          acc_original: co / n,
-          acc_shuffled: cs / n,
-          drop: co - cs,
-          drop_rate: (co - cs) / n,
-          lost: null,
-          gained: null,
-          p_value: null,
-          test: null,
-        });
-      }
-    }
-  }
+  const perVariant: VariantOutcomes[] = [];
+  for (const v of variants) perVariant.push(await evaluateVariant(v, seeds));
+  const rows = perVariant.flatMap((v) => ['all', ...[...new Set([...v.original.values()].map((o) => o.type))].sort()].flatMap((type) => typeRows(v, type, seeds)));
   const comparisons: VariantComparison[] = [];
   const B = options.resamples ?? 2000;
   for (let i = 0; i < perVariant.length; i++) {

@@ -46,7 +46,7 @@ export async function run(argv: string[]): Promise<number> {
       out: values.out!,
       seed: intOption('seed', values.seed, 0),
       quick: values.quick!,
-      ...(steps === undefined ? {} : { steps }),
+      steps,
       variants: parseVariants(listOption(values.variants)),
       backend: parseBackend(values.backend!),
       engine: values.engine!,
@@ -123,16 +123,16 @@ class DemoBars {
 
 const pct = (x: number | null | undefined) => (x === null || x === undefined || Number.isNaN(x) ? 'NaN' : (100 * x).toFixed(1));
 
-/** The printed report: setup, layer-wise tables per target (variants side by side), accuracy, files. */
-export function renderDemo(r: DemoResult): string {
-  const out: string[] = [];
-  const v0 = r.variants[0]!;
-  const c = v0.config;
-  const rel = (p: string) => {
-    const r = relative(process.cwd(), p);
-    return r === '' ? '.' : r.startsWith('..') ? p : r;
-  };
-  out.push(
+/** A path for the report: relative to the working directory when inside it. */
+function shown(p: string): string {
+  const r = relative(process.cwd(), p);
+  return r === '' ? '.' : r.startsWith('..') ? p : r;
+}
+
+/** The report's head: encoders, model, data, backend and timings. */
+function setupLines(r: DemoResult): string[] {
+  const c = r.variants[0]!.config;
+  return [
     `viral-lens demo — a mini-LLaVA trained here, ${r.variants.length} variant(s) × ${r.size.steps} steps, seed ${r.seed}`,
     `  vision encoder: ${r.encoder.description}`,
     `  teacher:        ${r.teacher.description}`,
@@ -142,37 +142,47 @@ export function renderDemo(r: DemoResult): string {
     `  backend: ${r.backend.description}; median ms/step: ${r.variants.map((v) => `${v.variant} ${Math.round(v.medianStepMs)}`).join(', ')}`,
     `  time: features ${r.featureSeconds.toFixed(0)} s${r.featuresCached ? ' (cached)' : ''}, training ${r.trainSeconds.toFixed(0)} s (${r.workers ? 'variants in parallel worker threads' : 'variants one after another'}), analysis ${r.analysisSeconds.toFixed(0)} s`,
     '',
-  );
+  ];
+}
+
+/** Layer-wise tables per target, variants side by side, with undefined results and ties flagged. */
+function layerwiseLines(r: DemoResult): string[] {
   const first = r.layerwise[0];
-  if (first) {
-    const targets = [...new Set(r.layerwise.map((x) => x.target))];
-    const variants = r.variants.map((v) => v.variant);
-    out.push(
-      `Layer-wise ${DEMO_METRIC.metric.toUpperCase()} at step ${r.size.steps} (A = image-token hidden states of the probe set, B = target; k = ${first.k}, preprocess ${first.preprocess}, tokens ${first.token_mode}, n = ${first.n}, engine ${r.engine})`,
-    );
-    for (const target of targets) {
-      const desc = target === 'encoder' ? r.encoder.description : target === 'teacher' ? r.teacher.description : target;
-      out.push('', `vs ${target} — ${desc}`);
-      const layers = [...new Map(r.layerwise.filter((x) => x.target === target).map((x) => [x.layer_index, x.layer])).entries()].sort((a, b) => a[0] - b[0]);
-      const body = layers.map(([index, name]) => [
-        index,
-        name + (index === c.alignLayer ? '  ← ℓ' : ''),
-        ...variants.map((v) => fmt(r.layerwise.find((x) => x.target === target && x.layer_index === index && x.variant === v)?.value)),
-      ]);
-      out.push(table(['idx', 'layer', ...variants], body).trimEnd());
-    }
-    const undef = r.layerwise.filter((x) => x.undefined_reason);
-    for (const x of undef) out.push(`undefined: ${x.variant} ${x.layer} vs ${x.target}: ${x.undefined_reason}`);
-    const tied = r.layerwise.filter((x) => (x.tied_rows_a ?? 0) + (x.tied_rows_b ?? 0) > 0);
-    if (tied.length) out.push(`warning: ${tied.length} result(s) have ties at the k-th neighbour (see layerwise.csv)`);
-    out.push('');
+  if (!first) return [];
+  const alignLayer = r.variants[0]!.config.alignLayer;
+  const targets = [...new Set(r.layerwise.map((x) => x.target))];
+  const variants = r.variants.map((v) => v.variant);
+  const out = [
+    `Layer-wise ${DEMO_METRIC.metric.toUpperCase()} at step ${r.size.steps} (A = image-token hidden states of the probe set, B = target; k = ${first.k}, preprocess ${first.preprocess}, tokens ${first.token_mode}, n = ${first.n}, engine ${r.engine})`,
+  ];
+  for (const target of targets) {
+    const desc = target === 'encoder' ? r.encoder.description : target === 'teacher' ? r.teacher.description : target;
+    out.push('', `vs ${target} — ${desc}`);
+    const layers = [...new Map(r.layerwise.filter((x) => x.target === target).map((x) => [x.layer_index, x.layer])).entries()].sort((a, b) => a[0] - b[0]);
+    const body = layers.map(([index, name]) => [
+      index,
+      name + (index === alignLayer ? '  ← ℓ' : ''),
+      ...variants.map((v) => fmt(r.layerwise.find((x) => x.target === target && x.layer_index === index && x.variant === v)?.value)),
+    ]);
+    out.push(table(['idx', 'layer', ...variants], body).trimEnd());
   }
-  const o = r.variants[0]!.final.original;
+  const undef = r.layerwise.filter((x) => x.undefined_reason);
+  for (const x of undef) out.push(`undefined: ${x.variant} ${x.layer} vs ${x.target}: ${x.undefined_reason}`);
+  const tied = r.layerwise.filter((x) => (x.tied_rows_a ?? 0) + (x.tied_rows_b ?? 0) > 0);
+  if (tied.length) out.push(`warning: ${tied.length} result(s) have ties at the k-th neighbour (see layerwise.csv)`);
+  out.push('');
+  return out;
+}
+
+/** Held-out accuracy per variant and question type, with chance and shuffled rows, and the patch-shuffle line. */
+function accuracyLines(r: DemoResult): string[] {
+  const v0 = r.variants[0]!;
+  const o = v0.final.original;
   const shuffledRows = r.size.shuffleSeeds.length > 0;
-  out.push(
+  const out = [
     `Held-out accuracy (%), ${o.questions} questions on ${o.images} images, teacher-forced answers; chance = always the question type's most frequent training answer, scored on the same questions` +
       (shuffledRows ? `; "shuffled" = image tokens permuted before the projector (mean of ${r.size.shuffleSeeds.length} seed(s))` : ''),
-  );
+  ];
   const types = ['overall', ...QUESTION_TYPES];
   const cellOf = (v: string, t: string) => r.accuracy.find((a) => a.variant === v && a.question_type === t);
   const guess = (t: string) => r.chance[t as keyof DemoResult['chance']]?.answer;
@@ -196,16 +206,25 @@ export function renderDemo(r: DemoResult): string {
         rows.map((x) => `${x.variant} ${x.correct_original} → ${+x.correct_shuffled.toFixed(1)} (drop ${+x.drop.toFixed(1)}${x.p_value === null ? '' : `, McNemar p = ${x.p_value.toPrecision(2)}`})`).join('; '),
     );
   }
-  out.push(
+  return out;
+}
+
+function filesLines(outDir: string): string[] {
+  const d = shown(outDir);
+  return [
     '',
     'Files:',
-    `  captures      ${rel(r.out)}/<variant>/step-<N>/   (viral-lens layerwise|info|validate|probe <dir>)`,
-    `  figure data   ${rel(r.out)}/layerwise.csv, dynamics.csv, accuracy.csv, accuracy_steps.csv, loss.csv, demo.json`,
-    `  figures       ${rel(r.out)}/figures/*.vl.json (Vega-Lite, data inline)`,
-    `  weights       ${rel(r.out)}/<variant>/model.safetensors; accuracy per step in <variant>/results.json`,
-    `  analyses      ${rel(r.out)}/attention.json, shuffle.json   (viral-lens attention|shuffle ${rel(r.out)} recomputes them from the weights)`,
-    `  dashboard     viral-lens serve ${rel(r.out)}`,
+    `  captures      ${d}/<variant>/step-<N>/   (viral-lens layerwise|info|validate|probe <dir>)`,
+    `  figure data   ${d}/layerwise.csv, dynamics.csv, accuracy.csv, accuracy_steps.csv, loss.csv, demo.json`,
+    `  figures       ${d}/figures/*.vl.json (Vega-Lite, data inline)`,
+    `  weights       ${d}/<variant>/model.safetensors; accuracy per step in <variant>/results.json`,
+    `  analyses      ${d}/attention.json, shuffle.json   (viral-lens attention|shuffle ${d} recomputes them from the weights)`,
+    `  dashboard     viral-lens serve ${d}`,
     '',
-  );
-  return out.join('\n');
+  ];
+}
+
+/** The printed report: setup, layer-wise tables per target (variants side by side), accuracy, files. */
+export function renderDemo(r: DemoResult): string {
+  return [...setupLines(r), ...layerwiseLines(r), ...accuracyLines(r), ...filesLines(r.out)].join('\n');
 }

@@ -16,9 +16,9 @@ import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { createEngine, describeEngine, type Engine } from '../src/engine/index.js';
-import { InputError } from '../src/core/errors.js';
+import { InputError, ParamError } from '../src/core/errors.js';
 import { initBackend, type BackendInfo, type BackendName } from './model/backend.js';
-import { extractSceneFeatures, loadTeacher, loadVisionEncoder, type EncoderSpec } from './model/encoders.js';
+import { extractSceneFeatures, loadTeacher, loadVisionEncoder, type EncoderSpec, type SceneFeatures } from './model/encoders.js';
 import { MODEL_VARIANTS, type ModelVariant } from './model/mini-llava.js';
 import { generateScenes, QUESTION_TYPES, splitByImage, type QuestionType, type Scene } from './model/scenes.js';
 import { CHANCE_DEFINITION, chanceLevels, type ChanceLevel } from './model/chance.js';
@@ -145,7 +145,7 @@ export function parseVariants(list: string[]): ModelVariant[] {
   if (list.length === 0) return [...MODEL_VARIANTS];
   const out: ModelVariant[] = [];
   for (const v of list) {
-    if (!(MODEL_VARIANTS as readonly string[]).includes(v)) throw new InputError(`--variants: unknown variant '${v}' (expected ${MODEL_VARIANTS.join(', ')})`);
+    if (!(MODEL_VARIANTS as readonly string[]).includes(v)) throw new ParamError('variants', `unknown variant '${v}' (expected ${MODEL_VARIANTS.join(', ')})`);
     if (!out.includes(v as ModelVariant)) out.push(v as ModelVariant);
   }
   return out;
@@ -154,7 +154,7 @@ export function parseVariants(list: string[]): ModelVariant[] {
 export function demoSize(options: Pick<DemoOptions, 'quick' | 'steps'>): DemoSize {
   const base = options.quick ? QUICK_SIZE : DEFAULT_SIZE;
   if (options.steps === undefined) return { ...base };
-  if (!Number.isInteger(options.steps) || options.steps < 1) throw new InputError(`--steps: expected a positive integer, got ${options.steps}`);
+  if (!Number.isInteger(options.steps) || options.steps < 1) throw new ParamError('steps', `expected a positive integer, got ${options.steps}`);
   // Keep about three captures after step 0 whatever the length.
   return { ...base, steps: options.steps, captureEvery: Math.max(1, Math.ceil(options.steps / 3)) };
 }
@@ -237,19 +237,11 @@ export async function clearPreviousDemo(out: string, variants: readonly string[]
   }
 }
 
-/** Runs the whole demo; see the module comment. */
-export async function runDemo(options: DemoOptions): Promise<DemoResult> {
-  const size = demoSize(options);
-  const out = resolve(options.out);
-  const progress = options.onProgress ?? (() => {});
-  if (options.variants.length === 0) throw new InputError('--variants: nothing to train');
-  if (size.probe > Math.round(size.images * size.heldoutFraction)) throw new InputError(`probe set ${size.probe} larger than the held-out set`);
-  await mkdir(out, { recursive: true });
-  await clearPreviousDemo(out, options.variants);
-  const files: Record<string, string> = {};
+type Progress = (p: DemoProgress) => void;
 
-  // 1. Scenes and frozen features (main thread; the encoders are disposed before training starts).
-  const tFeat = performance.now();
+/** Step 1: scenes and frozen features (main thread; the encoders are disposed before training starts). */
+async function sceneFeatures(options: DemoOptions, size: DemoSize, out: string, progress: Progress) {
+  const t0 = performance.now();
   const backend = await initBackend(options.backend);
   const scenes = generateScenes(options.seed, size.images);
   const split = splitByImage(size.images, size.heldoutFraction, options.seed);
@@ -267,10 +259,11 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     teacher.dispose();
   }
   if (features.cached) progress({ kind: 'features', done: size.images, total: size.images, cached: true });
-  const featureSeconds = (performance.now() - tFeat) / 1000;
+  return { backend, scenes, split, features, seconds: (performance.now() - t0) / 1000 };
+}
 
-  // 2. Train the variants.
-  const tTrain = performance.now();
+/** What each variant's training run gets: the same seeds, size and features (in shared memory for workers). */
+function variantInputs(options: DemoOptions, size: DemoSize, out: string, backend: BackendInfo, features: SceneFeatures & { cachePath: string | null }): VariantRunInput[] {
   const sharedFeatures = {
     count: features.count,
     tokens: features.tokens,
@@ -278,7 +271,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     encoder: { spec: features.encoder.spec, data: options.workers ? shared(features.encoder.data) : features.encoder.data },
     teacher: { spec: features.teacher.spec, data: options.workers ? shared(features.teacher.data) : features.teacher.data },
   };
-  const inputs: VariantRunInput[] = options.variants.map((variant) => ({
+  return options.variants.map((variant) => ({
     variant,
     modelSeed: options.seed,
     dataSeed: options.seed,
@@ -300,36 +293,37 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
       feature_cache: features.cachePath,
     },
   }));
-  const onEvent = (event: VariantRunEvent) => progress({ kind: 'variant', event });
-  let variants: VariantRunResult[];
-  if (options.workers) variants = await Promise.all(inputs.map((i) => runInWorker(i, onEvent)));
-  else {
-    variants = [];
-    for (const i of inputs) variants.push(await runVariant(i, onEvent));
-  }
-  const trainSeconds = (performance.now() - tTrain) / 1000;
+}
 
-  // 3. Analyses.
-  const tAnalysis = performance.now();
-  const engine = await createEngine(options.engine);
-  let layerwise: LayerwiseRow[] = [];
+/** Step 2: trains the variants, in parallel workers or one after another on this thread. */
+async function trainVariants(inputs: VariantRunInput[], workers: boolean, progress: Progress): Promise<VariantRunResult[]> {
+  const onEvent = (event: VariantRunEvent) => progress({ kind: 'variant', event });
+  if (workers) return Promise.all(inputs.map((i) => runInWorker(i, onEvent)));
+  const variants: VariantRunResult[] = [];
+  for (const i of inputs) variants.push(await runVariant(i, onEvent));
+  return variants;
+}
+
+/** CKNNA sweeps of every capture of every variant (dynamics) and of each variant's final capture (layerwise). */
+async function sweepCaptures(variants: readonly VariantRunResult[], engineName: DemoOptions['engine'], progress: Progress) {
+  const engine = await createEngine(engineName);
   const dynamics: LayerwiseRow[] = [];
   try {
-    const all = variants.flatMap((v) => v.captureDirs.map((dir) => ({ v, dir })));
-    for (const [i, { dir }] of all.entries()) {
-      const rows = await sweep(dir, engine);
-      dynamics.push(...rows);
+    const all = variants.flatMap((v) => v.captureDirs);
+    for (const [i, dir] of all.entries()) {
+      dynamics.push(...(await sweep(dir, engine)));
       progress({ kind: 'analysis', stage: 'CKNNA sweep', done: i + 1, total: all.length });
     }
-    const finalDirs = new Set(variants.map((v) => v.captureDirs[v.captureDirs.length - 1]));
-    layerwise = dynamics.filter((r) => finalDirs.has(r.capture));
   } finally {
     await engine.dispose();
   }
-  const engineDescription = describeEngine(engine);
+  const finalDirs = new Set(variants.map((v) => v.captureDirs[v.captureDirs.length - 1]));
+  return { layerwise: dynamics.filter((r) => finalDirs.has(r.capture)), dynamics, engine: describeEngine(engine) };
+}
 
-  const chance = demoChance(options.seed, size, scenes);
-  const accuracy: AccuracyCell[] = variants.flatMap((v) => {
+/** Final held-out accuracy per variant and question type, beside its shuffled mean and the chance level. */
+function accuracyCells(variants: readonly VariantRunResult[], chance: Record<QuestionType | 'overall', ChanceLevel>): AccuracyCell[] {
+  return variants.flatMap((v) => {
     const shuffledMean = (pick: (r: VariantRunResult['final']['original']) => number) =>
       v.final.shuffled.length ? v.final.shuffled.reduce((a, r) => a + pick(r), 0) / v.final.shuffled.length : null;
     const cell = (t: QuestionType | 'overall', acc: VariantRunResult['final']['original']['overall'], shuffledAcc: number | null): AccuracyCell => {
@@ -342,15 +336,17 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
       ...QUESTION_TYPES.map((t) => cell(t, v.final.original.byType[t], shuffledMean((r) => r.byType[t].accuracy))),
     ];
   });
+}
 
+/** The patch-shuffle test and the attention entropy, each written to its analysis file under `out`. */
+async function shuffleAndAttention(variants: readonly VariantRunResult[], size: DemoSize, seed: number, tokens: number, out: string, files: Record<string, string>, progress: Progress) {
   let shuffle: ShuffleResult | null = null;
   if (size.shuffleSeeds.length) {
     progress({ kind: 'analysis', stage: 'patch shuffle', done: 0, total: 1 });
-    shuffle = await demoShuffle(variants, { seeds: size.shuffleSeeds, step: size.steps, seed: options.seed, tokens: features.tokens });
+    shuffle = await demoShuffle(variants, { seeds: size.shuffleSeeds, step: size.steps, seed, tokens });
     files.shuffle = await writeShuffle(out, shuffle);
     progress({ kind: 'analysis', stage: 'patch shuffle', done: 1, total: 1 });
   }
-
   const attention: AttentionEntropyResult[] = [];
   for (const v of variants) {
     const r = demoAttention(v);
@@ -358,6 +354,31 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     attention.push(r);
     files.attention = await writeAttention(out, r);
   }
+  return { shuffle, attention };
+}
+
+/** Runs the whole demo; see the module comment. */
+export async function runDemo(options: DemoOptions): Promise<DemoResult> {
+  const size = demoSize(options);
+  const out = resolve(options.out);
+  const progress = options.onProgress ?? (() => {});
+  if (options.variants.length === 0) throw new ParamError('variants', 'nothing to train');
+  if (size.probe > Math.round(size.images * size.heldoutFraction)) throw new InputError(`probe set ${size.probe} larger than the held-out set`);
+  await mkdir(out, { recursive: true });
+  await clearPreviousDemo(out, options.variants);
+  const files: Record<string, string> = {};
+
+  const { backend, scenes, split, features, seconds: featureSeconds } = await sceneFeatures(options, size, out, progress);
+
+  const tTrain = performance.now();
+  const variants = await trainVariants(variantInputs(options, size, out, backend, features), options.workers, progress);
+  const trainSeconds = (performance.now() - tTrain) / 1000;
+
+  const tAnalysis = performance.now();
+  const { layerwise, dynamics, engine } = await sweepCaptures(variants, options.engine, progress);
+  const chance = demoChance(options.seed, size, scenes);
+  const accuracy = accuracyCells(variants, chance);
+  const { shuffle, attention } = await shuffleAndAttention(variants, size, options.seed, features.tokens, out, files, progress);
   const analysisSeconds = (performance.now() - tAnalysis) / 1000;
 
   const result: DemoResult = {
@@ -365,7 +386,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     seed: options.seed,
     size,
     backend,
-    engine: engineDescription,
+    engine,
     encoder: features.encoder.spec,
     teacher: features.teacher.spec,
     featuresCached: features.cached,
@@ -490,34 +511,26 @@ export function curvePoints(rows: readonly LayerwiseRow[], engine: string): Curv
   }));
 }
 
-async function writeDemoFiles(r: DemoResult): Promise<Record<string, string>> {
-  const files: Record<string, string> = {};
-  const put = async (name: string, text: string) => {
-    const p = join(r.out, name);
-    await writeFile(p, text);
-    files[name] = p;
-  };
+/** The CSV tables of a run: curves, accuracy, loss and accuracy over steps. */
+function demoTables(r: DemoResult): [string, string][] {
   const strip = (rows: LayerwiseRow[]) => rows.map(({ capture: _c, ...rest }) => ({ ...rest, capture: rest.variant + '/step-' + rest.step }));
-  await put('layerwise.csv', csv(strip(r.layerwise)));
-  await put('dynamics.csv', csv(strip(r.dynamics)));
-  await put('accuracy.csv', csv(r.accuracy as unknown as Record<string, unknown>[]));
-  await put(
-    'loss.csv',
-    csv(r.variants.flatMap((v) => v.history.map((h) => ({ variant: v.variant, step: h.step, loss: h.loss, lm: h.lm, vra: h.vra })))),
+  const accuracySteps = r.variants.flatMap((v) =>
+    v.evals.flatMap((e) => [
+      { variant: v.variant, step: e.step, question_type: 'overall', accuracy: e.result.overall.accuracy, total: e.result.overall.total },
+      ...QUESTION_TYPES.map((t) => ({ variant: v.variant, step: e.step, question_type: t, accuracy: e.result.byType[t].accuracy, total: e.result.byType[t].total })),
+    ]),
   );
-  await put(
-    'accuracy_steps.csv',
-    csv(
-      r.variants.flatMap((v) =>
-        v.evals.flatMap((e) => [
-          { variant: v.variant, step: e.step, question_type: 'overall', accuracy: e.result.overall.accuracy, total: e.result.overall.total },
-          ...QUESTION_TYPES.map((t) => ({ variant: v.variant, step: e.step, question_type: t, accuracy: e.result.byType[t].accuracy, total: e.result.byType[t].total })),
-        ]),
-      ),
-    ),
-  );
-  // Figures (Vega-Lite with inline data and provenance).
-  await mkdir(join(r.out, 'figures'), { recursive: true });
+  return [
+    ['layerwise.csv', csv(strip(r.layerwise))],
+    ['dynamics.csv', csv(strip(r.dynamics))],
+    ['accuracy.csv', csv(r.accuracy as unknown as Record<string, unknown>[])],
+    ['loss.csv', csv(r.variants.flatMap((v) => v.history.map((h) => ({ variant: v.variant, step: h.step, loss: h.loss, lm: h.lm, vra: h.vra }))))],
+    ['accuracy_steps.csv', csv(accuracySteps)],
+  ];
+}
+
+/** The run's figures (Vega-Lite with inline data and provenance). */
+function demoFigures(r: DemoResult): Figure[] {
   const series: Series[] = r.variants.map((v) => ({ label: v.variant, variant: v.variant, step: v.steps, run: v.variant }));
   const provenance = {
     model: DEMO_MODEL_NAME,
@@ -556,40 +569,54 @@ async function writeDemoFiles(r: DemoResult): Promise<Record<string, string>> {
   ];
   if (r.shuffle) figures.push(shuffleFigure(r.shuffle));
   if (r.attention.length) figures.push(entropyHeatmapFigure(r.attention));
-  for (const f of figures) {
+  return figures;
+}
+
+/** demo.json: the run's settings and results, read back by demo/replay.ts (DemoJsonSchema) to recompute analyses. */
+function demoJson(r: DemoResult): unknown {
+  return {
+    format: 'viral-lens.demo',
+    version: 1,
+    seed: r.seed,
+    size: r.size,
+    backend: r.backend,
+    engine: r.engine,
+    encoder: r.encoder,
+    teacher: r.teacher,
+    layerwise_settings: DEMO_METRIC,
+    split: r.split,
+    timings_s: { features: r.featureSeconds, train: r.trainSeconds, analysis: r.analysisSeconds },
+    variants: r.variants.map((v) => ({
+      variant: v.variant,
+      config: v.config,
+      params: v.params,
+      steps: v.steps,
+      median_step_ms: v.medianStepMs,
+      wall_s: v.wallSeconds,
+      captures: v.captureDirs,
+      weights: v.weightsPath,
+      results: v.resultsPath,
+      evals: v.evals,
+    })),
+    accuracy: r.accuracy,
+    chance: { definition: CHANCE_DEFINITION, by_type: r.chance },
+    layerwise: r.layerwise,
+  };
+}
+
+async function writeDemoFiles(r: DemoResult): Promise<Record<string, string>> {
+  const files: Record<string, string> = {};
+  const put = async (name: string, text: string) => {
+    const p = join(r.out, name);
+    await writeFile(p, text);
+    files[name] = p;
+  };
+  for (const [name, text] of demoTables(r)) await put(name, text);
+  await mkdir(join(r.out, 'figures'), { recursive: true });
+  for (const f of demoFigures(r)) {
     await put(join('figures', `${f.name}.vl.json`), json(f.spec));
     await put(join('figures', `${f.name}.csv`), csv(f.data));
   }
-  await put(
-    'demo.json',
-    json({
-      format: 'viral-lens.demo',
-      version: 1,
-      seed: r.seed,
-      size: r.size,
-      backend: r.backend,
-      engine: r.engine,
-      encoder: r.encoder,
-      teacher: r.teacher,
-      layerwise_settings: DEMO_METRIC,
-      split: r.split,
-      timings_s: { features: r.featureSeconds, train: r.trainSeconds, analysis: r.analysisSeconds },
-      variants: r.variants.map((v) => ({
-        variant: v.variant,
-        config: v.config,
-        params: v.params,
-        steps: v.steps,
-        median_step_ms: v.medianStepMs,
-        wall_s: v.wallSeconds,
-        captures: v.captureDirs,
-        weights: v.weightsPath,
-        results: v.resultsPath,
-        evals: v.evals,
-      })),
-      accuracy: r.accuracy,
-      chance: { definition: CHANCE_DEFINITION, by_type: r.chance },
-      layerwise: r.layerwise,
-    }),
-  );
+  await put('demo.json', json(demoJson(r)));
   return files;
 }

@@ -12,7 +12,8 @@
 import { readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
-import { InputError } from '../src/core/errors.js';
+import { InputError, ParamError } from '../src/core/errors.js';
+import { readJsonFile } from '../src/store/json.js';
 import { shuffleEvaluations, attentionMaps } from './train-run.js';
 import { initBackend, type BackendInfo, type BackendName } from './model/backend.js';
 import { extractSceneFeatures, loadTeacher, loadVisionEncoder, readFeatureCache, type EncoderSpec, type SceneFeatures } from './model/encoders.js';
@@ -20,7 +21,6 @@ import { MODEL_VARIANTS, type MiniLlava } from './model/mini-llava.js';
 import { generateScenes, splitByImage } from './model/scenes.js';
 import type { DemoDataset } from './model/train.js';
 import { loadWeights } from './model/weights.js';
-import { parseWithSchema } from '../src/store/manifest.js';
 import { ATTENTION_FILE, readAttention, type AttentionEntropyResult } from '../analysis/attention.js';
 import { demoAttention, demoEvalSettings, demoShuffle, type FinalEvaluations } from './demo.js';
 import { readShuffle, SHUFFLE_FILE, type ShuffleResult } from '../analysis/shuffle.js';
@@ -95,19 +95,11 @@ async function openReplay(dir: string, options: ReplayOptions): Promise<Replay> 
   if (options.recompute === false) throw new CannotRecompute('not requested (--stored)');
   const path = join(dir, DEMO_FILE);
   if (!(await exists(path))) throw new CannotRecompute(`no ${DEMO_FILE} (not a run folder written by viral-lens demo)`);
-  let demo: DemoJson;
-  try {
-    let json: unknown;
-    try {
-      json = JSON.parse(await readFile(path, 'utf8'));
-    } catch (err) {
-      throw new InputError(`${DEMO_FILE}: ${err instanceof SyntaxError ? 'invalid JSON' : 'cannot read'} (${(err as Error).message})`);
-    }
-    demo = parseWithSchema(DemoJsonSchema, json, DEMO_FILE);
-  } catch (err) {
+  // Read by its name relative to the run folder, so the reason printed says `demo.json: ...` as the CLI shows it.
+  const demo = await readJsonFile(DEMO_FILE, DemoJsonSchema, undefined, (name) => readFile(join(dir, name), 'utf8')).catch((err: unknown) => {
     if (err instanceof InputError) throw new CannotRecompute(err.message);
     throw err;
-  }
+  });
   for (const v of demo.variants) {
     if (!(await exists(join(dir, v.variant, 'model.safetensors')))) throw new CannotRecompute(`${v.variant}/model.safetensors is missing`);
   }
@@ -277,7 +269,7 @@ export async function shuffleForRun(runDir: string, options: ReplayOptions & { s
     const last = stored.results.at(-1);
     if (!last) throw new InputError(`${runDir}: cannot recompute the patch-shuffle test (${err.message}) and there is no ${SHUFFLE_FILE} with results to print`);
     if (options.seeds && options.seeds.join(',') !== last.seeds.join(',')) {
-      throw new InputError(`--seeds: ${runDir} cannot be recomputed (${err.message}); its stored ${SHUFFLE_FILE} has seeds ${last.seeds.join(', ')} (drop --seeds to print it)`);
+      throw new ParamError('seeds', `${runDir} cannot be recomputed (${err.message}); its stored ${SHUFFLE_FILE} has seeds ${last.seeds.join(', ')} (drop --seeds to print it)`);
     }
     return { run: dir, source: 'stored', reason: err.message, how: `stored result from ${SHUFFLE_FILE} (not recomputed)`, backend: null, result: last, check: null };
   }

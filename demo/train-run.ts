@@ -92,19 +92,21 @@ function summary(r: EvalResult): EvalSummary {
   return rest;
 }
 
-export async function runVariant(input: VariantRunInput, emit: (e: VariantRunEvent) => void = () => {}): Promise<VariantRunResult> {
-  const t0 = performance.now();
-  const backend = await initBackend(input.backend);
+/** The run's scenes, split and dataset over the given features, and its probe images (checked before any work). */
+function variantData(input: VariantRunInput): { ds: DemoDataset; probe: number[] } {
   const f = input.features;
   if (f.count !== input.sceneCount) throw new InputError(`features hold ${f.count} images, the run asks for ${input.sceneCount}`);
   const scenes = generateScenes(input.sceneSeed, input.sceneCount);
   const split = splitByImage(input.sceneCount, input.heldoutFraction, input.sceneSeed);
   const features: SceneFeatures = { count: f.count, tokens: f.tokens, grid: f.grid, encoder: f.encoder, teacher: f.teacher };
-  const ds: DemoDataset = { scenes, split, features };
   const probe = split.heldout.slice(0, input.probeCount);
   if (probe.length < input.probeCount) throw new InputError(`probe set of ${input.probeCount} images, but only ${split.heldout.length} are held out`);
+  return { ds: { scenes, split, features }, probe };
+}
 
-  const config = defaultConfig({
+function variantConfig(input: VariantRunInput): MiniLlavaConfig {
+  const f = input.features;
+  return defaultConfig({
     ...input.model,
     variant: input.variant,
     seed: input.modelSeed,
@@ -114,48 +116,62 @@ export async function runVariant(input: VariantRunInput, emit: (e: VariantRunEve
     visionDim: f.encoder.spec.dim,
     teacherDim: f.teacher.spec.dim,
   });
+}
+
+/** The capture hooks of a run: the probe set's hidden states and both targets' features, every `captureEvery` steps. */
+function probeCapture(model: MiniLlava, input: VariantRunInput, ds: DemoDataset, probe: readonly number[], params: number, backend: BackendInfo, emit: (e: VariantRunEvent) => void): TrainingCapture {
+  const f = input.features;
+  const probeBatch = makeBatch(ds, probe, mulberry32(mixSeed(input.dataSeed, 0x9b0e)), input.train.turns);
+  const rowsOf = (data: Float32Array, dim: number) => {
+    const out = new Float32Array(probe.length * f.tokens * dim);
+    probe.forEach((img, i) => out.set(data.subarray(img * f.tokens * dim, (img + 1) * f.tokens * dim), i * f.tokens * dim));
+    return { samples: probe.length, tokens: f.tokens, dim, data: out };
+  };
+  return new TrainingCapture(model, {
+    runDir: input.runDir,
+    every: input.captureEvery,
+    totalSteps: input.train.steps,
+    probe: { features: probeBatch.features, ids: probeBatch.ids, batch: probeBatch.batch },
+    sampleIds: probe.map((i) => ds.scenes[i]!.id),
+    labels: sceneLabels(probe.map((i) => ds.scenes[i]!)),
+    targets: [
+      { name: 'encoder', description: f.encoder.spec.description, features: rowsOf(f.encoder.data, f.encoder.spec.dim) },
+      { name: 'teacher', description: f.teacher.spec.description, features: rowsOf(f.teacher.data, f.teacher.spec.dim) },
+    ],
+    variant: input.variant,
+    model: manifestModel(model.config, params, f.encoder.spec, f.teacher.spec),
+    grid: f.grid,
+    provenance: {
+      ...input.provenance,
+      tool: 'viral-lens demo (demo/hooks/tfjs.ts)',
+      backend,
+      model_seed: input.modelSeed,
+      data_seed: input.dataSeed,
+      scene_seed: input.sceneSeed,
+      probe: `first ${probe.length} held-out images (split by image, seed ${input.sceneSeed})`,
+    },
+    onWritten: (dir, step) => emit({ kind: 'captured', variant: input.variant, step, dir }),
+  });
+}
+
+export async function runVariant(input: VariantRunInput, emit: (e: VariantRunEvent) => void = () => {}): Promise<VariantRunResult> {
+  const t0 = performance.now();
+  const backend = await initBackend(input.backend);
+  const { ds, probe } = variantData(input);
+  const heldout = ds.split.heldout;
+  const config = variantConfig(input);
   const model = new MiniLlava(config);
   try {
     const params = model.parameterCount();
     emit({ kind: 'started', variant: input.variant, backend, params });
     await mkdir(input.runDir, { recursive: true });
-    const probeBatch = makeBatch(ds, probe, mulberry32(mixSeed(input.dataSeed, 0x9b0e)), input.train.turns);
-    const rowsOf = (data: Float32Array, dim: number) => {
-      const out = new Float32Array(probe.length * f.tokens * dim);
-      probe.forEach((img, i) => out.set(data.subarray(img * f.tokens * dim, (img + 1) * f.tokens * dim), i * f.tokens * dim));
-      return { samples: probe.length, tokens: f.tokens, dim, data: out };
-    };
     const evalOptions = { turns: input.train.turns, dialogues: input.eval.dialogues, seed: input.eval.seed };
     const evals: VariantRunResult['evals'] = [];
-    const capture = new TrainingCapture(model, {
-      runDir: input.runDir,
-      every: input.captureEvery,
-      totalSteps: input.train.steps,
-      probe: { features: probeBatch.features, ids: probeBatch.ids, batch: probeBatch.batch },
-      sampleIds: probe.map((i) => scenes[i]!.id),
-      labels: sceneLabels(probe.map((i) => scenes[i]!)),
-      targets: [
-        { name: 'encoder', description: f.encoder.spec.description, features: rowsOf(f.encoder.data, f.encoder.spec.dim) },
-        { name: 'teacher', description: f.teacher.spec.description, features: rowsOf(f.teacher.data, f.teacher.spec.dim) },
-      ],
-      variant: input.variant,
-      model: manifestModel(config, params, f.encoder.spec, f.teacher.spec),
-      grid: f.grid,
-      provenance: {
-        ...input.provenance,
-        tool: 'viral-lens demo (demo/hooks/tfjs.ts)',
-        backend,
-        model_seed: input.modelSeed,
-        data_seed: input.dataSeed,
-        scene_seed: input.sceneSeed,
-        probe: `first ${probe.length} held-out images (split by image, seed ${input.sceneSeed})`,
-      },
-      onWritten: (dir, step) => emit({ kind: 'captured', variant: input.variant, step, dir }),
-    });
+    const capture = probeCapture(model, input, ds, probe, params, backend, emit);
     const atCapture = (step: number): void => {
       if (!capture.isCaptureStep(step)) return;
       capture.capture(step);
-      const r = evaluate(model, ds, split.heldout, evalOptions);
+      const r = evaluate(model, ds, heldout, evalOptions);
       evals.push({ step, result: summary(r) });
       emit({ kind: 'eval', variant: input.variant, step, accuracy: r.overall.accuracy });
     };
@@ -169,29 +185,16 @@ export async function runVariant(input: VariantRunInput, emit: (e: VariantRunEve
       },
     });
 
-    const { original, shuffled } = shuffleEvaluations(model, ds, split.heldout, evalOptions, input.eval.shuffleSeeds);
+    const { original, shuffled } = shuffleEvaluations(model, ds, heldout, evalOptions, input.eval.shuffleSeeds);
     const attention = attentionMaps(model, ds, probe, { turns: input.train.turns, seed: input.eval.seed, samples: input.attentionSamples });
     const weightsPath = join(input.runDir, 'model.safetensors');
     await saveWeights(model, weightsPath, { variant: input.variant, steps: String(input.train.steps) });
     const captureDirs = await capture.flush();
     const resultsPath = join(input.runDir, 'results.json');
     await writeFileAtomic(resultsPath, resultsJson(input.variant, evals, original, shuffled, backend));
-    return {
-      variant: input.variant,
-      backend,
-      config,
-      params,
-      steps: trained.steps,
-      medianStepMs: trained.medianStepMs,
-      history: trained.history,
-      evals,
-      final: { original, shuffled },
-      attention,
-      captureDirs,
-      weightsPath,
-      resultsPath,
-      wallSeconds: (performance.now() - t0) / 1000,
-    };
+    const { steps, medianStepMs, history } = trained;
+    const wallSeconds = (performance.now() - t0) / 1000;
+    return { variant: input.variant, backend, config, params, steps, medianStepMs, history, evals, final: { original, shuffled }, attention, captureDirs, weightsPath, resultsPath, wallSeconds };
   } finally {
     model.dispose();
   }

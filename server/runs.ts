@@ -22,7 +22,8 @@ import { basename, dirname, isAbsolute, join, relative, sep } from 'node:path';
 import { ATTENTION_FILE } from '../analysis/attention.js';
 import { SHUFFLE_FILE } from '../analysis/shuffle.js';
 import { InputError } from '../src/core/errors.js';
-import { parseJsonText, type TextReader } from '../src/store/json.js';
+import { z } from 'zod';
+import { readJsonFile, type TextReader } from '../src/store/json.js';
 import { listRuns, openCapture } from '../src/store/capture.js';
 
 export const CACHE_DIR_NAME = '.viral-lens-cache';
@@ -437,16 +438,12 @@ export class RunsIndex extends EventEmitter {
   /** Reads a file under RUNS_DIR (readFileInside): the reader handed to readProbes / readAttention / readShuffle. */
   readonly readText: TextReader = (path) => readFileInside(this.root, path);
 
-  /** A JSON side file under RUNS_DIR (results.json): null when absent, an InputError naming it when it cannot be used. */
+  /**
+   * A JSON side file under RUNS_DIR (results.json): null when absent, an InputError naming it (relative to RUNS_DIR,
+   * the name the page shows) when it cannot be used. Its shape is checked by its reader (parseResults).
+   */
   async readJson(path: string): Promise<unknown> {
-    let text: string;
-    try {
-      text = await this.readText(path);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw err;
-    }
-    return parseJsonText(text, shownPath(this.root, path));
+    return readJsonFile(shownPath(this.root, path), z.unknown(), () => null, () => this.readText(path));
   }
 
   /** Sample ids of a capture (read on demand: they can be long). */
