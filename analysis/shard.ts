@@ -110,6 +110,34 @@ export function planDigest(jobs: readonly SweepJob[]): string {
   return createHash('sha256').update(JSON.stringify(jobs.map((j) => [j.capture, j.layer]))).digest('hex');
 }
 
+/**
+ * A sweep's parameters as a shard file records them (JSON keys as written since version 1): the layer-wise options
+ * that change the numbers, and the engine that computed them.
+ */
+export function sweepParams(o: LayerwiseOptions, run: { preprocess: string; engine: string; precision: string; knn: string }): SweepParams {
+  const stats = {
+    permutations: o.permutations ?? 0,
+    bootstrap: o.bootstrap ?? 0,
+    ...(o.ci === undefined ? {} : { ci: o.ci }),
+    ...(o.permUnit === undefined ? {} : { permUnit: o.permUnit }),
+  };
+  return {
+    metrics: o.metrics,
+    k: o.k,
+    preprocess: run.preprocess,
+    q: o.q ?? null,
+    tokens: o.tokenMode,
+    targets: o.targets ?? [],
+    layers: o.layers?.length ? o.layers.map(String) : null,
+    max_rows: o.maxRows ?? null,
+    seed: o.seed ?? 0,
+    stats,
+    engine: run.engine,
+    precision: run.precision,
+    knn: run.knn,
+  };
+}
+
 /** Runs one shard: one runLayerwise per capture touched, restricted to this shard's layers. */
 export async function runShard(captures: string[], options: LayerwiseOptions, shard: ShardSpec, params: SweepParams): Promise<ShardFile> {
   const plan = await planJobs(captures, options.layers ?? []);

@@ -20,7 +20,7 @@ import { JobRunner } from './jobs.js';
 import { InputError } from '../src/core/errors.js';
 import { parseManifestJson } from '../src/store/manifest.js';
 import { EventHub } from './events.js';
-import { analysisFolders, buildFigure, CURVE_DEFAULTS, FIGURES, figureQuerySchema, HOW_TO, parseResults, readAnalysis, type FigureName, type FigureQuery } from './figures-api.js';
+import { analysisFolders, buildFigure, CURVE_DEFAULTS, FIGURES, figureQuerySchema, HOW_TO, PAGE_PARAMS, parseResults, readAnalysis, type FigureName, type FigureQuery } from './figures-api.js';
 import { CACHE_DIR_NAME, checkCacheDir, RunsIndex } from './runs.js';
 
 export const DEFAULT_PORT = 7860;
@@ -293,7 +293,7 @@ export async function buildApp(options: ServerOptions): Promise<Dashboard> {
       }),
     );
     // The controls' defaults come from here, so the page and the API cannot disagree on them.
-    return { runs_dir: index.root, runs, captures: index.captures(), live: [...live.values()], defaults: CURVE_DEFAULTS };
+    return { runs_dir: index.root, runs, captures: index.captures(), live: [...live.values()], defaults: CURVE_DEFAULTS, params: PAGE_PARAMS };
   });
 
   app.get('/api/runs/:run', { schema: { params: runParams, querystring: emptyQuery } }, async (request) => {

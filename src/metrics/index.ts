@@ -1,5 +1,6 @@
 import { knnProvenance } from '../engine/approx.js';
-import { InputError, ParamError } from '../core/errors.js';
+import { InputError } from '../core/errors.js';
+import { checkKBelowN, K } from './params.js';
 import { cknnaFromKnn } from './cknna.js';
 import { cycleKnnFromKnn } from './cycle-knn.js';
 import { ckaValues } from './cka.js';
@@ -15,7 +16,7 @@ export { METRICS, METRIC_NAMES, parseMetric, type MetricName, type MetricSpec } 
 export { preprocess, parsePreprocess, describePreprocess, PREPROCESS_NAMES, type Preprocess } from '../core/preprocess.js';
 export type { MetricResult } from './result.js';
 
-export const DEFAULT_K = 10;
+export const DEFAULT_K = K.default!;
 
 /** Checks the inputs a metric is defined for; messages name both sides' shapes. */
 export function checkMetricInputs(metric: MetricName, nA: number, nB: number, dA: number, dB: number, k: number, labels = ['A', 'B']): void {
@@ -30,8 +31,7 @@ export function checkMetricInputs(metric: MetricName, nA: number, nB: number, dA
   }
   if (metric !== 'cosine' && nA <= 3) throw new InputError(`${metric} is undefined for n = ${nA} ≤ 3 samples (HSIC divides by n(n−3))`);
   if (spec.needsKnn) {
-    if (!Number.isInteger(k) || k < 2) throw new ParamError('k', `k must be an integer ≥ 2, got ${k}`);
-    if (k >= nA) throw new ParamError('k', `k = ${k} must be smaller than n = ${nA}`);
+    checkKBelowN(k, nA);
   }
 }
 
