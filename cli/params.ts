@@ -17,13 +17,11 @@ export function flagOptions(a: AnalysisSchema): Record<string, OptionSpec> {
 /** One parameter as usage text: `[--topk K (2..1000, default 10)]`, `--metric cknna|cka|...`. */
 export function usageOfParam(p: AnalysisParam): string {
   const d = p.def;
-  let value: string;
-  if (d.choices) value = d.choices.join('|') + (p.multiple ? '[,...]' : '');
-  else {
-    const lo = d.min === undefined ? '' : `${d.minExclusive ? '>' : ''}${d.min}`;
-    value = `${d.meta ?? 'N'} (${lo}..${d.max ?? ''})`;
-  }
-  const text = `${flagFor(d.name)} ${value}${p.default !== undefined ? ` (default ${Array.isArray(p.default) ? p.default.join(',') : p.default})` : ''}`;
+  const notes: string[] = [];
+  if (!d.choices) notes.push(`${d.min === undefined ? '' : `${d.minExclusive ? '>' : ''}${d.min}`}..${d.max ?? ''}`);
+  if (p.default !== undefined) notes.push(`default ${Array.isArray(p.default) ? p.default.join(',') : p.default}`);
+  const value = d.choices ? d.choices.join('|') + (p.multiple ? '[,...]' : '') : (d.meta ?? 'N');
+  const text = `${flagFor(d.name)} ${value}${notes.length ? ` (${notes.join(', ')})` : ''}`;
   return p.required ? text : `[${text}]`;
 }
 
