@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { InputError } from '../src/core/errors.js';
+import { InputError, ParamError } from '../src/core/errors.js';
 import { openCapture } from '../src/store/capture.js';
 import { runLayerwise, type LayerwiseOptions, type LayerwiseRow } from './layerwise.js';
 
@@ -65,10 +65,10 @@ export interface MergedSweep {
 /** `I/N` with 0 ≤ I < N (Slurm's $SLURM_ARRAY_TASK_ID is 0-based with --array=0-(N−1)). */
 export function parseShard(value: string): ShardSpec {
   const m = /^(\d+)\/(\d+)$/.exec(value.trim());
-  if (!m) throw new InputError(`--shard: expected I/N (e.g. 3/16), got '${value}'`);
+  if (!m) throw new ParamError('shard', `expected I/N (e.g. 3/16), got '${value}'`);
   const index = Number(m[1]);
   const count = Number(m[2]);
-  if (count < 1 || index >= count) throw new InputError(`--shard: need 0 ≤ I < N, got ${index}/${count}`);
+  if (count < 1 || index >= count) throw new ParamError('shard', `need 0 ≤ I < N, got ${index}/${count}`);
   return { index, count };
 }
 

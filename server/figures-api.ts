@@ -24,7 +24,7 @@ import {
   type ProbePoint,
   type Series,
 } from '../analysis/figures.js';
-import type { JobProgress, JobRunner } from './jobs.js';
+import type { JobProgress, JobRunner, LayerwiseJobParams } from './jobs.js';
 import { BOOTSTRAP, CI, CURVES, describeAnalysis, EPOCHS, MIN_DIST, N_NEIGHBORS, paramOf, UMAP } from '../analysis/params.js';
 import { summariseWarnings } from '../analysis/layerwise.js';
 import { readProbes } from '../analysis/probes.js';
@@ -277,6 +277,24 @@ export function curveMaxRows(capture: CaptureSummary, tokens: TokenMode, q: Figu
   return tokens === 'per-token' && rows > PER_TOKEN_DEFAULT_MAX_ROWS ? PER_TOKEN_DEFAULT_MAX_ROWS : undefined;
 }
 
+/** The layer-wise job of one capture for a curve page: the query's parameters, with the page's defaults. */
+function curveJob(dir: string, p: CurveRequest, q: FigureQuery, maxRows: number | undefined, engine: string): LayerwiseJobParams {
+  // Conditional spreads keep absent parameters out of the job's key, so equal requests share one cache entry.
+  return {
+    capture: dir,
+    metrics: [p.metric],
+    k: p.k,
+    preprocess: p.preprocess,
+    ...(q.q === undefined ? {} : { q: q.q }),
+    tokenMode: p.tokens,
+    ...(maxRows === undefined ? {} : { maxRows }),
+    seed: q.seed ?? 0,
+    ...(q.bootstrap ? { bootstrap: q.bootstrap } : {}),
+    ...(q.bootstrap && q.ci !== undefined ? { ci: q.ci } : {}),
+    engine,
+  };
+}
+
 /** Runs (or fetches) the layer-wise job of every selected capture; failures become per-capture errors. */
 async function curves(ctx: FigureContext, sel: Selected[], q: FigureQuery, signal: AbortSignal, onProgress?: (p: JobProgress) => void) {
   const p = curveParams(q);
@@ -291,26 +309,10 @@ async function curves(ctx: FigureContext, sel: Selected[], q: FigureQuery, signa
   await Promise.all(
     sel.map(async ({ capture, series }) => {
       try {
-        const dir = await ctx.index.dirOf(capture.id);
         const maxRows = curveMaxRows(capture, p.tokens, q);
         if (maxRows !== undefined && q.max_rows === undefined) capped.push(capture.id);
-        const { result } = await ctx.runner.run(
-          'layerwise',
-          {
-            capture: dir,
-            metrics: [p.metric],
-            k: p.k,
-            preprocess: p.preprocess,
-            ...(q.q === undefined ? {} : { q: q.q }),
-            tokenMode: p.tokens,
-            ...(maxRows === undefined ? {} : { maxRows }),
-            seed: q.seed ?? 0,
-            ...(q.bootstrap ? { bootstrap: q.bootstrap } : {}),
-            ...(q.bootstrap && q.ci !== undefined ? { ci: q.ci } : {}),
-            engine: ctx.engine,
-          },
-          { signal, ...progressOption(onProgress) },
-        );
+        const job = curveJob(await ctx.index.dirOf(capture.id), p, q, maxRows, ctx.engine);
+        const { result } = await ctx.runner.run('layerwise', job, { signal, ...progressOption(onProgress) });
         for (const r of result) {
           if (r.warning) warned.push({ warning: r.warning, capture: capture.id, layer: r.layer, target: r.target });
           ns.add(r.n);
@@ -330,13 +332,22 @@ async function curves(ctx: FigureContext, sel: Selected[], q: FigureQuery, signa
   const order = new Map(sel.map((s, i) => [s.series.label, i]));
   points.sort((a, b) => order.get(a.series)! - order.get(b.series)! || (a.step ?? -1) - (b.step ?? -1) || a.target.localeCompare(b.target) || a.layer_index - b.layer_index);
   errors.sort((a, b) => a.capture.localeCompare(b.capture));
-  provenance.n = [...ns].sort((a, b) => a - b);
-  if ((provenance.n as number[]).length === 1) provenance.n = (provenance.n as number[])[0];
-  provenance.engine = [...engines].join(', ') || ctx.engine;
-  if (q.bootstrap) provenance.bootstrap = { draws: q.bootstrap, ci: q.ci ?? 0.95 };
-  if (q.max_rows) provenance.max_rows = q.max_rows;
-  else if (capped.length) provenance.max_rows = PER_TOKEN_DEFAULT_MAX_ROWS;
-  // Caveats on the numbers (e.g. CKNNA at small n relative to k), shown in the page's notes.
+  finishProvenance(provenance, { ns, engines, capped, q, engine: ctx.engine });
+  return { points, errors, provenance, warnings: curveWarnings(warned, capped, q) };
+}
+
+/** n, engines, bootstrap and row cap of the curves, as every exported figure records them. */
+function finishProvenance(provenance: Record<string, unknown>, run: { ns: Set<number>; engines: Set<string>; capped: string[]; q: FigureQuery; engine: string }): void {
+  const ns = [...run.ns].sort((a, b) => a - b);
+  provenance.n = ns.length === 1 ? ns[0] : ns;
+  provenance.engine = [...run.engines].join(', ') || run.engine;
+  if (run.q.bootstrap) provenance.bootstrap = { draws: run.q.bootstrap, ci: run.q.ci ?? 0.95 };
+  if (run.q.max_rows) provenance.max_rows = run.q.max_rows;
+  else if (run.capped.length) provenance.max_rows = PER_TOKEN_DEFAULT_MAX_ROWS;
+}
+
+/** Caveats on the numbers (e.g. CKNNA at small n relative to k) and the default row cap, shown in the page's notes. */
+function curveWarnings(warned: { warning?: string; capture: string; layer: string; target: string }[], capped: string[], q: FigureQuery): string[] {
   const warnings = summariseWarnings(warned).map((w) => `warning: ${w}`);
   if (capped.length) {
     capped.sort();
@@ -344,7 +355,7 @@ async function curves(ctx: FigureContext, sel: Selected[], q: FigureQuery, signa
       `per-token rows subsampled to ${PER_TOKEN_DEFAULT_MAX_ROWS} (seed ${q.seed ?? 0}) in ${capped.length === 1 ? capped[0] : `${capped.length} captures`}: more rows than the default view computes; set max_rows to change`,
     );
   }
-  return { points, errors, provenance, warnings };
+  return warnings;
 }
 
 function pickTarget(points: CurvePoint[], wanted: string | undefined): string {

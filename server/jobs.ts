@@ -25,9 +25,7 @@ import { fileURLToPath } from 'node:url';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import type { Engine } from '../src/engine/index.js';
 import { InputError } from '../src/core/errors.js';
-import type { Preprocess } from '../src/metrics/index.js';
-import type { TokenMode } from '../src/core/tokens.js';
-import type { PcaGridResult, UmapRunResult } from '../analysis/embeddings.js';
+import type { PcaGridResult, UmapRunOptions, UmapRunResult } from '../analysis/embeddings.js';
 import type { ExportFormat, VlSpec } from '../analysis/figures.js';
 import type { LayerwiseOptions, LayerwiseRow } from '../analysis/layerwise.js';
 
@@ -44,18 +42,8 @@ export type LayerwiseJobParams = Pick<LayerwiseOptions, 'metrics' | 'k' | 'prepr
   engine: string;
 };
 
-export interface UmapJobParams {
-  captures: string[];
-  layer: string | number;
-  tokenMode: TokenMode;
-  preprocess: Preprocess;
-  seed: number;
-  nNeighbors?: number;
-  minDist?: number;
-  nEpochs?: number;
-  maxRows?: number;
-  engine: string;
-}
+/** A UMAP job: runUmap's options (analysis/params.ts UMAP) for some captures, with the engine by name. */
+export type UmapJobParams = Omit<UmapRunOptions, 'engine' | 'onProgress' | 'signal'> & { captures: string[]; engine: string };
 
 export interface PcaGridJobParams {
   captures: string[];
@@ -130,21 +118,9 @@ async function execute(kind: JobKind, params: unknown, signal: AbortSignal, onPr
       return runLayerwise(capture, { ...checked, engine: await engineFor(engine), onProgress, signal });
     }
     case 'umap': {
-      const p = params as UmapJobParams;
+      const { captures, engine, ...options } = params as UmapJobParams;
       const { runUmap } = await import('../analysis/embeddings.js');
-      return runUmap(p.captures, {
-        engine: await engineFor(p.engine),
-        layer: p.layer,
-        tokenMode: p.tokenMode,
-        preprocess: p.preprocess,
-        seed: p.seed,
-        ...(p.nNeighbors === undefined ? {} : { nNeighbors: p.nNeighbors }),
-        ...(p.minDist === undefined ? {} : { minDist: p.minDist }),
-        ...(p.nEpochs === undefined ? {} : { nEpochs: p.nEpochs }),
-        ...(p.maxRows === undefined ? {} : { maxRows: p.maxRows }),
-        onProgress,
-        signal,
-      });
+      return runUmap(captures, { ...options, engine: await engineFor(engine), onProgress, signal });
     }
     case 'pca-grid': {
       const p = params as PcaGridJobParams;
