@@ -122,7 +122,20 @@ export const UMAP = analysisSchema('umap', [
   ENGINE,
 ]);
 
-export const ANALYSES = { compare: COMPARE, layerwise: LAYERWISE, curves: CURVES, umap: UMAP } as const;
+export const FOLDS = intParam({ name: 'folds', doc: 'cross-validation folds (over images)', default: 5, min: 2, max: 100, meta: 'K' });
+export const MAX_TOKENS = intParam({ name: 'max_tokens', doc: 'per token: a seeded subset of this many positions per image', min: 1, max: 1_000_000, meta: 'N' });
+
+/** Linear probes per layer (analysis/probes.ts); its bootstrap is the probe score's interval, 1000 draws unless told. */
+export const PROBE = analysisSchema('probe', [
+  [TOKENS, { key: 'tokenMode', default: 'mean' }],
+  [MAX_TOKENS, { key: 'maxTokens' }],
+  FOLDS,
+  SEED,
+  [CI, { default: undefined }],
+  [BOOTSTRAP, { default: 1000 }],
+]);
+
+export const ANALYSES = { compare: COMPARE, layerwise: LAYERWISE, curves: CURVES, umap: UMAP, probe: PROBE } as const;
 
 /** Reads an analysis's parameters from text (flags, a query string): defaults filled in, bounds checked, in one place. */
 export function readParams(a: AnalysisSchema, raw: Readonly<Record<string, string | string[] | undefined>>): Record<string, unknown> {

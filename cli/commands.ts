@@ -1,4 +1,4 @@
-import { COMPARE, LAYERWISE, UMAP } from '../analysis/params.js';
+import { COMPARE, LAYERWISE, PROBE, UMAP } from '../analysis/params.js';
 import { usageOf } from './params.js';
 
 /** `--engine`'s torch-only options, after the engine flag. */
@@ -37,7 +37,7 @@ export const COMMANDS: Record<string, Command> = {
   probe: {
     summary: 'linear probes per layer (and on the targets, as the ceiling) for a manifest label; writes probes.json',
     usage:
-      'CAPTURE_DIR --label NAME [--tokens mean|first|per-token] [--task auto|classify|regress] [--folds 5] [--l2 0.01|cv] [--control-by auto|image|position|LABEL] [--max-tokens N] [--layers 0,4,8] [--ci 0.95] [--seed S] [--no-targets] [--no-write] [--json]',
+      `CAPTURE_DIR --label NAME ${usageOf(PROBE)} [--task auto|classify|regress] [--l2 0.01|cv] [--control-by auto|image|position|LABEL] [--layers 0,4,8] [--no-targets] [--no-write] [--json]`,
     load: () => import('./cmd-probe.js'),
   },
   attention: {

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
-import { ANALYSES, COMPARE, CURVES, describeAnalysis, LAYERWISE, readParams, UMAP, type AnalysisSchema } from '../analysis/params.js';
+import { ANALYSES, COMPARE, CURVES, describeAnalysis, LAYERWISE, PROBE, readParams, UMAP, type AnalysisSchema } from '../analysis/params.js';
 import { runLayerwise } from '../analysis/layerwise.js';
 import { COMMANDS } from '../cli/commands.js';
 import { flagFor } from '../cli/args.js';
@@ -32,6 +32,7 @@ const USAGE_OF: [AnalysisSchema, string][] = [
   [COMPARE, 'compare'],
   [LAYERWISE, 'layerwise'],
   [UMAP, 'embed'],
+  [PROBE, 'probe'],
 ];
 
 test('k is defaulted and bounded once: DEFAULT_K, the schemas and the definition agree', () => {
