@@ -10,6 +10,7 @@
 import type { Engine } from '../src/engine/index.js';
 import { applyProcrustes, pcaRgbGrid, procrustes, rgbHex, umapEmbed, PCA_RGB_NORMALISATION } from '../src/embeddings/index.js';
 import { InputError } from '../src/core/errors.js';
+import { MIN_DIST } from './params.js';
 import { describePreprocess, preprocess, type Preprocess } from '../src/metrics/index.js';
 import { layerProvenance, openCapture, type Capture, type CaptureLayerInfo, type LayerProvenance, type Tensor3 } from '../src/store/capture.js';
 import { subsampleRows, tokensToMatrix, type TokenMode } from '../src/core/tokens.js';
@@ -104,6 +105,80 @@ function selectSamples(t: Tensor3, idx: readonly number[]): Tensor3 {
 export async function runUmap(inputs: (Capture | string)[], options: UmapRunOptions): Promise<UmapRunResult> {
   if (inputs.length === 0) throw new InputError('umap: no captures given');
   const captures = await Promise.all(inputs.map(open));
+  const plan = planUmap(captures, options);
+  const progress = options.onProgress ?? (() => {});
+  const maps: Float64Array[] = [];
+  const panels: UmapPanel[] = [];
+  const errors: { capture: string; error: string }[] = [];
+  const mapped: number[] = [];
+  let fitted = { nNeighbors: 0, nEpochs: 0 };
+  for (const [ci, capture] of captures.entries()) {
+    options.signal?.throwIfAborted();
+    const layer = plan.layers[ci]!;
+    let x;
+    try {
+      const t = selectSamples(await capture.readLayer(layer.name), plan.shared.index[ci]!);
+      x = preprocess(tokensToMatrix(t, options.tokenMode, plan.pick ?? undefined), options.preprocess, plan.q);
+    } catch (err) {
+      // One unreadable capture must not hide the others' maps.
+      if (!(err instanceof InputError)) throw err;
+      errors.push({ capture: capture.dir, error: err.message });
+      continue;
+    }
+    const emb = await umapEmbed(x, options.engine, {
+      seed: options.seed,
+      ...umapSettings(options),
+      onProgress: (e, n) => progress({ stage: `umap ${ci + 1}/${captures.length}`, done: e, total: n }),
+    });
+    fitted = emb;
+    let coords = emb.coords;
+    let alignment: UmapPanel['alignment'] = null;
+    if (maps.length > 0) {
+      const fit = procrustes(coords, maps[0]!, x.rows, 2);
+      coords = applyProcrustes(fit, coords, x.rows, 2);
+      alignment = { to: captures[mapped[0]!]!.dir, scale: fit.scale, rmsd: fit.rmsd, relativeRmsd: fit.relativeRmsd };
+    }
+    maps.push(coords);
+    mapped.push(ci);
+    panels.push({ ...layerProvenance(capture, layer), n: x.rows, alignment });
+    progress({ stage: 'captures', done: ci + 1, total: captures.length });
+  }
+  if (maps.length === 0) throw new InputError(errors.map((e) => e.error).join('; '));
+  return {
+    points: umapPoints(captures, { mapped, panels, maps }, plan, options.tokenMode),
+    panels,
+    errors,
+    meta: {
+      method: 'umap',
+      metric: 'cosine',
+      seed: options.seed,
+      n_neighbors: fitted.nNeighbors,
+      min_dist: options.minDist ?? MIN_DIST.default!,
+      n_epochs: fitted.nEpochs,
+      token_mode: options.tokenMode,
+      preprocess: describePreprocess(options.preprocess, plan.q),
+      rows: plan.rowIds.length,
+      rows_sampled: plan.pick ? plan.pick.length : null,
+      shared_samples: plan.shared.ids.length,
+      alignment: maps.length > 1 ? `Procrustes (rotation, reflection, scale, shift) onto ${captures[mapped[0]!]!.dir}` : 'none (one map)',
+      labels: Object.keys(captures[0]!.labels),
+      engine: options.engine.name,
+    },
+  };
+}
+
+/** UMAP's own settings among the options: only those given, so its defaults apply otherwise. */
+function umapSettings(o: UmapRunOptions): { nNeighbors?: number; minDist?: number; nEpochs?: number; signal?: AbortSignal } {
+  const out: { nNeighbors?: number; minDist?: number; nEpochs?: number; signal?: AbortSignal } = {};
+  if (o.nNeighbors !== undefined) out.nNeighbors = o.nNeighbors;
+  if (o.minDist !== undefined) out.minDist = o.minDist;
+  if (o.nEpochs !== undefined) out.nEpochs = o.nEpochs;
+  if (o.signal) out.signal = o.signal;
+  return out;
+}
+
+/** The rows every map draws, from the manifests alone (shared samples, tokens, seeded subsample), checked first. */
+function planUmap(captures: Capture[], options: UmapRunOptions) {
   const layers = captures.map((c) => findLayer(c, options.layer));
   const shared = sharedSamples(captures);
   if (shared.ids.length < 4) {
@@ -116,100 +191,35 @@ export async function runUmap(inputs: (Capture | string)[], options: UmapRunOpti
   const total = options.tokenMode === 'per-token' ? shared.ids.length * tokens : shared.ids.length;
   const pick = subsampleRows(total, options.maxRows, options.seed);
   const rowIds = pick ? Array.from(pick) : Array.from({ length: total }, (_, i) => i);
-  const rowSample = (r: number) => (options.tokenMode === 'per-token' ? Math.floor(r / tokens) : r);
-  const prep = describePreprocess(options.preprocess, options.q === undefined ? {} : { q: options.q });
-  const progress = options.onProgress ?? (() => {});
+  const q = options.q === undefined ? {} : { q: options.q };
+  return { layers, shared, tokens, pick, rowIds, q };
+}
 
-  const maps: Float64Array[] = [];
-  const panels: UmapPanel[] = [];
-  const errors: { capture: string; error: string }[] = [];
-  const mapped: number[] = [];
-  let nNeighbors = 0;
-  let nEpochs = 0;
-  for (const [ci, capture] of captures.entries()) {
-    options.signal?.throwIfAborted();
-    const layer = layers[ci]!;
-    let x;
-    try {
-      const t = selectSamples(await capture.readLayer(layer.name), shared.index[ci]!);
-      x = preprocess(tokensToMatrix(t, options.tokenMode, pick ?? undefined), options.preprocess, options.q === undefined ? {} : { q: options.q });
-    } catch (err) {
-      // One unreadable capture must not hide the others' maps.
-      if (!(err instanceof InputError)) throw err;
-      errors.push({ capture: capture.dir, error: err.message });
-      continue;
-    }
-    const emb = await umapEmbed(x, options.engine, {
-      seed: options.seed,
-      ...(options.nNeighbors === undefined ? {} : { nNeighbors: options.nNeighbors }),
-      ...(options.minDist === undefined ? {} : { minDist: options.minDist }),
-      ...(options.nEpochs === undefined ? {} : { nEpochs: options.nEpochs }),
-      ...(options.signal ? { signal: options.signal } : {}),
-      onProgress: (e, n) => progress({ stage: `umap ${ci + 1}/${captures.length}`, done: e, total: n }),
-    });
-    nNeighbors = emb.nNeighbors;
-    nEpochs = emb.nEpochs;
-    let coords = emb.coords;
-    let alignment: UmapPanel['alignment'] = null;
-    if (maps.length > 0) {
-      const fit = procrustes(coords, maps[0]!, x.rows, 2);
-      coords = applyProcrustes(fit, coords, x.rows, 2);
-      alignment = { to: captures[mapped[0]!]!.dir, scale: fit.scale, rmsd: fit.rmsd, relativeRmsd: fit.relativeRmsd };
-    }
-    maps.push(coords);
-    mapped.push(ci);
-    panels.push({
-      ...layerProvenance(capture, layer),
-      n: x.rows,
-      alignment,
-    });
-    progress({ stage: 'captures', done: ci + 1, total: captures.length });
-  }
-  if (maps.length === 0) throw new InputError(errors.map((e) => e.error).join('; '));
-
-  const labelNames = Object.keys(captures[0]!.labels);
+/** One point per row and map, with its sample id, token position and the capture's labels. */
+function umapPoints(captures: Capture[], drawn: { mapped: number[]; panels: UmapPanel[]; maps: Float64Array[] }, plan: ReturnType<typeof planUmap>, tokenMode: TokenMode): UmapPoint[] {
+  const perToken = tokenMode === 'per-token';
   const points: UmapPoint[] = [];
-  for (const [mi, ci] of mapped.entries()) {
+  for (const [mi, ci] of drawn.mapped.entries()) {
     const capture = captures[ci]!;
-    const panel = panels[mi]!;
-    rowIds.forEach((r, i) => {
-      const s = rowSample(r);
-      const own = shared.index[ci]![s]!;
+    const panel = drawn.panels[mi]!;
+    plan.rowIds.forEach((r, i) => {
+      const s = perToken ? Math.floor(r / plan.tokens) : r;
+      const own = plan.shared.index[ci]![s]!;
       const labels: Record<string, number | string> = {};
       for (const name of Object.keys(capture.labels)) labels[name] = capture.labels[name]![own]!;
       points.push({
         capture: capture.dir,
         variant: panel.variant,
         step: panel.step,
-        sample_id: shared.ids[s]!,
-        token: options.tokenMode === 'per-token' ? r % tokens : null,
-        x: maps[mi]![i * 2]!,
-        y: maps[mi]![i * 2 + 1]!,
+        sample_id: plan.shared.ids[s]!,
+        token: perToken ? r % plan.tokens : null,
+        x: drawn.maps[mi]![i * 2]!,
+        y: drawn.maps[mi]![i * 2 + 1]!,
         labels,
       });
     });
   }
-  return {
-    points,
-    panels,
-    errors,
-    meta: {
-      method: 'umap',
-      metric: 'cosine',
-      seed: options.seed,
-      n_neighbors: nNeighbors,
-      min_dist: options.minDist ?? 0.1,
-      n_epochs: nEpochs,
-      token_mode: options.tokenMode,
-      preprocess: prep,
-      rows: rowIds.length,
-      rows_sampled: pick ? pick.length : null,
-      shared_samples: shared.ids.length,
-      alignment: maps.length > 1 ? `Procrustes (rotation, reflection, scale, shift) onto ${captures[mapped[0]!]!.dir}` : 'none (one map)',
-      labels: labelNames,
-      engine: options.engine.name,
-    },
-  };
+  return points;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -241,12 +251,11 @@ export interface PcaGridResult {
   meta: { sample: string; components: 3; normalisation: string; fit: string; signs: string; grid: [number, number] };
 }
 
-export async function runPcaGrid(inputs: (Capture | string)[], options: PcaGridOptions): Promise<PcaGridResult> {
-  if (inputs.length === 0) throw new InputError('pca-grid: no captures given');
-  const captures = await Promise.all(inputs.map(open));
+/** The sample every capture draws, checked from the manifests: each has it, and its tokens fill its grid. */
+function gridSample(captures: Capture[], sample: string | number): string {
   const first = captures[0]!;
-  const sampleId = typeof options.sample === 'number' ? first.sampleIds[options.sample] : options.sample;
-  if (sampleId === undefined) throw new InputError(`pca-grid: sample index ${options.sample} is out of range (${first.sampleIds.length} samples)`);
+  const sampleId = typeof sample === 'number' ? first.sampleIds[sample] : sample;
+  if (sampleId === undefined) throw new InputError(`pca-grid: sample index ${sample} is out of range (${first.sampleIds.length} samples)`);
   for (const c of captures) {
     const tl = c.manifest.token_layout;
     if (!tl.grid) throw new InputError(`${c.dir}: token_layout.grid is null; PCA-RGB grids need the tokens' row/column layout`);
@@ -255,6 +264,14 @@ export async function runPcaGrid(inputs: (Capture | string)[], options: PcaGridO
     }
     if (!c.sampleIds.includes(sampleId)) throw new InputError(`${c.dir}: no sample '${sampleId}'`);
   }
+  return sampleId;
+}
+
+export async function runPcaGrid(inputs: (Capture | string)[], options: PcaGridOptions): Promise<PcaGridResult> {
+  if (inputs.length === 0) throw new InputError('pca-grid: no captures given');
+  const captures = await Promise.all(inputs.map(open));
+  const first = captures[0]!;
+  const sampleId = gridSample(captures, options.sample);
   const grid = first.manifest.token_layout.grid as [number, number];
   const wanted = options.layers?.length ? options.layers.map((l) => findLayer(first, l)) : first.layers;
   const progress = options.onProgress ?? (() => {});

@@ -10,6 +10,7 @@ import {
   type MetricResult,
   type Preprocess,
 } from '../src/metrics/index.js';
+import { checkKBelowN } from '../src/metrics/params.js';
 import { readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join, relative, resolve, sep } from 'node:path';
 import { layerProvenance, openCapture, type Capture, type LayerProvenance, type ShardRows, type Tensor3 } from '../src/store/capture.js';
@@ -19,7 +20,7 @@ import { readNpy } from '../src/store/npy.js';
 import { locateArray, requireNonEmpty } from '../src/store/load.js';
 import { rowGroups, type PermutationUnit } from '../src/stats/index.js';
 import { rowsFor, subsampleRows, tokensToMatrix, type TokenMode } from '../src/core/tokens.js';
-import { similarityStats, type SimilarityStats } from './stats.js';
+import { similarityStats, type SimilarityStats, type StatsOptions } from './stats.js';
 
 /** A target feature set: one of the capture's own (`clip`) or a file given as NAME=PATH. */
 export interface TargetSpec {
@@ -124,8 +125,69 @@ export interface LayerwiseRow extends MetricResult, SimilarityStats, LayerProven
  */
 export async function runLayerwise(captureOrDir: Capture | string, options: LayerwiseOptions): Promise<LayerwiseRow[]> {
   const capture = typeof captureOrDir === 'string' ? await openCapture(captureOrDir) : captureOrDir;
+  const plan = planSweep(capture, options);
+  const targets = await prepareTargets(capture, plan, options);
+  const progress = options.onProgress ?? (() => {});
+  const rows: LayerwiseRow[] = [];
+  for (const [li, layer] of plan.layers.entries()) {
+    options.signal?.throwIfAborted();
+    const a = plan.fromFiles ? plan.fileFeatures(await capture.layerRows(layer.name), `layer ${layer.name}`) : plan.prepare(await capture.readLayer(layer.name), `layer ${layer.name}`);
+    for (const target of targets) {
+      for (const metric of options.metrics) {
+        const r = await computeMetric(metric, a, target.features, options.k, plan.prep);
+        const stats = plan.groups ? await similarityStats(metric, a, target.features, options.k, r, { ...statsOf(options), seed: plan.seed, groups: plan.groups }) : {};
+        rows.push({
+          ...r,
+          ...stats,
+          ...layerProvenance(capture, layer),
+          target: target.name,
+          token_mode: options.tokenMode,
+          rows_sampled: plan.pick ? plan.pick.length : null,
+          seed: plan.pick ? plan.seed : null,
+        });
+      }
+    }
+    progress({ stage: 'layers', done: li + 1, total: plan.layers.length });
+  }
+  return rows;
+}
+
+/** The statistics' options among a sweep's options (only those given, so the statistics' defaults apply). */
+function statsOf(o: LayerwiseOptions): StatsOptions {
+  const out: StatsOptions = {};
+  if (o.permutations !== undefined) out.permutations = o.permutations;
+  if (o.bootstrap !== undefined) out.bootstrap = o.bootstrap;
+  if (o.ci !== undefined) out.ci = o.ci;
+  if (o.permUnit !== undefined) out.permUnit = o.permUnit;
+  if (o.signal !== undefined) out.signal = o.signal;
+  return out;
+}
+
+/** What a sweep of one capture will compute, from its manifest alone: layers, targets, rows, and how features are made. */
+interface SweepPlan {
+  prep: string;
+  layers: ReturnType<typeof selectLayers>;
+  targetSpecs: TargetSpec[];
+  layerShape: { samples: number; tokens: number };
+  /** Rows after token flattening, before subsampling. */
+  total: number;
+  seed: number;
+  pick: Int32Array | null;
+  needsKnn: boolean;
+  /** Row → image groups when statistics are asked for, else undefined. */
+  groups: ReturnType<typeof rowGroups> | undefined;
+  fromFiles: boolean;
+  prepare: (t: Tensor3, label: string) => Features;
+  fileFeatures: (rows: ShardRows, label: string) => Features;
+}
+
+/**
+ * Checks every parameter against the capture's shapes (k < n included) before any row is read or any kNN computed,
+ * so a bad k on a large capture fails at once rather than after the targets' kNN.
+ */
+function planSweep(capture: Capture, options: LayerwiseOptions): SweepPlan {
   const m = capture.manifest;
-  const prep = describePreprocess(options.preprocess, options.q === undefined ? {} : { q: options.q });
+  const q = options.q === undefined ? {} : { q: options.q };
   const layers = selectLayers(capture, options.layers);
   const targetSpecs: TargetSpec[] = options.targets?.length ? options.targets : capture.targets.map((t) => ({ name: t.name }));
   if (targetSpecs.length === 0) {
@@ -136,82 +198,60 @@ export async function runLayerwise(captureOrDir: Capture | string, options: Laye
   const total = rowsFor(layerShape, options.tokenMode);
   const seed = options.seed ?? 0;
   const pick = subsampleRows(total, options.maxRows, seed);
-  const progress = options.onProgress ?? (() => {});
   const needsKnn = options.metrics.some((x) => METRICS[x].needsKnn);
+  if (needsKnn) checkKBelowN(options.k, pick ? pick.length : total);
   const wantStats = (options.permutations ?? 0) > 0 || (options.bootstrap ?? 0) > 0;
   // Resampling is over images: each row's image (and token position) after flattening and subsampling.
   const groups = wantStats ? rowGroups(m.samples.count, tokens, options.tokenMode === 'per-token', pick) : undefined;
-
-  const prepare = (t: Tensor3, label: string): Features => {
-    const x = tokensToMatrix(t, options.tokenMode, pick ?? undefined);
-    return new Features(preprocess(x, options.preprocess, options.q === undefined ? {} : { q: options.q }), options.engine, label);
-  };
-
   // An engine that reads files (torch) gets the layers and the targets (the capture's own, and --target files) as
   // descriptions of where their values lie: the values go from the files to its device without passing through Node.
-  const fromFiles = options.engine.files !== undefined;
-  const prepOptions = { preprocess: options.preprocess, ...(options.q === undefined ? {} : { q: options.q }) };
-  const fileFeatures = (rows: ShardRows, label: string) => new Features(shardFeatures(rows, options.tokenMode, pick, prepOptions, label), options.engine, label);
+  const prepOptions = { preprocess: options.preprocess, ...q };
+  return {
+    prep: describePreprocess(options.preprocess, q),
+    layers,
+    targetSpecs,
+    layerShape,
+    total,
+    seed,
+    pick,
+    needsKnn,
+    groups,
+    fromFiles: options.engine.files !== undefined,
+    prepare: (t, label) => new Features(preprocess(tokensToMatrix(t, options.tokenMode, pick ?? undefined), options.preprocess, q), options.engine, label),
+    fileFeatures: (rows, label) => new Features(shardFeatures(rows, options.tokenMode, pick, prepOptions, label), options.engine, label),
+  };
+}
 
+/** Each target loaded, flattened, preprocessed and its kNN computed once (or handed back by the target cache). */
+async function prepareTargets(capture: Capture, plan: SweepPlan, options: LayerwiseOptions): Promise<{ name: string; features: Features }[]> {
+  const progress = options.onProgress ?? (() => {});
   const targets: { name: string; features: Features }[] = [];
-  for (const [i, spec] of targetSpecs.entries()) {
+  for (const [i, spec] of plan.targetSpecs.entries()) {
     options.signal?.throwIfAborted();
     let features: Features;
     let rows: ShardRows | null = null;
-    if (fromFiles && spec.path) rows = await locateTarget({ ...spec, path: spec.path });
-    else if (fromFiles) {
+    if (plan.fromFiles && spec.path) rows = await locateTarget({ ...spec, path: spec.path });
+    else if (plan.fromFiles) {
       requireCaptureTarget(capture, spec.name);
       rows = await capture.targetRows(spec.name);
     }
+    const cache = options.targetCache;
     if (rows) {
-      checkTokens(rows, layerShape, options.tokenMode, spec.name, capture.dir);
-      const cache = options.targetCache;
+      checkTokens(rows, plan.layerShape, options.tokenMode, spec.name, capture.dir);
       const digest = cache ? await shardDigest(rows) : '';
-      features = cache?.lookupFile(spec, digest, total) ?? fileFeatures(rows, `target ${spec.name}`);
-      cache?.rememberFile(spec, digest, total, features);
+      features = cache?.lookupFile(spec, digest, plan.total) ?? plan.fileFeatures(rows, `target ${spec.name}`);
+      cache?.rememberFile(spec, digest, plan.total, features);
     } else {
       const t = await loadTarget(capture, spec);
-      checkTokens(t, layerShape, options.tokenMode, spec.name, capture.dir);
-      features = options.targetCache?.lookup(spec, t, total) ?? prepare(t, `target ${spec.name}`);
-      options.targetCache?.remember(spec, t, total, features);
+      checkTokens(t, plan.layerShape, options.tokenMode, spec.name, capture.dir);
+      features = cache?.lookup(spec, t, plan.total) ?? plan.prepare(t, `target ${spec.name}`);
+      cache?.remember(spec, t, plan.total, features);
     }
-    if (needsKnn) await features.knn(options.k);
+    if (plan.needsKnn) await features.knn(options.k);
     targets.push({ name: spec.name, features });
-    progress({ stage: 'targets', done: i + 1, total: targetSpecs.length });
+    progress({ stage: 'targets', done: i + 1, total: plan.targetSpecs.length });
   }
-
-  const rows: LayerwiseRow[] = [];
-  for (const [li, layer] of layers.entries()) {
-    options.signal?.throwIfAborted();
-    const a = fromFiles ? fileFeatures(await capture.layerRows(layer.name), `layer ${layer.name}`) : prepare(await capture.readLayer(layer.name), `layer ${layer.name}`);
-    for (const target of targets) {
-      for (const metric of options.metrics) {
-        const r = await computeMetric(metric, a, target.features, options.k, prep);
-        const stats = wantStats
-          ? await similarityStats(metric, a, target.features, options.k, r, {
-              ...(options.permutations === undefined ? {} : { permutations: options.permutations }),
-              ...(options.bootstrap === undefined ? {} : { bootstrap: options.bootstrap }),
-              ...(options.ci === undefined ? {} : { ci: options.ci }),
-              ...(options.permUnit === undefined ? {} : { permUnit: options.permUnit }),
-              ...(options.signal === undefined ? {} : { signal: options.signal }),
-              seed,
-              groups: groups!,
-            })
-          : {};
-        rows.push({
-          ...r,
-          ...stats,
-          ...layerProvenance(capture, layer),
-          target: target.name,
-          token_mode: options.tokenMode,
-          rows_sampled: pick ? pick.length : null,
-          seed: pick ? seed : null,
-        });
-      }
-    }
-    progress({ stage: 'layers', done: li + 1, total: layers.length });
-  }
-  return rows;
+  return targets;
 }
 
 /** A layer-sweep row of one checkpoint among several: `checkpoint` is its path relative to the captures' common parent. */

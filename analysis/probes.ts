@@ -15,7 +15,7 @@
  */
 import { join } from 'node:path';
 import { z } from 'zod';
-import { InputError } from '../src/core/errors.js';
+import { InputError, ParamError } from '../src/core/errors.js';
 import type { Matrix } from '../src/core/matrix.js';
 import { inferTask, runProbe, type ControlBy, type ProbeScore, type ProbeTask } from '../src/probes/index.js';
 import { captureProvenance, openCapture, type Capture, type Tensor3 } from '../src/store/capture.js';
@@ -182,12 +182,12 @@ function resolveControl(capture: Capture, by: string, perToken: boolean): { spec
   const b = by === 'auto' ? (perToken ? 'position' : 'image') : by;
   if (b === 'image') return { spec: { by: 'image' }, name: 'image' };
   if (b === 'position') {
-    if (!perToken) throw new InputError('--control-by position needs --tokens per-token (pooled rows have no position)');
+    if (!perToken) throw new ParamError('control_by', 'position needs tokens per-token (pooled rows have no position)');
     return { spec: { by: 'position' }, name: 'position' };
   }
   const values = capture.labels[b];
   if (!values) {
-    throw new InputError(`--control-by: '${b}' is neither image, position, none nor a label (labels: ${Object.keys(capture.labels).join(', ') || 'none'})`);
+    throw new ParamError('control_by', `'${b}' is neither image, position, none nor a label (labels: ${Object.keys(capture.labels).join(', ') || 'none'})`);
   }
   return { spec: { by: 'label', name: b, values }, name: `label:${b}` };
 }
@@ -208,7 +208,7 @@ function flatten(t: Tensor3, mode: TokenMode, maxTokens: number | undefined, see
     return { X, groups: Int32Array.from({ length: t.samples }, (_, i) => i), positions: new Int32Array(t.samples) };
   }
   const keep = maxTokens === undefined || maxTokens >= t.tokens ? t.tokens : maxTokens;
-  if (!(Number.isInteger(keep) && keep >= 1)) throw new InputError(`--max-tokens: expected an integer ≥ 1, got ${maxTokens}`);
+  if (!(Number.isInteger(keep) && keep >= 1)) throw new ParamError('max_tokens', `expected an integer ≥ 1, got ${maxTokens}`);
   const rows = new Int32Array(t.samples * keep);
   const rng = mulberry32(deriveSeed(seed, 'probe-tokens'));
   const all = Int32Array.from({ length: t.tokens }, (_, i) => i);

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { InputError } from '../src/core/errors.js';
+import { InputError, ParamError } from '../src/core/errors.js';
 import { openCapture } from '../src/store/capture.js';
 import { runLayerwise, type LayerwiseOptions, type LayerwiseRow } from './layerwise.js';
 
@@ -65,10 +65,10 @@ export interface MergedSweep {
 /** `I/N` with 0 ≤ I < N (Slurm's $SLURM_ARRAY_TASK_ID is 0-based with --array=0-(N−1)). */
 export function parseShard(value: string): ShardSpec {
   const m = /^(\d+)\/(\d+)$/.exec(value.trim());
-  if (!m) throw new InputError(`--shard: expected I/N (e.g. 3/16), got '${value}'`);
+  if (!m) throw new ParamError('shard', `expected I/N (e.g. 3/16), got '${value}'`);
   const index = Number(m[1]);
   const count = Number(m[2]);
-  if (count < 1 || index >= count) throw new InputError(`--shard: need 0 ≤ I < N, got ${index}/${count}`);
+  if (count < 1 || index >= count) throw new ParamError('shard', `need 0 ≤ I < N, got ${index}/${count}`);
   return { index, count };
 }
 
@@ -108,6 +108,34 @@ export function jobKey(j: SweepJob): string {
 
 export function planDigest(jobs: readonly SweepJob[]): string {
   return createHash('sha256').update(JSON.stringify(jobs.map((j) => [j.capture, j.layer]))).digest('hex');
+}
+
+/**
+ * A sweep's parameters as a shard file records them (JSON keys as written since version 1): the layer-wise options
+ * that change the numbers, and the engine that computed them.
+ */
+export function sweepParams(o: LayerwiseOptions, run: { preprocess: string; engine: string; precision: string; knn: string }): SweepParams {
+  const stats = {
+    permutations: o.permutations ?? 0,
+    bootstrap: o.bootstrap ?? 0,
+    ...(o.ci === undefined ? {} : { ci: o.ci }),
+    ...(o.permUnit === undefined ? {} : { permUnit: o.permUnit }),
+  };
+  return {
+    metrics: o.metrics,
+    k: o.k,
+    preprocess: run.preprocess,
+    q: o.q ?? null,
+    tokens: o.tokenMode,
+    targets: o.targets ?? [],
+    layers: o.layers?.length ? o.layers.map(String) : null,
+    max_rows: o.maxRows ?? null,
+    seed: o.seed ?? 0,
+    stats,
+    engine: run.engine,
+    precision: run.precision,
+    knn: run.knn,
+  };
 }
 
 /** Runs one shard: one runLayerwise per capture touched, restricted to this shard's layers. */

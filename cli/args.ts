@@ -32,7 +32,7 @@ export function engineOptions(values: { device?: string | undefined; precision?:
 }
 
 /** The library's parameter names that the CLI spells differently; every other parameter `p` is the flag `--p`. */
-const FLAG_OF_PARAM: Record<string, string> = { k: '--topk' };
+const FLAG_OF_PARAM: Record<string, string> = { k: '--topk', n_neighbors: '--neighbors' };
 
 /** The CLI flag for a library parameter named in a ParamError (snake_case parameters become kebab-case flags). */
 export function flagFor(param: string): string {

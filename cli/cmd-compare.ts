@@ -1,56 +1,57 @@
 import { parseArgs } from 'node:util';
 import { createEngine, describeEngine } from '../src/engine/index.js';
 import { InputError } from '../src/core/errors.js';
-import { computeMetric, DEFAULT_K, describePreprocess, Features, METRICS, parseMetric, parsePreprocess } from '../src/metrics/index.js';
+import { computeMetric, describePreprocess, Features, METRICS, type MetricName, type Preprocess } from '../src/metrics/index.js';
+import { checkKBelowN } from '../src/metrics/params.js';
 import { locateMatrix } from '../src/store/load.js';
 import { fileFeatures } from '../src/engine/source.js';
-import { describeStats, similarityStats } from '../analysis/stats.js';
-import { engineOptions, intOption, numberOption } from './args.js';
-import { fmtWithStats, statsOptions } from './cmd-layerwise.js';
+import { COMPARE } from '../analysis/params.js';
+import { describeStats, similarityStats, type StatsOptions } from '../analysis/stats.js';
+import { engineOptions } from './args.js';
+import { fmtWithStats } from './cmd-layerwise.js';
 import { fmt, toJson } from './format.js';
+import { flagOptions, flagValues } from './params.js';
+
+interface CompareParams extends StatsOptions {
+  metric: MetricName;
+  k: number;
+  preprocess: Preprocess;
+  q?: number;
+  engine: string;
+  seed: number;
+}
 
 export async function run(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
     options: {
-      metric: { type: 'string' },
-      topk: { type: 'string' },
-      preprocess: { type: 'string' },
-      q: { type: 'string' },
-      engine: { type: 'string', default: 'auto' },
+      ...flagOptions(COMPARE),
       device: { type: 'string' },
       precision: { type: 'string' },
       'key-a': { type: 'string' },
       'key-b': { type: 'string' },
       json: { type: 'boolean', default: false },
-      permutations: { type: 'string' },
-      bootstrap: { type: 'string' },
-      ci: { type: 'string' },
-      seed: { type: 'string' },
     },
   });
   if (positionals.length !== 2) throw new InputError(`expected two feature files A and B, got ${positionals.length} argument(s)`);
-  if (!values.metric) throw new InputError(`--metric is required (one of ${Object.keys(METRICS).join(', ')})`);
-  const metric = parseMetric(values.metric);
-  const k = intOption('topk', values.topk, DEFAULT_K);
-  if (!values.preprocess) throw new InputError('--preprocess is required: none, l2 or prh (results depend on it, so there is no silent default)');
-  const prep = parsePreprocess(values.preprocess);
-  const q = numberOption('q', values.q);
+  const p = flagValues(COMPARE, values) as unknown as CompareParams;
+  const { metric, k } = p;
   const [pathA, pathB] = positionals as [string, string];
   const keyA = values['key-a'] === undefined ? {} : { key: values['key-a'] };
   const keyB = values['key-b'] === undefined ? {} : { key: values['key-b'] };
-  // Headers first: a wrong file fails before an engine starts.
-  await locateMatrix(pathA, keyA);
+  // Headers first: a wrong file, or a k the rows cannot hold, fails before an engine starts or a row is read.
+  const shapeA = await locateMatrix(pathA, keyA);
   await locateMatrix(pathB, keyB);
-  const engine = await createEngine(values.engine, engineOptions(values));
+  if (METRICS[metric].needsKnn) checkKBelowN(k, shapeA.rows);
+  const engine = await createEngine(p.engine, engineOptions(values));
   try {
-    const opts = q === undefined ? {} : { q };
-    const a = new Features(await fileFeatures(pathA, keyA, { preprocess: prep, ...opts }, engine), engine, pathA);
-    const b = new Features(await fileFeatures(pathB, keyB, { preprocess: prep, ...opts }, engine), engine, pathB);
-    const r = await computeMetric(metric, a, b, k, describePreprocess(prep, opts));
+    const opts = p.q === undefined ? {} : { q: p.q };
+    const a = new Features(await fileFeatures(pathA, keyA, { preprocess: p.preprocess, ...opts }, engine), engine, pathA);
+    const b = new Features(await fileFeatures(pathB, keyB, { preprocess: p.preprocess, ...opts }, engine), engine, pathB);
+    const r = await computeMetric(metric, a, b, k, describePreprocess(p.preprocess, opts));
     // Rows of two plain files are taken as independent samples (images); permutations shuffle rows.
-    const stats = await similarityStats(metric, a, b, k, r, { ...statsOptions(values), seed: intOption('seed', values.seed, 0) });
+    const stats = await similarityStats(metric, a, b, k, r, p);
     const out = { ...r, ...stats, a: pathA, b: pathB };
     if (r.warning) process.stderr.write(`warning: ${r.warning}\n`);
     if (values.json) process.stdout.write(toJson(out));

@@ -8,18 +8,19 @@ import {
   runLayerwise,
   summariseWarnings,
   type CheckpointRow,
+  type LayerwiseOptions,
   type LayerwiseRow,
   type TargetSpec,
 } from '../analysis/layerwise.js';
-import { parseShard, runShard } from '../analysis/shard.js';
+import { LAYERWISE } from '../analysis/params.js';
+import { parseShard, runShard, sweepParams, type ShardSpec, type SweepParams } from '../analysis/shard.js';
 import { describeStats, type SimilarityStats } from '../analysis/stats.js';
-import { describeKnnPolicy, parseKnnMode, withKnnPolicy } from '../src/engine/approx.js';
+import { describeKnnPolicy, withKnnPolicy, type KnnMode } from '../src/engine/approx.js';
 import { createEngine, describeEngine } from '../src/engine/index.js';
 import { InputError } from '../src/core/errors.js';
-import { DEFAULT_K, parseMetric, parsePreprocess } from '../src/metrics/index.js';
-import { parseTokenMode } from '../src/core/tokens.js';
-import { engineOptions, intOption, listOption, numberOption } from './args.js';
+import { engineOptions, listOption } from './args.js';
 import { fmt, table, toCsv, toJson } from './format.js';
+import { flagOptions, flagValues } from './params.js';
 import { Progress } from './progress.js';
 
 export function parseTargets(values: string[]): TargetSpec[] {
@@ -61,24 +62,60 @@ async function isCapture(dir: string): Promise<boolean> {
   );
 }
 
+type LayerwiseParams = Required<Pick<LayerwiseOptions, 'metrics' | 'k' | 'preprocess' | 'tokenMode' | 'seed' | 'permutations' | 'bootstrap'>> &
+  Pick<LayerwiseOptions, 'q' | 'maxRows' | 'ci' | 'permUnit'> & { engine: string; knn: KnnMode };
+
+type Values = Record<string, string | boolean | string[] | undefined>;
+
+/** `--figure FILE`'s format, checked with the other output flags before any work. */
+function figureFormatOf(values: Values, shard: ShardSpec | null): 'svg' | 'png' | 'pdf' | null {
+  const file = values.figure as string | undefined;
+  const format = file === undefined ? null : extname(file).slice(1).toLowerCase();
+  if (format !== null && format !== 'svg' && format !== 'png' && format !== 'pdf') throw new InputError(`--figure ${file}: expected a .svg, .png or .pdf file`);
+  if (shard && (file || values['csv-file'])) throw new InputError('--figure and --csv FILE are not available with --shard (merge the shards first)');
+  return format;
+}
+
+/** One capture → null (its layer table); a run folder (step-<N>/ captures) or several captures → checkpoints side by side. */
+async function checkpointFolders(positionals: string[]): Promise<string[] | null> {
+  if (positionals.length > 1) return positionals;
+  if (await isCapture(positionals[0]!)) return null;
+  const found = await findStepCaptures(positionals[0]!);
+  for (const p of found.pending) process.stderr.write(`note: ${p} has no manifest.json yet (still being written?); left out\n`);
+  return found.dirs;
+}
+
+interface Sweep {
+  rows: LayerwiseRow[];
+  shardText: string | null;
+  sharedTargets: string;
+}
+
+async function sweep(positionals: string[], options: LayerwiseOptions, how: { shard: ShardSpec | null; checkpoints: string[] | null; params: () => SweepParams }): Promise<Sweep> {
+  if (how.shard) {
+    const doc = await runShard(positionals, options, how.shard, how.params());
+    return { rows: doc.rows, shardText: toJson(doc), sharedTargets: '' };
+  }
+  if (how.checkpoints) {
+    const r = await runCheckpoints(how.checkpoints, options);
+    const shared = r.targetCache.reused
+      ? `targets identical across checkpoints: prepared (preprocessing, kNN) ${r.targetCache.prepared} time(s) for ${r.targetCache.prepared + r.targetCache.reused} (checkpoint, target) pairs`
+      : '';
+    return { rows: r.rows, shardText: null, sharedTargets: shared };
+  }
+  return { rows: await runLayerwise(positionals[0]!, options), shardText: null, sharedTargets: '' };
+}
+
 export async function run(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: splitCsvFile(argv),
     allowPositionals: true,
     options: {
+      ...flagOptions(LAYERWISE),
       target: { type: 'string', multiple: true },
-      metric: { type: 'string', multiple: true },
-      topk: { type: 'string' },
-      preprocess: { type: 'string', default: 'prh' },
-      q: { type: 'string' },
-      tokens: { type: 'string', default: 'mean' },
-      'max-rows': { type: 'string' },
-      seed: { type: 'string' },
       layers: { type: 'string' },
-      engine: { type: 'string', default: 'auto' },
       device: { type: 'string' },
       precision: { type: 'string' },
-      knn: { type: 'string', default: 'auto' },
       shard: { type: 'string' },
       json: { type: 'boolean', default: false },
       csv: { type: 'boolean', default: false },
@@ -86,10 +123,6 @@ export async function run(argv: string[]): Promise<number> {
       figure: { type: 'string' },
       out: { type: 'string' },
       quiet: { type: 'boolean', default: false },
-      permutations: { type: 'string' },
-      bootstrap: { type: 'string' },
-      ci: { type: 'string' },
-      'perm-unit': { type: 'string' },
     },
   });
   // --shard runs one slice of the (capture, layer) jobs of one or more captures (docs/scale.md).
@@ -99,98 +132,48 @@ export async function run(argv: string[]): Promise<number> {
       shard ? 'expected one or more capture directories' : 'expected a capture directory, a run folder of step-<N>/ captures, or several capture directories',
     );
   }
-  const figureFile = values.figure;
-  const figureFormat = figureFile === undefined ? null : extname(figureFile).slice(1).toLowerCase();
-  if (figureFormat !== null && figureFormat !== 'svg' && figureFormat !== 'png' && figureFormat !== 'pdf') {
-    throw new InputError(`--figure ${figureFile}: expected a .svg, .png or .pdf file`);
-  }
-  if (shard && (figureFile || values['csv-file'])) throw new InputError('--figure and --csv FILE are not available with --shard (merge the shards first)');
-  // One capture → its layer table; a run folder (step-<N>/ captures) or several captures → checkpoints side by side.
-  let checkpointDirs: string[] | null = null;
-  if (!shard) {
-    if (positionals.length > 1) checkpointDirs = positionals;
-    else if (!(await isCapture(positionals[0]!))) {
-      const found = await findStepCaptures(positionals[0]!);
-      for (const p of found.pending) process.stderr.write(`note: ${p} has no manifest.json yet (still being written?); left out\n`);
-      checkpointDirs = found.dirs;
-    }
-  }
-  const metrics = (listOption(values.metric).length ? listOption(values.metric) : ['cknna']).map(parseMetric);
-  const knnMode = parseKnnMode(values.knn!);
+  const figureFormat = figureFormatOf(values, shard);
+  const p = flagValues(LAYERWISE, values) as unknown as LayerwiseParams;
+  const checkpoints = shard ? null : await checkpointFolders(positionals);
   // Exact kNN wherever it is the faster path; `auto` uses HNSW only on CPU engines above EXACT_MAX_ROWS rows, and
   // every score from approximate lists carries its measured recall.
-  const baseEngine = await createEngine(values.engine, engineOptions(values));
-  const engine = withKnnPolicy(baseEngine, { mode: knnMode });
+  const baseEngine = await createEngine(p.engine, engineOptions(values));
+  const engine = withKnnPolicy(baseEngine, { mode: p.knn });
   const progress = new Progress(!values.quiet);
-  let rows: LayerwiseRow[];
-  let shardText: string | null = null;
-  let sharedTargets = '';
+  const { engine: _name, knn: _knn, ...analysis } = p;
+  const options: LayerwiseOptions = {
+    ...analysis,
+    engine,
+    targets: parseTargets(values.target ?? []),
+    layers: listOption(values.layers),
+    onProgress: (e) => progress.update(e.stage, e.done, e.total),
+  };
+  // Every parameter that changes the numbers, so `merge` can refuse shards run with different flags.
+  const params = () => sweepParams(options, { preprocess: p.preprocess, engine: engine.name, precision: engine.precision, knn: describeKnnPolicy(baseEngine, { mode: p.knn }) });
+  let result: Sweep;
   try {
-    const maxRows = numberOption('max-rows', values['max-rows']);
-    const q = numberOption('q', values.q);
-    const options = {
-      engine,
-      metrics,
-      k: intOption('topk', values.topk, DEFAULT_K),
-      preprocess: parsePreprocess(values.preprocess!),
-      ...(q === undefined ? {} : { q }),
-      tokenMode: parseTokenMode(values.tokens!),
-      targets: parseTargets(values.target ?? []),
-      layers: listOption(values.layers),
-      ...(maxRows === undefined ? {} : { maxRows }),
-      seed: intOption('seed', values.seed, 0),
-      ...statsOptions(values),
-      onProgress: (e: { stage: string; done: number; total: number }) => progress.update(e.stage, e.done, e.total),
-    };
-    if (shard) {
-      // Every parameter that changes the numbers, so `merge` can refuse shards run with different flags.
-      const params = {
-        metrics,
-        k: options.k,
-        preprocess: values.preprocess!,
-        q: q ?? null,
-        tokens: options.tokenMode,
-        targets: options.targets,
-        layers: options.layers.length ? options.layers : null,
-        max_rows: maxRows ?? null,
-        seed: options.seed,
-        stats: statsOptions(values),
-        engine: engine.name,
-        precision: engine.precision,
-        knn: describeKnnPolicy(baseEngine, { mode: knnMode }),
-      };
-      const doc = await runShard(positionals, options, shard, params);
-      rows = doc.rows;
-      shardText = toJson(doc);
-    } else if (checkpointDirs) {
-      const r = await runCheckpoints(checkpointDirs, options);
-      rows = r.rows;
-      if (r.targetCache.reused) sharedTargets = `targets identical across checkpoints: prepared (preprocessing, kNN) ${r.targetCache.prepared} time(s) for ${r.targetCache.prepared + r.targetCache.reused} (checkpoint, target) pairs`;
-    } else rows = await runLayerwise(positionals[0]!, options);
+    result = await sweep(positionals, options, { shard, checkpoints, params });
   } finally {
     progress.stop();
     await engine.dispose();
   }
-  const engineText = describeEngine(engine);
+  await writeOutputs(result, values, { checkpoints: checkpoints !== null, engine: describeEngine(engine), figureFormat });
+  return 0;
+}
+
+/** The table (or JSON, CSV, shard file) to stdout or --out, the CSV to --csv FILE, the figure to --figure FILE. */
+async function writeOutputs({ rows, shardText, sharedTargets }: Sweep, values: Values, how: { checkpoints: boolean; engine: string; figureFormat: 'svg' | 'png' | 'pdf' | null }) {
   for (const w of summariseWarnings(rows)) process.stderr.write(`warning: ${w}\n`);
   const csv = () => toCsv(rows as unknown as Record<string, unknown>[]);
-  const text =
-    shardText ??
-    (values.json
-      ? toJson(rows)
-      : values.csv
-        ? csv()
-        : checkpointDirs
-          ? renderCheckpoints(rows as CheckpointRow[], engineText, sharedTargets)
-          : render(rows, engineText));
-  if (values.out) await writeFile(values.out, text);
+  const table = () => (how.checkpoints ? renderCheckpoints(rows as CheckpointRow[], how.engine, sharedTargets) : render(rows, how.engine));
+  const text = shardText ?? (values.json ? toJson(rows) : values.csv ? csv() : table());
+  if (values.out) await writeFile(values.out as string, text);
   else process.stdout.write(text);
-  if (values['csv-file']) await writeFile(values['csv-file'], csv());
-  if (figureFile) {
-    const figure = sweepFigure(rows, checkpointDirs !== null, engineText);
-    await writeFile(figureFile, (await renderFigure(figure.spec, figureFormat as 'svg' | 'png' | 'pdf')).body);
+  if (values['csv-file']) await writeFile(values['csv-file'] as string, csv());
+  if (how.figureFormat) {
+    const figure = sweepFigure(rows, how.checkpoints, how.engine);
+    await writeFile(values.figure as string, (await renderFigure(figure.spec, how.figureFormat)).body);
   }
-  return 0;
 }
 
 /** The sweep as the dashboard draws it: one curve per checkpoint (or the capture), a panel per target, first metric. */
@@ -254,19 +237,6 @@ export function renderCheckpoints(rows: CheckpointRow[], engine: string, sharedT
   if (tied.length) out.push('', `warning: ${tied.length} result(s) have ties at the k-th neighbour (see tied_rows_a/b in --json)`);
   for (const r of rows.filter((x) => x.undefined_reason)) out.push(`undefined: ${r.metric} ${r.checkpoint} layer ${r.layer} vs ${r.target}: ${r.undefined_reason}`);
   return out.join('\n') + '\n';
-}
-
-/** --permutations N, --bootstrap N, --ci LEVEL, --perm-unit row|image (shared with `compare`). */
-export function statsOptions(values: { permutations?: string; bootstrap?: string; ci?: string; 'perm-unit'?: string }) {
-  const unit = values['perm-unit'];
-  if (unit !== undefined && unit !== 'row' && unit !== 'image') throw new InputError(`--perm-unit: expected row or image, got '${unit}'`);
-  const ci = numberOption('ci', values.ci);
-  return {
-    permutations: intOption('permutations', values.permutations, 0),
-    bootstrap: intOption('bootstrap', values.bootstrap, 0),
-    ...(ci === undefined ? {} : { ci }),
-    ...(unit === undefined ? {} : { permUnit: unit as 'row' | 'image' }),
-  };
 }
 
 /** A score with its interval and p-value when they were computed: `0.5432 [0.5101, 0.5702] p=0.005`. */

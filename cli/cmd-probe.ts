@@ -1,8 +1,9 @@
 import { parseArgs } from 'node:util';
-import { runProbes, writeProbes, type ProbeReport } from '../analysis/probes.js';
+import { runProbes, writeProbes, type ProbeReport, type ProbeRunOptions } from '../analysis/probes.js';
 import { InputError } from '../src/core/errors.js';
-import { parseTokenMode } from '../src/core/tokens.js';
-import { intOption, listOption, numberOption } from './args.js';
+import { PROBE } from '../analysis/params.js';
+import { listOption, numberOption } from './args.js';
+import { flagOptions, flagValues } from './params.js';
 import { fmt, table, toJson } from './format.js';
 import { Progress } from './progress.js';
 
@@ -11,16 +12,11 @@ export async function run(argv: string[]): Promise<number> {
     args: argv,
     allowPositionals: true,
     options: {
+      ...flagOptions(PROBE),
       label: { type: 'string' },
       task: { type: 'string', default: 'auto' },
-      tokens: { type: 'string', default: 'mean' },
-      'max-tokens': { type: 'string' },
-      folds: { type: 'string' },
       l2: { type: 'string' },
       'control-by': { type: 'string', default: 'auto' },
-      ci: { type: 'string' },
-      bootstrap: { type: 'string' },
-      seed: { type: 'string' },
       layers: { type: 'string' },
       'no-targets': { type: 'boolean', default: false },
       'no-write': { type: 'boolean', default: false },
@@ -34,8 +30,7 @@ export async function run(argv: string[]): Promise<number> {
   if (!['auto', 'classify', 'regress'].includes(task)) throw new InputError(`--task: expected auto, classify or regress, got '${task}'`);
   const l2 = values.l2 === undefined ? undefined : values.l2 === 'cv' ? 'cv' : numberOption('l2', values.l2);
   if (typeof l2 === 'number' && !(l2 > 0)) throw new InputError(`--l2: expected a positive number or 'cv', got ${l2}`);
-  const maxTokens = numberOption('max-tokens', values['max-tokens']);
-  const ci = numberOption('ci', values.ci);
+  const params = flagValues(PROBE, values) as unknown as Pick<ProbeRunOptions, 'tokenMode' | 'maxTokens' | 'folds' | 'seed' | 'ci' | 'bootstrap'>;
   const dir = positionals[0]!;
   const progress = new Progress(!values.quiet);
   let report: ProbeReport;
@@ -43,14 +38,9 @@ export async function run(argv: string[]): Promise<number> {
     report = await runProbes(dir, {
       label: values.label,
       task: task as 'auto' | 'classify' | 'regress',
-      tokenMode: parseTokenMode(values.tokens!),
-      ...(maxTokens === undefined ? {} : { maxTokens }),
-      folds: intOption('folds', values.folds, 5),
-      seed: intOption('seed', values.seed, 0),
+      ...params,
       ...(l2 === undefined ? {} : { l2 }),
       controlBy: values['control-by']!,
-      ...(ci === undefined ? {} : { ci }),
-      bootstrap: intOption('bootstrap', values.bootstrap, 1000),
       layers: listOption(values.layers),
       targets: !values['no-targets'],
       onProgress: (e) => progress.update(e.stage, e.done, e.total),

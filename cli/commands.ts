@@ -1,3 +1,9 @@
+import { COMPARE, LAYERWISE, PROBE, UMAP } from '../analysis/params.js';
+import { usageOf } from './params.js';
+
+/** `--engine`'s torch-only options, after the engine flag. */
+const TORCH_OPTIONS = '[--device cuda:N|mps|cpu] [--precision float32|tf32|bf16]';
+
 /** A CLI command: loaded lazily so `viral-lens info` does not start onnxruntime or tfjs. */
 export interface Command {
   summary: string;
@@ -8,13 +14,14 @@ export interface Command {
 export const COMMANDS: Record<string, Command> = {
   compare: {
     summary: 'one similarity score between two feature files (npy / safetensors)',
-    usage: 'A B --metric cknna|mutual_knn|cycle_knn|cka|unbiased_cka|cosine [--topk K] [--preprocess none|l2|prh] [--q 0.95] [--engine auto|ref|cpu|webgpu|cuda|torch [--device cuda:N|mps|cpu] [--precision float32|tf32|bf16]] [--key-a NAME] [--key-b NAME] [--permutations N] [--bootstrap N --ci 0.95] [--seed S] [--json]',
+    // Every analysis parameter's flag, default, bounds and choices come from its schema (analysis/params.ts).
+    usage: `A B ${usageOf(COMPARE)} ${TORCH_OPTIONS} [--key-a NAME] [--key-b NAME] [--json]`,
     load: () => import('./cmd-compare.js'),
   },
   layerwise: {
     summary: 'every layer of a capture against target features (CKNNA curves); a run folder or several captures → checkpoints side by side',
     usage:
-      'CAPTURE_DIR | RUN_DIR (step-<N>/ captures) | CAPTURE_DIR... [--target NAME[=PATH]]... [--metric cknna[,cka,...]] [--topk K] [--preprocess none|l2|prh] [--tokens per-token|mean|first] [--max-rows N --seed S] [--layers 0,4,8] [--engine auto|ref|cpu|webgpu|cuda|torch [--device cuda:N|mps|cpu] [--precision float32|tf32|bf16]] [--knn auto|exact|hnsw] [--permutations N [--perm-unit row|image]] [--bootstrap N --ci 0.95] [--json|--csv] [--out FILE] [--csv FILE.csv] [--figure FILE.svg|.png|.pdf]   |   CAPTURE_DIR... --shard I/N [same options] [--out SHARD.json]',
+      `CAPTURE_DIR | RUN_DIR (step-<N>/ captures) | CAPTURE_DIR... [--target NAME[=PATH]]... ${usageOf(LAYERWISE)} ${TORCH_OPTIONS} [--layers 0,4,8] [--json|--csv] [--out FILE] [--csv FILE.csv] [--figure FILE.svg|.png|.pdf]   |   CAPTURE_DIR... --shard I/N [same options] [--out SHARD.json]`,
     load: () => import('./cmd-layerwise.js'),
   },
   merge: {
@@ -30,7 +37,7 @@ export const COMMANDS: Record<string, Command> = {
   probe: {
     summary: 'linear probes per layer (and on the targets, as the ceiling) for a manifest label; writes probes.json',
     usage:
-      'CAPTURE_DIR --label NAME [--tokens mean|first|per-token] [--task auto|classify|regress] [--folds 5] [--l2 0.01|cv] [--control-by auto|image|position|LABEL] [--max-tokens N] [--layers 0,4,8] [--ci 0.95] [--seed S] [--no-targets] [--no-write] [--json]',
+      `CAPTURE_DIR --label NAME ${usageOf(PROBE)} [--task auto|classify|regress] [--l2 0.01|cv] [--control-by auto|image|position|LABEL] [--layers 0,4,8] [--no-targets] [--no-write] [--json]`,
     load: () => import('./cmd-probe.js'),
   },
   attention: {
@@ -55,7 +62,7 @@ export const COMMANDS: Record<string, Command> = {
   },
   embed: {
     summary: 'UMAP of one layer across captures (Procrustes-aligned), or PCA-RGB token grids of one image per layer',
-    usage: 'umap CAPTURE... --layer L [--label NAME] [--tokens mean|per-token|first] [--preprocess l2] [--seed 0] [--neighbors 15] [--min-dist 0.1] [--epochs N] [--max-rows N] [--out FIG.svg|png|pdf|json|csv] [--json]   |   pca-grid CAPTURE... [--sample ID|INDEX] [--layers 0,2,4] [--out FIG.svg|png|pdf|json|csv]',
+    usage: `umap CAPTURE... --layer L [--label NAME] ${usageOf(UMAP)} [--out FIG.svg|png|pdf|json|csv] [--json]   |   pca-grid CAPTURE... [--sample ID|INDEX] [--layers 0,2,4] [--engine ENGINE] [--out FIG.svg|png|pdf|json|csv]`,
     load: () => import('./cmd-embed.js'),
   },
   info: {

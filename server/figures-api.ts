@@ -24,16 +24,17 @@ import {
   type ProbePoint,
   type Series,
 } from '../analysis/figures.js';
-import type { JobProgress, JobRunner } from './jobs.js';
-import { DEMO_METRIC } from '../analysis/demo-settings.js';
+import type { JobProgress, JobRunner, LayerwiseJobParams } from './jobs.js';
+import { BOOTSTRAP, CI, CURVES, describeAnalysis, EPOCHS, MIN_DIST, N_NEIGHBORS, paramOf, UMAP } from '../analysis/params.js';
 import { summariseWarnings } from '../analysis/layerwise.js';
 import { readProbes } from '../analysis/probes.js';
 import { readShuffle, shuffleFigure, type ShuffleResult } from '../analysis/shuffle.js';
 import { PCA_RGB_NORMALISATION } from '../src/embeddings/index.js';
 import { InputError } from '../src/core/errors.js';
-import { METRIC_NAMES, type MetricName, type Preprocess } from '../src/metrics/index.js';
+import type { MetricName, Preprocess } from '../src/metrics/index.js';
+import { jsonSchemaOf, K, MAX_ROWS, METRIC, PREPROCESS, Q, SEED, TOKENS, type ParamDef } from '../src/metrics/params.js';
 import { DEMO_MODEL_NAME, sceneImageDataUrl } from '../demo/model/scenes.js';
-import { TOKEN_MODES, type TokenMode } from '../src/core/tokens.js';
+import type { TokenMode } from '../src/core/tokens.js';
 import { ANALYSIS_FILES, type AnalysisFileName, type CaptureSummary, type RunsIndex } from './runs.js';
 
 /** Figures drawn from a run's analysis files (attention.json, shuffle.json) rather than from captures. */
@@ -46,6 +47,11 @@ function isFileFigure(name: FigureName): name is FileFigureName {
   return (FILE_FIGURES as readonly string[]).includes(name);
 }
 
+/** The analysis parameters' query fields, from their one definition (analysis/params.ts): bounds and choices. */
+function querySchemaOf(defs: readonly ParamDef[]): Record<string, Record<string, unknown>> {
+  return Object.fromEntries(defs.map((d) => [d.name, jsonSchemaOf(d)]));
+}
+
 /** Query parameters every figure endpoint accepts (JSON schema; unknown parameters are refused). */
 export const figureQuerySchema = {
   type: 'object',
@@ -54,32 +60,22 @@ export const figureQuerySchema = {
     runs: { type: 'string', maxLength: 4000, description: 'comma-separated run names (default: all)' },
     captures: { type: 'string', maxLength: 8000, description: 'comma-separated capture ids (overrides runs/step)' },
     step: { type: 'string', pattern: '^(latest|all|[0-9]{1,12})$' },
-    metric: { type: 'string', enum: [...METRIC_NAMES] },
+    ...querySchemaOf([K, METRIC, PREPROCESS, Q, TOKENS, MAX_ROWS, SEED, BOOTSTRAP, CI]),
     target: { type: 'string', maxLength: 200 },
-    tokens: { type: 'string', enum: [...TOKEN_MODES] },
-    k: { type: 'integer', minimum: 2, maximum: 1000 },
-    preprocess: { type: 'string', enum: ['none', 'l2', 'prh'] },
-    q: { type: 'number', exclusiveMinimum: 0, maximum: 1 },
-    max_rows: { type: 'integer', minimum: 4, maximum: 1000000 },
-    seed: { type: 'integer', minimum: 0, maximum: 2147483647 },
-    bootstrap: { type: 'integer', minimum: 0, maximum: 5000 },
-    ci: { type: 'number', minimum: 0.5, maximum: 0.999 },
     color: { type: 'string', enum: ['variant', 'step'] },
     baseline: { type: 'string', maxLength: 400 },
     layer: { type: 'integer', minimum: 0, maximum: 100000 },
     label: { type: 'string', maxLength: 200 },
     sample: { type: 'string', maxLength: 400 },
     layers: { type: 'string', pattern: '^[0-9]{1,6}(,[0-9]{1,6}){0,63}$' },
-    n_neighbors: { type: 'integer', minimum: 2, maximum: 200 },
-    min_dist: { type: 'number', minimum: 0, maximum: 1 },
-    epochs: { type: 'integer', minimum: 10, maximum: 2000 },
+    ...querySchemaOf([N_NEIGHBORS, MIN_DIST, EPOCHS]),
     format: { type: 'string', enum: ['svg', 'png', 'pdf', 'csv', 'json'] },
     dir: { type: 'string', minLength: 1, maxLength: 1024, description: 'analysis folder relative to RUNS_DIR (default: the first that has the file)' },
     variant: { type: 'string', minLength: 1, maxLength: 200 },
     head: { type: 'integer', minimum: 0, maximum: 100000 },
     field: { type: 'string', enum: ['entropy', 'normalised_entropy', 'component_entropy'] },
   },
-} as const;
+};
 
 export interface FigureQuery {
   runs?: string;
@@ -258,7 +254,10 @@ interface CurveRequest {
  * The similarity defaults of every curve page: the demo readout's settings (analysis/demo-settings.ts), so the page
  * that opens shows the numbers the README and `npm run demo` print (per-token, n = 2352 on the default demo).
  */
-export const CURVE_DEFAULTS: CurveRequest = { metric: DEMO_METRIC.metric, k: DEMO_METRIC.k, preprocess: DEMO_METRIC.preprocess, tokens: DEMO_METRIC.tokenMode };
+export const CURVE_DEFAULTS = Object.fromEntries(['metric', 'k', 'preprocess', 'tokens'].map((name) => [name, paramOf(CURVES, name).default])) as unknown as CurveRequest;
+
+/** Every analysis parameter the pages offer, with default, bounds and choices (titles included): the page's selectors. */
+export const PAGE_PARAMS = { curves: describeAnalysis(CURVES), umap: describeAnalysis(UMAP) };
 
 /**
  * Per token, n = samples × tokens grows fast on real models (500 images × 576 tokens = 288 000 rows: minutes of kNN
@@ -278,6 +277,24 @@ export function curveMaxRows(capture: CaptureSummary, tokens: TokenMode, q: Figu
   return tokens === 'per-token' && rows > PER_TOKEN_DEFAULT_MAX_ROWS ? PER_TOKEN_DEFAULT_MAX_ROWS : undefined;
 }
 
+/** The layer-wise job of one capture for a curve page: the query's parameters, with the page's defaults. */
+function curveJob(dir: string, p: CurveRequest, q: FigureQuery, maxRows: number | undefined, engine: string): LayerwiseJobParams {
+  // Conditional spreads keep absent parameters out of the job's key, so equal requests share one cache entry.
+  return {
+    capture: dir,
+    metrics: [p.metric],
+    k: p.k,
+    preprocess: p.preprocess,
+    ...(q.q === undefined ? {} : { q: q.q }),
+    tokenMode: p.tokens,
+    ...(maxRows === undefined ? {} : { maxRows }),
+    seed: q.seed ?? 0,
+    ...(q.bootstrap ? { bootstrap: q.bootstrap } : {}),
+    ...(q.bootstrap && q.ci !== undefined ? { ci: q.ci } : {}),
+    engine,
+  };
+}
+
 /** Runs (or fetches) the layer-wise job of every selected capture; failures become per-capture errors. */
 async function curves(ctx: FigureContext, sel: Selected[], q: FigureQuery, signal: AbortSignal, onProgress?: (p: JobProgress) => void) {
   const p = curveParams(q);
@@ -292,26 +309,10 @@ async function curves(ctx: FigureContext, sel: Selected[], q: FigureQuery, signa
   await Promise.all(
     sel.map(async ({ capture, series }) => {
       try {
-        const dir = await ctx.index.dirOf(capture.id);
         const maxRows = curveMaxRows(capture, p.tokens, q);
         if (maxRows !== undefined && q.max_rows === undefined) capped.push(capture.id);
-        const { result } = await ctx.runner.run(
-          'layerwise',
-          {
-            capture: dir,
-            metrics: [p.metric],
-            k: p.k,
-            preprocess: p.preprocess,
-            ...(q.q === undefined ? {} : { q: q.q }),
-            tokenMode: p.tokens,
-            ...(maxRows === undefined ? {} : { maxRows }),
-            seed: q.seed ?? 0,
-            ...(q.bootstrap ? { bootstrap: q.bootstrap } : {}),
-            ...(q.bootstrap && q.ci !== undefined ? { ci: q.ci } : {}),
-            engine: ctx.engine,
-          },
-          { signal, ...(onProgress ? { onProgress } : {}) },
-        );
+        const job = curveJob(await ctx.index.dirOf(capture.id), p, q, maxRows, ctx.engine);
+        const { result } = await ctx.runner.run('layerwise', job, { signal, ...progressOption(onProgress) });
         for (const r of result) {
           if (r.warning) warned.push({ warning: r.warning, capture: capture.id, layer: r.layer, target: r.target });
           ns.add(r.n);
@@ -331,13 +332,22 @@ async function curves(ctx: FigureContext, sel: Selected[], q: FigureQuery, signa
   const order = new Map(sel.map((s, i) => [s.series.label, i]));
   points.sort((a, b) => order.get(a.series)! - order.get(b.series)! || (a.step ?? -1) - (b.step ?? -1) || a.target.localeCompare(b.target) || a.layer_index - b.layer_index);
   errors.sort((a, b) => a.capture.localeCompare(b.capture));
-  provenance.n = [...ns].sort((a, b) => a - b);
-  if ((provenance.n as number[]).length === 1) provenance.n = (provenance.n as number[])[0];
-  provenance.engine = [...engines].join(', ') || ctx.engine;
-  if (q.bootstrap) provenance.bootstrap = { draws: q.bootstrap, ci: q.ci ?? 0.95 };
-  if (q.max_rows) provenance.max_rows = q.max_rows;
-  else if (capped.length) provenance.max_rows = PER_TOKEN_DEFAULT_MAX_ROWS;
-  // Caveats on the numbers (e.g. CKNNA at small n relative to k), shown in the page's notes.
+  finishProvenance(provenance, { ns, engines, capped, q, engine: ctx.engine });
+  return { points, errors, provenance, warnings: curveWarnings(warned, capped, q) };
+}
+
+/** n, engines, bootstrap and row cap of the curves, as every exported figure records them. */
+function finishProvenance(provenance: Record<string, unknown>, run: { ns: Set<number>; engines: Set<string>; capped: string[]; q: FigureQuery; engine: string }): void {
+  const ns = [...run.ns].sort((a, b) => a - b);
+  provenance.n = ns.length === 1 ? ns[0] : ns;
+  provenance.engine = [...run.engines].join(', ') || run.engine;
+  if (run.q.bootstrap) provenance.bootstrap = { draws: run.q.bootstrap, ci: run.q.ci ?? 0.95 };
+  if (run.q.max_rows) provenance.max_rows = run.q.max_rows;
+  else if (run.capped.length) provenance.max_rows = PER_TOKEN_DEFAULT_MAX_ROWS;
+}
+
+/** Caveats on the numbers (e.g. CKNNA at small n relative to k) and the default row cap, shown in the page's notes. */
+function curveWarnings(warned: { warning?: string; capture: string; layer: string; target: string }[], capped: string[], q: FigureQuery): string[] {
   const warnings = summariseWarnings(warned).map((w) => `warning: ${w}`);
   if (capped.length) {
     capped.sort();
@@ -345,7 +355,7 @@ async function curves(ctx: FigureContext, sel: Selected[], q: FigureQuery, signa
       `per-token rows subsampled to ${PER_TOKEN_DEFAULT_MAX_ROWS} (seed ${q.seed ?? 0}) in ${capped.length === 1 ? capped[0] : `${capped.length} captures`}: more rows than the default view computes; set max_rows to change`,
     );
   }
-  return { points, errors, provenance, warnings };
+  return warnings;
 }
 
 function pickTarget(points: CurvePoint[], wanted: string | undefined): string {
@@ -421,6 +431,171 @@ function evenlySpaced(indices: number[], count: number, must: number[]): number[
   return [...out].sort((a, b) => a - b);
 }
 
+/** What every figure builder gets: the query, the chosen captures, and the errors and notes it adds to. */
+interface FigureRequest {
+  name: FigureName;
+  q: FigureQuery;
+  picked: { chosen: CaptureSummary[] };
+  errors: CaptureError[];
+  notes: string[];
+  signal: AbortSignal;
+  onProgress: ((p: JobProgress) => void) | undefined;
+}
+
+type FigureBuilder = (ctx: FigureContext, req: FigureRequest) => Promise<Figure>;
+
+const progressOption = (onProgress: FigureRequest['onProgress']) => (onProgress ? { onProgress } : {});
+
+/** layerwise and variants: one curve per series; variants adds the accuracy panel. */
+async function curvesFigure(ctx: FigureContext, { name, q, picked, errors, notes, signal, onProgress }: FigureRequest): Promise<Figure> {
+  const by: ColorBy = name === 'variants' ? 'variant' : (q.color ?? 'variant');
+  const sel = labelSeries(picked.chosen, by);
+  const c = await curves(ctx, sel, q, signal, onProgress);
+  errors.push(...c.errors);
+  notes.push(...c.warnings);
+  const series = uniqueSeries(sel);
+  if (name === 'layerwise') {
+    const target = pickTarget(c.points, q.target);
+    return layerwiseFigure(c.points, { metric: curveParams(q).metric, targets: [target], colorBy: by, series, marks: marksFor(sel), provenance: c.provenance, notes });
+  } else {
+    const accuracy = await accuracyFor(ctx, sel, notes);
+    return variantsFigure(c.points, accuracy, { metric: curveParams(q).metric, series, marks: marksFor(sel), provenance: c.provenance, notes });
+  }
+}
+
+/** checkpoints (differences to a baseline series) and training (one layer over steps): one series per run. */
+async function runsFigure(ctx: FigureContext, { name, q, picked, errors, notes, signal, onProgress }: FigureRequest): Promise<Figure> {
+  const sel = labelRuns(picked.chosen);
+  const c = await curves(ctx, sel, q, signal, onProgress);
+  errors.push(...c.errors);
+  notes.push(...c.warnings);
+  const series = uniqueSeries(sel);
+  const target = pickTarget(c.points, q.target);
+  if (name === 'checkpoints') {
+    let baseline: string | null = null;
+    if (q.baseline) {
+      const s = series.find((x) => x.label === q.baseline || x.run === q.baseline || x.variant === q.baseline);
+      if (!s) throw new InputError(`baseline: '${q.baseline}' is none of the selected series (${series.map((x) => x.label).join(', ')})`);
+      baseline = s.label;
+    } else baseline = series.find((s) => s.variant === 'baseline')?.label ?? null;
+    if (!baseline) notes.push('no baseline series selected: showing values only');
+    return checkpointFigure(c.points, { metric: curveParams(q).metric, target, series, baseline, provenance: c.provenance, notes });
+  } else {
+    const aligned = picked.chosen.find((x) => x.aligned_layer !== null)?.aligned_layer;
+    const layers = [...new Set(c.points.map((p) => p.layer_index))].sort((a, b) => a - b);
+    const layer = q.layer ?? aligned ?? layers[Math.floor(layers.length / 2)] ?? 0;
+    const figure = trainingFigure(c.points, { metric: curveParams(q).metric, target, layer_index: layer, series, provenance: c.provenance });
+    figure.notes.push(...notes);
+    return figure;
+  }
+}
+
+/** The dashboard's UMAP: more epochs than the library's default, and per token a 2000-row subsample unless max_rows says otherwise. */
+const PAGE_UMAP_EPOCHS = 200;
+const PAGE_UMAP_PER_TOKEN_ROWS = 2000;
+
+async function umapPageFigure(ctx: FigureContext, { q, picked, errors, notes, signal, onProgress }: FigureRequest): Promise<Figure> {
+  const sel = labelSeries(picked.chosen, 'variant');
+  const first = picked.chosen[0]!;
+  const tokens = q.tokens ?? (paramOf(UMAP, 'tokens').default as TokenMode);
+  const layerIndices = first.layers.map((l) => l.index);
+  const layer = q.layer ?? first.aligned_layer ?? layerIndices[Math.floor(layerIndices.length / 2)] ?? 0;
+  const dirs = await Promise.all(sel.map((s) => ctx.index.dirOf(s.capture.id)));
+  const maxRows = q.max_rows ?? (tokens === 'per-token' ? PAGE_UMAP_PER_TOKEN_ROWS : undefined);
+  const { result } = await ctx.runner.run(
+    'umap',
+    {
+      captures: dirs,
+      layer,
+      tokenMode: tokens,
+      preprocess: q.preprocess ?? (paramOf(UMAP, 'preprocess').default as Preprocess),
+      seed: q.seed ?? 0,
+      ...(q.n_neighbors === undefined ? {} : { nNeighbors: q.n_neighbors }),
+      ...(q.min_dist === undefined ? {} : { minDist: q.min_dist }),
+      nEpochs: q.epochs ?? PAGE_UMAP_EPOCHS,
+      ...(maxRows === undefined ? {} : { maxRows }),
+      engine: ctx.engine,
+    },
+    { signal, ...progressOption(onProgress) },
+  );
+  const r = result as UmapRunResult;
+  const idOf = new Map(sel.map((s, i) => [dirs[i]!, s.capture.id]));
+  for (const e of r.errors) errors.push({ capture: idOf.get(e.capture) ?? e.capture, error: describeError(new Error(e.error), ctx.index.root) });
+  const labelNames = r.meta.labels;
+  if (q.label && !labelNames.includes(q.label)) throw new InputError(`label: no label '${q.label}' in the manifest (labels: ${labelNames.join(', ') || 'none'})`);
+  const label = q.label ?? labelNames[0] ?? null;
+  const seriesOf = new Map(sel.map((s, i) => [dirs[i]!, s.series.label]));
+  const points = r.points.map((p) => ({
+    series: seriesOf.get(p.capture) ?? p.variant,
+    sample_id: p.sample_id,
+    token: p.token,
+    x: p.x,
+    y: p.y,
+    label: label === null ? null : (p.labels[label] ?? null),
+  }));
+  const panel = r.panels[0]!;
+  // How well each map lines up with the reference after alignment (0 = same shape), for the exported provenance.
+  const alignment = Object.fromEntries(r.panels.filter((p) => p.alignment).map((p) => [seriesOf.get(p.capture) ?? p.capture, Number(p.alignment!.relativeRmsd.toFixed(4))]));
+  return umapFigure(points, {
+    label,
+    series: uniqueSeries(sel),
+    layer: `${panel.layer} (ℓ = ${panel.layer_index})`,
+    provenance: { ...r.meta, layer_index: panel.layer_index, procrustes_relative_rmsd: alignment },
+    notes,
+  });
+}
+
+async function pcaGridPageFigure(ctx: FigureContext, { q, picked, errors, notes, signal, onProgress }: FigureRequest): Promise<Figure> {
+  const sel = labelSeries(picked.chosen, 'variant');
+  const first = picked.chosen[0]!;
+  if (!first.grid) throw new InputError(`${first.id}: token_layout.grid is null; PCA-RGB grids need the token grid`);
+  const indices = first.layers.map((l) => l.index);
+  const layers = q.layers ? list(q.layers).map(Number) : evenlySpaced(indices, 8, first.aligned_layer === null ? [] : [first.aligned_layer]);
+  const dirs = await Promise.all(sel.map((s) => ctx.index.dirOf(s.capture.id)));
+  const sample = q.sample ?? (await ctx.index.sampleIds(first.id))[0];
+  if (sample === undefined) throw new InputError(`${first.id}: the capture has no samples yet`);
+  const { result } = await ctx.runner.run('pca-grid', { captures: dirs, sample, layers, engine: ctx.engine }, { signal, ...progressOption(onProgress) });
+  const r = result as PcaGridResult;
+  const idOf = new Map(sel.map((s, i) => [dirs[i]!, s.capture.id]));
+  for (const e of r.errors) errors.push({ capture: idOf.get(e.capture) ?? e.capture, error: describeError(new Error(e.error), ctx.index.root) });
+  const seriesOf = new Map(sel.map((s, i) => [dirs[i]!, s.series.label]));
+  return pcaGridFigure(
+    r.panels.map((p) => ({ series: seriesOf.get(p.capture) ?? p.variant, layer: p.layer, layer_index: p.layer_index, rows: p.rows, cols: p.cols, colors: p.colors, explained: p.explained })),
+    { sample: r.meta.sample, series: uniqueSeries(sel), provenance: { ...r.meta, normalisation: PCA_RGB_NORMALISATION, engine: ctx.engine }, notes },
+  );
+}
+
+async function probesPageFigure(ctx: FigureContext, { picked, errors, notes }: FigureRequest): Promise<Figure> {
+  const sel = labelSeries(picked.chosen, 'variant');
+  const points: ProbePoint[] = [];
+  for (const { capture, series } of sel) {
+    try {
+      const file = await readProbes(await ctx.index.dirOf(capture.id), ctx.index.readText);
+      for (const report of file.probes) {
+        const task = `${report.label} · ${report.rows[0]?.score_name ?? 'score'} · ${report.token_mode}`;
+        for (const row of report.rows) {
+          if (row.source !== 'layer' || row.layer_index === null || typeof row.score !== 'number') continue;
+          points.push({ series: series.label, task, layer_index: row.layer_index, accuracy: row.score, ci_low: row.ci_low ?? null, ci_high: row.ci_high ?? null, chance: row.chance ?? null });
+        }
+      }
+    } catch (err) {
+      errors.push({ capture: capture.id, error: describeError(err, ctx.index.root) });
+    }
+  }
+  if (!points.length) notes.push('no probes.json with layer rows in the selected captures (run `viral-lens probe` to make one)');
+  return probeFigure(points, { series: uniqueSeries(sel), marks: marksFor(sel), provenance: { description: 'cross-validated linear probes from probes.json (analysis/probes.ts)' }, notes });
+}
+
+const BUILDERS: Record<Exclude<FigureName, FileFigureName>, FigureBuilder> = {
+  layerwise: curvesFigure,
+  variants: curvesFigure,
+  checkpoints: runsFigure,
+  training: runsFigure,
+  umap: umapPageFigure,
+  'pca-grid': pcaGridPageFigure,
+  probes: probesPageFigure,
+};
+
 /** Builds one figure for a query. Throws InputError for requests that cannot produce any chart. */
 export async function buildFigure(ctx: FigureContext, name: FigureName, q: FigureQuery, signal: AbortSignal, onProgress?: (p: JobProgress) => void): Promise<FigureResponse> {
   if (isFileFigure(name)) return buildFileFigure(ctx.index, name, q);
@@ -432,144 +607,7 @@ export async function buildFigure(ctx: FigureContext, name: FigureName, q: Figur
     if (errors.length) throw new InputError(`no usable capture: ${errors.map((e) => `${e.capture}: ${e.error}`).join('; ')}`);
     throw new InputError('no captures match this selection (runs/step/captures)');
   }
-  let figure: Figure;
-  switch (name) {
-    case 'layerwise':
-    case 'variants': {
-      const by: ColorBy = name === 'variants' ? 'variant' : (q.color ?? 'variant');
-      const sel = labelSeries(picked.chosen, by);
-      const c = await curves(ctx, sel, q, signal, onProgress);
-      errors.push(...c.errors);
-      notes.push(...c.warnings);
-      const series = uniqueSeries(sel);
-      if (name === 'layerwise') {
-        const target = pickTarget(c.points, q.target);
-        figure = layerwiseFigure(c.points, { metric: curveParams(q).metric, targets: [target], colorBy: by, series, marks: marksFor(sel), provenance: c.provenance, notes });
-      } else {
-        const accuracy = await accuracyFor(ctx, sel, notes);
-        figure = variantsFigure(c.points, accuracy, { metric: curveParams(q).metric, series, marks: marksFor(sel), provenance: c.provenance, notes });
-      }
-      break;
-    }
-    case 'checkpoints':
-    case 'training': {
-      const sel = labelRuns(picked.chosen);
-      const c = await curves(ctx, sel, q, signal, onProgress);
-      errors.push(...c.errors);
-      notes.push(...c.warnings);
-      const series = uniqueSeries(sel);
-      const target = pickTarget(c.points, q.target);
-      if (name === 'checkpoints') {
-        let baseline: string | null = null;
-        if (q.baseline) {
-          const s = series.find((x) => x.label === q.baseline || x.run === q.baseline || x.variant === q.baseline);
-          if (!s) throw new InputError(`baseline: '${q.baseline}' is none of the selected series (${series.map((x) => x.label).join(', ')})`);
-          baseline = s.label;
-        } else baseline = series.find((s) => s.variant === 'baseline')?.label ?? null;
-        if (!baseline) notes.push('no baseline series selected: showing values only');
-        figure = checkpointFigure(c.points, { metric: curveParams(q).metric, target, series, baseline, provenance: c.provenance, notes });
-      } else {
-        const aligned = picked.chosen.find((x) => x.aligned_layer !== null)?.aligned_layer;
-        const layers = [...new Set(c.points.map((p) => p.layer_index))].sort((a, b) => a - b);
-        const layer = q.layer ?? aligned ?? layers[Math.floor(layers.length / 2)] ?? 0;
-        figure = trainingFigure(c.points, { metric: curveParams(q).metric, target, layer_index: layer, series, provenance: c.provenance });
-        figure.notes.push(...notes);
-      }
-      break;
-    }
-    case 'umap': {
-      const sel = labelSeries(picked.chosen, 'variant');
-      const first = picked.chosen[0]!;
-      const tokens = q.tokens ?? 'mean';
-      const layerIndices = first.layers.map((l) => l.index);
-      const layer = q.layer ?? first.aligned_layer ?? layerIndices[Math.floor(layerIndices.length / 2)] ?? 0;
-      const dirs = await Promise.all(sel.map((s) => ctx.index.dirOf(s.capture.id)));
-      const maxRows = q.max_rows ?? (tokens === 'per-token' ? 2000 : undefined);
-      const { result } = await ctx.runner.run(
-        'umap',
-        {
-          captures: dirs,
-          layer,
-          tokenMode: tokens,
-          preprocess: q.preprocess ?? 'l2',
-          seed: q.seed ?? 0,
-          ...(q.n_neighbors === undefined ? {} : { nNeighbors: q.n_neighbors }),
-          ...(q.min_dist === undefined ? {} : { minDist: q.min_dist }),
-          nEpochs: q.epochs ?? 200,
-          ...(maxRows === undefined ? {} : { maxRows }),
-          engine: ctx.engine,
-        },
-        { signal, ...(onProgress ? { onProgress } : {}) },
-      );
-      const r = result as UmapRunResult;
-      const idOf = new Map(sel.map((s, i) => [dirs[i]!, s.capture.id]));
-      for (const e of r.errors) errors.push({ capture: idOf.get(e.capture) ?? e.capture, error: describeError(new Error(e.error), ctx.index.root) });
-      const labelNames = r.meta.labels;
-      if (q.label && !labelNames.includes(q.label)) throw new InputError(`label: no label '${q.label}' in the manifest (labels: ${labelNames.join(', ') || 'none'})`);
-      const label = q.label ?? labelNames[0] ?? null;
-      const seriesOf = new Map(sel.map((s, i) => [dirs[i]!, s.series.label]));
-      const points = r.points.map((p) => ({
-        series: seriesOf.get(p.capture) ?? p.variant,
-        sample_id: p.sample_id,
-        token: p.token,
-        x: p.x,
-        y: p.y,
-        label: label === null ? null : (p.labels[label] ?? null),
-      }));
-      const panel = r.panels[0]!;
-      // How well each map lines up with the reference after alignment (0 = same shape), for the exported provenance.
-      const alignment = Object.fromEntries(r.panels.filter((p) => p.alignment).map((p) => [seriesOf.get(p.capture) ?? p.capture, Number(p.alignment!.relativeRmsd.toFixed(4))]));
-      figure = umapFigure(points, {
-        label,
-        series: uniqueSeries(sel),
-        layer: `${panel.layer} (ℓ = ${panel.layer_index})`,
-        provenance: { ...r.meta, layer_index: panel.layer_index, procrustes_relative_rmsd: alignment },
-        notes,
-      });
-      break;
-    }
-    case 'pca-grid': {
-      const sel = labelSeries(picked.chosen, 'variant');
-      const first = picked.chosen[0]!;
-      if (!first.grid) throw new InputError(`${first.id}: token_layout.grid is null; PCA-RGB grids need the token grid`);
-      const indices = first.layers.map((l) => l.index);
-      const layers = q.layers ? list(q.layers).map(Number) : evenlySpaced(indices, 8, first.aligned_layer === null ? [] : [first.aligned_layer]);
-      const dirs = await Promise.all(sel.map((s) => ctx.index.dirOf(s.capture.id)));
-      const sample = q.sample ?? (await ctx.index.sampleIds(first.id))[0];
-      if (sample === undefined) throw new InputError(`${first.id}: the capture has no samples yet`);
-      const { result } = await ctx.runner.run('pca-grid', { captures: dirs, sample, layers, engine: ctx.engine }, { signal, ...(onProgress ? { onProgress } : {}) });
-      const r = result as PcaGridResult;
-      const idOf = new Map(sel.map((s, i) => [dirs[i]!, s.capture.id]));
-      for (const e of r.errors) errors.push({ capture: idOf.get(e.capture) ?? e.capture, error: describeError(new Error(e.error), ctx.index.root) });
-      const seriesOf = new Map(sel.map((s, i) => [dirs[i]!, s.series.label]));
-      figure = pcaGridFigure(
-        r.panels.map((p) => ({ series: seriesOf.get(p.capture) ?? p.variant, layer: p.layer, layer_index: p.layer_index, rows: p.rows, cols: p.cols, colors: p.colors, explained: p.explained })),
-        { sample: r.meta.sample, series: uniqueSeries(sel), provenance: { ...r.meta, normalisation: PCA_RGB_NORMALISATION, engine: ctx.engine }, notes },
-      );
-      break;
-    }
-    case 'probes': {
-      const sel = labelSeries(picked.chosen, 'variant');
-      const points: ProbePoint[] = [];
-      for (const { capture, series } of sel) {
-        try {
-          const file = await readProbes(await ctx.index.dirOf(capture.id), ctx.index.readText);
-          for (const report of file.probes) {
-            const task = `${report.label} · ${report.rows[0]?.score_name ?? 'score'} · ${report.token_mode}`;
-            for (const row of report.rows) {
-              if (row.source !== 'layer' || row.layer_index === null || typeof row.score !== 'number') continue;
-              points.push({ series: series.label, task, layer_index: row.layer_index, accuracy: row.score, ci_low: row.ci_low ?? null, ci_high: row.ci_high ?? null, chance: row.chance ?? null });
-            }
-          }
-        } catch (err) {
-          errors.push({ capture: capture.id, error: describeError(err, ctx.index.root) });
-        }
-      }
-      if (!points.length) notes.push('no probes.json with layer rows in the selected captures (run `viral-lens probe` to make one)');
-      figure = probeFigure(points, { series: uniqueSeries(sel), marks: marksFor(sel), provenance: { description: 'cross-validated linear probes from probes.json (analysis/probes.ts)' }, notes });
-      break;
-    }
-  }
+  const figure = await BUILDERS[name](ctx, { name, q, picked, errors, notes, signal, onProgress });
   if (errors.length && figure.data.length === 0 && name !== 'probes') {
     throw new InputError(`every selected capture failed: ${errors.map((e) => `${e.capture}: ${e.error}`).join('; ')}`);
   }

@@ -25,44 +25,25 @@ import { fileURLToPath } from 'node:url';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import type { Engine } from '../src/engine/index.js';
 import { InputError } from '../src/core/errors.js';
-import type { MetricName, Preprocess } from '../src/metrics/index.js';
-import type { TokenMode } from '../src/core/tokens.js';
-import type { PcaGridResult, UmapRunResult } from '../analysis/embeddings.js';
+import type { PcaGridResult, UmapRunOptions, UmapRunResult } from '../analysis/embeddings.js';
 import type { ExportFormat, VlSpec } from '../analysis/figures.js';
-import type { LayerwiseRow } from '../analysis/layerwise.js';
+import type { LayerwiseOptions, LayerwiseRow } from '../analysis/layerwise.js';
 
 /** Bump when an analysis changes what it returns for the same inputs, so stale cache entries are not served. */
 export const CACHE_VERSION = 'viral-lens-jobs/1';
 
-export interface LayerwiseJobParams {
+/**
+ * A layer-wise job: the layer-wise analysis's parameters (analysis/params.ts LAYERWISE, the options of runLayerwise)
+ * for one capture, with the engine by name (auto | ref | cpu | webgpu | cuda) since jobs cross to worker threads.
+ */
+export type LayerwiseJobParams = Pick<LayerwiseOptions, 'metrics' | 'k' | 'preprocess' | 'q' | 'tokenMode' | 'maxRows' | 'seed' | 'bootstrap' | 'ci'> & {
   /** Absolute capture directory. */
   capture: string;
-  metrics: MetricName[];
-  k: number;
-  preprocess: Preprocess;
-  q?: number;
-  tokenMode: TokenMode;
-  maxRows?: number;
-  seed?: number;
-  /** Half-sampling draws for a confidence interval per score (analysis/stats.ts); rows then carry ci_low/ci_high. */
-  bootstrap?: number;
-  ci?: number;
-  /** Engine name for createEngine (auto | ref | cpu | webgpu | cuda). */
   engine: string;
-}
+};
 
-export interface UmapJobParams {
-  captures: string[];
-  layer: string | number;
-  tokenMode: TokenMode;
-  preprocess: Preprocess;
-  seed: number;
-  nNeighbors?: number;
-  minDist?: number;
-  nEpochs?: number;
-  maxRows?: number;
-  engine: string;
-}
+/** A UMAP job: runUmap's options (analysis/params.ts UMAP) for some captures, with the engine by name. */
+export type UmapJobParams = Omit<UmapRunOptions, 'engine' | 'onProgress' | 'signal'> & { captures: string[]; engine: string };
 
 export interface PcaGridJobParams {
   captures: string[];
@@ -129,39 +110,17 @@ function engineFor(name: string): Promise<Engine> {
 async function execute(kind: JobKind, params: unknown, signal: AbortSignal, onProgress: (p: JobProgress) => void): Promise<unknown> {
   switch (kind) {
     case 'layerwise': {
-      const p = params as LayerwiseJobParams;
+      const { capture, engine, ...given } = params as LayerwiseJobParams;
+      // Checked at the door of the worker too: a job reaches here from any caller of the pool, not only the pages.
+      const { LAYERWISE } = await import('../analysis/params.js');
+      const { engine: _engine, knn: _knn, ...checked } = LAYERWISE.schema.parse(given) as unknown as LayerwiseJobParams & { knn: string };
       const { runLayerwise } = await import('../analysis/layerwise.js');
-      return runLayerwise(p.capture, {
-        engine: await engineFor(p.engine),
-        metrics: p.metrics,
-        k: p.k,
-        preprocess: p.preprocess,
-        ...(p.q === undefined ? {} : { q: p.q }),
-        tokenMode: p.tokenMode,
-        ...(p.maxRows === undefined ? {} : { maxRows: p.maxRows }),
-        seed: p.seed ?? 0,
-        ...(p.bootstrap ? { bootstrap: p.bootstrap } : {}),
-        ...(p.ci === undefined ? {} : { ci: p.ci }),
-        onProgress,
-        signal,
-      });
+      return runLayerwise(capture, { ...checked, engine: await engineFor(engine), onProgress, signal });
     }
     case 'umap': {
-      const p = params as UmapJobParams;
+      const { captures, engine, ...options } = params as UmapJobParams;
       const { runUmap } = await import('../analysis/embeddings.js');
-      return runUmap(p.captures, {
-        engine: await engineFor(p.engine),
-        layer: p.layer,
-        tokenMode: p.tokenMode,
-        preprocess: p.preprocess,
-        seed: p.seed,
-        ...(p.nNeighbors === undefined ? {} : { nNeighbors: p.nNeighbors }),
-        ...(p.minDist === undefined ? {} : { minDist: p.minDist }),
-        ...(p.nEpochs === undefined ? {} : { nEpochs: p.nEpochs }),
-        ...(p.maxRows === undefined ? {} : { maxRows: p.maxRows }),
-        onProgress,
-        signal,
-      });
+      return runUmap(captures, { ...options, engine: await engineFor(engine), onProgress, signal });
     }
     case 'pca-grid': {
       const p = params as PcaGridJobParams;

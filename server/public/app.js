@@ -16,24 +16,27 @@ const PAGE_BY_PATH = {
   '/shuffle': 'shuffle',
   '/capture': 'capture',
 };
-const METRICS = [
-  ['cknna', 'CKNNA'],
-  ['mutual_knn', 'mutual k-NN'],
-  ['cycle_knn', 'cycle k-NN'],
-  ['cka', 'CKA (linear)'],
-  ['unbiased_cka', 'CKA (unbiased)'],
-  ['cosine', 'paired cosine'],
-];
-const TOKENS = [
-  ['mean', 'mean per image'],
-  ['per-token', 'per token'],
-  ['first', 'first token'],
-];
-const PREPROCESS = [
-  ['prh', 'prh (clamp q=0.95, L2)'],
-  ['l2', 'L2 rows'],
-  ['none', 'none'],
-];
+/**
+ * An analysis parameter as the server defines it (/api/runs `params`, from analysis/params.ts): default, bounds and
+ * [value, title] choices, so no selector re-types a list or a bound.
+ */
+function paramSpec(analysis, name) {
+  const spec = state.runs.params[analysis].find((p) => p.name === name);
+  if (!spec) throw new Error(`the server defines no parameter ${name} for ${analysis}`);
+  return spec;
+}
+
+/** A selector for a parameter of `analysis` (choices from the server), with the page's default. */
+function choiceParam(analysis, name, fallback, onChange, label = name) {
+  return selectParam(name, label, paramSpec(analysis, name).choices, fallback, onChange);
+}
+
+/** A number input for a parameter of `analysis`, bounded as the server bounds it. */
+function boundedParam(analysis, name, fallback, onChange, label = name) {
+  const spec = paramSpec(analysis, name);
+  return numberParam(name, label, fallback ?? spec.default, spec.min, spec.max, onChange);
+}
+
 /** Query keys each figure uses (the server refuses unknown ones). */
 const FIGURE_KEYS = {
   layerwise: ['runs', 'step', 'metric', 'target', 'tokens', 'k', 'preprocess', 'color', 'bootstrap', 'max_rows', 'captures'],
@@ -323,13 +326,65 @@ function similarityControls(onChange, extra = []) {
   const targets = targetOptions();
   const d = defaults();
   return [
-    selectParam('metric', 'metric', METRICS, d.metric, onChange),
+    choiceParam('curves', 'metric', d.metric, onChange),
     targets.length ? selectParam('target', 'target', targets, targets.some(([t]) => t === 'clip') ? 'clip' : targets[0][0], onChange) : null,
-    selectParam('tokens', 'tokens', TOKENS, d.tokens, onChange),
-    numberParam('k', 'k', d.k, 2, 1000, onChange),
-    selectParam('preprocess', 'preprocess', PREPROCESS, d.preprocess, onChange),
+    choiceParam('curves', 'tokens', d.tokens, onChange),
+    boundedParam('curves', 'k', d.k, onChange),
+    choiceParam('curves', 'preprocess', d.preprocess, onChange),
     ...extra,
   ];
+}
+
+/** One run on the overview: a link to its curves, models, variants, steps, size, status. */
+function runRow(r) {
+  return h(
+    'tr',
+    { dataset: { run: r.run } },
+    h('td', {}, h('a', { href: `/layerwise?runs=${encodeURIComponent(r.run)}&color=step` }, h('b', {}, r.run))),
+    h('td', { class: 'mono' }, r.models.join(', ') || '–'),
+    h('td', {}, ...r.variants.map(variantTag)),
+    h('td', { class: 'num' }, stepsText(r.steps)),
+    h('td', { class: 'num' }, r.samples ?? '–'),
+    h('td', {}, r.targets.join(', ') || '–'),
+    h('td', { class: 'num' }, fmtBytes(r.size_bytes)),
+    h('td', {}, r.has_results ? 'results.json' : h('span', { class: 'muted' }, '–')),
+    h('td', { class: 'num' }, fmtAgo(r.updated)),
+    h('td', {}, r.errors ? h('span', { class: 'tag err' }, `${r.errors} error${r.errors > 1 ? 's' : ''}`) : h('span', { class: 'muted' }, 'ok')),
+  );
+}
+
+/** One capture on the overview, read from its manifest. */
+function captureRow(c) {
+  return h(
+    'tr',
+    { dataset: { capture: c.id } },
+    h('td', {}, h('a', { class: 'mono', href: `/capture?id=${encodeURIComponent(c.id)}` }, c.id)),
+    h('td', { class: 'num' }, c.step ?? '–'),
+    h('td', {}, c.variant ? variantTag(c.variant) : '–'),
+    h('td', { class: 'num' }, c.samples ?? '–'),
+    h('td', { class: 'num' }, c.tokens === null ? '–' : `${c.tokens}${c.grid ? ` (${c.grid[0]}×${c.grid[1]})` : ''}`),
+    h('td', { class: 'num' }, c.layers.length || '–'),
+    h('td', {}, c.targets.map((t) => `${t.name} (${t.dim})`).join(', ') || '–'),
+    h('td', {}, c.labels.join(', ') || '–'),
+    h('td', { class: 'num' }, fmtBytes(c.size_bytes)),
+    h('td', {}, c.error ? h('span', { class: 'tag err', title: c.error }, 'error') : c.has_probes ? h('span', { class: 'tag' }, 'probes') : ''),
+  );
+}
+
+/** One run reporting through /api/ingest. */
+function liveRow(l) {
+  return h(
+    'tr',
+    {},
+    h('td', {}, h('span', { class: 'tag live' }, 'live'), ' ', h('b', {}, l.run)),
+    h('td', { class: 'num' }, l.step ?? '–'),
+    h('td', {}, variantTag(l.variant)),
+    h('td', { class: 'mono' }, l.model),
+    h('td', { class: 'num' }, l.samples),
+    h('td', { class: 'num' }, l.layers),
+    h('td', {}, l.targets.join(', ')),
+    h('td', { class: 'num' }, fmtAgo(Date.parse(l.received))),
+  );
 }
 
 const PAGES = {
@@ -337,52 +392,9 @@ const PAGES = {
     const { runs, captures, live, runs_dir: dir } = state.runs;
     const total = captures.reduce((a, c) => a + (c.size_bytes ?? 0), 0);
     const bad = captures.filter((c) => c.error).length;
-    const runRows = runs.map((r) =>
-      h(
-        'tr',
-        { dataset: { run: r.run } },
-        h('td', {}, h('a', { href: `/layerwise?runs=${encodeURIComponent(r.run)}&color=step` }, h('b', {}, r.run))),
-        h('td', { class: 'mono' }, r.models.join(', ') || '–'),
-        h('td', {}, ...r.variants.map(variantTag)),
-        h('td', { class: 'num' }, stepsText(r.steps)),
-        h('td', { class: 'num' }, r.samples ?? '–'),
-        h('td', {}, r.targets.join(', ') || '–'),
-        h('td', { class: 'num' }, fmtBytes(r.size_bytes)),
-        h('td', {}, r.has_results ? 'results.json' : h('span', { class: 'muted' }, '–')),
-        h('td', { class: 'num' }, fmtAgo(r.updated)),
-        h('td', {}, r.errors ? h('span', { class: 'tag err' }, `${r.errors} error${r.errors > 1 ? 's' : ''}`) : h('span', { class: 'muted' }, 'ok')),
-      ),
-    );
-    const capRows = captures.map((c) =>
-      h(
-        'tr',
-        { dataset: { capture: c.id } },
-        h('td', {}, h('a', { class: 'mono', href: `/capture?id=${encodeURIComponent(c.id)}` }, c.id)),
-        h('td', { class: 'num' }, c.step ?? '–'),
-        h('td', {}, c.variant ? variantTag(c.variant) : '–'),
-        h('td', { class: 'num' }, c.samples ?? '–'),
-        h('td', { class: 'num' }, c.tokens === null ? '–' : `${c.tokens}${c.grid ? ` (${c.grid[0]}×${c.grid[1]})` : ''}`),
-        h('td', { class: 'num' }, c.layers.length || '–'),
-        h('td', {}, c.targets.map((t) => `${t.name} (${t.dim})`).join(', ') || '–'),
-        h('td', {}, c.labels.join(', ') || '–'),
-        h('td', { class: 'num' }, fmtBytes(c.size_bytes)),
-        h('td', {}, c.error ? h('span', { class: 'tag err', title: c.error }, 'error') : c.has_probes ? h('span', { class: 'tag' }, 'probes') : ''),
-      ),
-    );
-    const liveRows = live.map((l) =>
-      h(
-        'tr',
-        {},
-        h('td', {}, h('span', { class: 'tag live' }, 'live'), ' ', h('b', {}, l.run)),
-        h('td', { class: 'num' }, l.step ?? '–'),
-        h('td', {}, variantTag(l.variant)),
-        h('td', { class: 'mono' }, l.model),
-        h('td', { class: 'num' }, l.samples),
-        h('td', { class: 'num' }, l.layers),
-        h('td', {}, l.targets.join(', ')),
-        h('td', { class: 'num' }, fmtAgo(Date.parse(l.received))),
-      ),
-    );
+    const runRows = runs.map(runRow);
+    const capRows = captures.map(captureRow);
+    const liveRows = live.map(liveRow);
     const th = (...names) => h('thead', {}, h('tr', {}, ...names.map((n) => h('th', {}, n))));
     return [
       ...pageHeader('Runs and captures', 'Every capture under RUNS_DIR (runs/<run>/step-<N>/), read from its manifest. The pages update by themselves while a run writes new steps.'),
@@ -461,10 +473,10 @@ const PAGES = {
         runsParam(rebuild),
         h('div', { class: 'sep' }),
         selectParam('step', 'step', stepOptions(), 'latest', reload),
-        selectParam('metric', 'metric', METRICS, defaults().metric, reload),
-        selectParam('tokens', 'tokens', TOKENS, defaults().tokens, reload),
-        numberParam('k', 'k', defaults().k, 2, 1000, reload),
-        selectParam('preprocess', 'preprocess', PREPROCESS, defaults().preprocess, reload),
+        choiceParam('curves', 'metric', defaults().metric, reload),
+        choiceParam('curves', 'tokens', defaults().tokens, reload),
+        boundedParam('curves', 'k', defaults().k, reload),
+        choiceParam('curves', 'preprocess', defaults().preprocess, reload),
         selectParam('bootstrap', 'CI', [['', 'none'], ['100', '95% (100 draws)'], ['300', '95% (300 draws)']], '', reload),
       ),
       card.el,
@@ -499,7 +511,7 @@ const PAGES = {
         selectParam('layer', 'layer', [['', 'aligned / middle'], ...layerOptions()], '', () => umap.load()),
         labels.length ? selectParam('label', 'colour by', labels, labels[0][0], () => umap.load()) : null,
         selectParam('tokens', 'points', [['mean', 'images (mean)'], ['per-token', 'tokens (≤ 2000)']], 'mean', () => umap.load()),
-        numberParam('seed', 'seed', 0, 0, 2147483647, () => umap.load()),
+        boundedParam('umap', 'seed', undefined, () => umap.load()),
       ),
       umap.el,
       h('div', { class: 'controls' }, field('image', sampleSel)),

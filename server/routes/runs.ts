@@ -1,7 +1,7 @@
 /** The overview and capture pages: health, the runs under RUNS_DIR, one run with its results, one capture. */
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import { CURVE_DEFAULTS, parseResults } from '../figures-api.js';
+import { CURVE_DEFAULTS, PAGE_PARAMS, parseResults } from '../figures-api.js';
 import { emptyQuery, HttpError, type RouteContext } from './context.js';
 
 const runParams = {
@@ -51,7 +51,7 @@ export function registerRuns(app: FastifyInstance, ctx: RouteContext): void {
       }),
     );
     // The controls' defaults come from here, so the page and the API cannot disagree on them.
-    return { runs_dir: index.root, runs, captures: index.captures(), live: [...live.values()], defaults: CURVE_DEFAULTS };
+    return { runs_dir: index.root, runs, captures: index.captures(), live: [...live.values()], defaults: CURVE_DEFAULTS, params: PAGE_PARAMS };
   });
 
   app.get('/api/runs/:run', { schema: { params: runParams, querystring: emptyQuery } }, async (request) => {

@@ -1,4 +1,4 @@
-import { InputError } from './errors.js';
+import { ParamError } from './errors.js';
 import type { Matrix } from './matrix.js';
 
 export const PREPROCESS_NAMES = ['none', 'l2', 'prh'] as const;
@@ -11,7 +11,7 @@ export interface PreprocessOptions {
 
 export function parsePreprocess(name: string): Preprocess {
   if ((PREPROCESS_NAMES as readonly string[]).includes(name)) return name as Preprocess;
-  throw new InputError(`--preprocess: unknown value '${name}' (expected one of ${PREPROCESS_NAMES.join(', ')})`);
+  throw new ParamError('preprocess', `unknown value '${name}' (expected one of ${PREPROCESS_NAMES.join(', ')})`);
 }
 
 /** A short description recorded with every result, e.g. `prh(q=0.95)`. */
@@ -45,7 +45,7 @@ export function preprocess(m: Matrix, p: Preprocess, options: PreprocessOptions 
 /** prh's q, checked: the clamp is at the value of rank floor(q·N), so q must lie in (0, 1]. */
 export function prhQuantile(options: PreprocessOptions = {}): number {
   const q = options.q ?? 0.95;
-  if (!(q > 0 && q <= 1)) throw new InputError(`--q: quantile must be in (0, 1], got ${q}`);
+  if (!(q > 0 && q <= 1)) throw new ParamError('q', `quantile must be in (0, 1], got ${q}`);
   return q;
 }
 

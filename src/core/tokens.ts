@@ -1,4 +1,4 @@
-import { InputError } from './errors.js';
+import { ParamError } from './errors.js';
 import type { Matrix } from './matrix.js';
 import { mulberry32 } from './rng.js';
 
@@ -20,7 +20,7 @@ export interface TokenTensor {
 
 export function parseTokenMode(name: string): TokenMode {
   if ((TOKEN_MODES as readonly string[]).includes(name)) return name as TokenMode;
-  throw new InputError(`--tokens: unknown token mode '${name}' (expected one of ${TOKEN_MODES.join(', ')})`);
+  throw new ParamError('tokens', `unknown token mode '${name}' (expected one of ${TOKEN_MODES.join(', ')})`);
 }
 
 export function rowsFor(t: { samples: number; tokens: number }, mode: TokenMode): number {
@@ -57,7 +57,7 @@ export function tokensToMatrix(t: TokenTensor, mode: TokenMode, rows?: Int32Arra
  */
 export function subsampleRows(total: number, max: number | undefined, seed: number): Int32Array | null {
   if (max === undefined || max >= total) return null;
-  if (!Number.isInteger(max) || max < 4) throw new InputError(`--max-rows must be an integer ≥ 4, got ${max}`);
+  if (!Number.isInteger(max) || max < 4) throw new ParamError('max_rows', `max_rows must be an integer ≥ 4, got ${max}`);
   const rand = mulberry32(seed);
   // Partial Fisher–Yates over an index array: exact uniform sample without replacement.
   const idx = new Int32Array(total);

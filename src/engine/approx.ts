@@ -1,4 +1,4 @@
-import { InputError } from '../core/errors.js';
+import { InputError, ParamError } from '../core/errors.js';
 import { type Matrix, toFloat32 } from '../core/matrix.js';
 import { heapMatrix } from './rows.js';
 import { subsampleRows } from '../core/tokens.js';
@@ -60,7 +60,7 @@ export function knnProvenance(lists: KnnLists): KnnProvenance {
 
 export function parseKnnMode(name: string): KnnMode {
   if ((KNN_MODES as readonly string[]).includes(name)) return name as KnnMode;
-  throw new InputError(`--knn: unknown value '${name}' (expected one of ${KNN_MODES.join(', ')})`);
+  throw new ParamError('knn', `unknown value '${name}' (expected one of ${KNN_MODES.join(', ')})`);
 }
 
 export function describeHnsw(p: HnswParams): string {

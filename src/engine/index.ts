@@ -1,4 +1,4 @@
-import { InputError } from '../core/errors.js';
+import { ParamError } from '../core/errors.js';
 import type { Matrix } from '../core/matrix.js';
 import { cudaProviderFiles } from './cuda.js';
 import { OnnxEngine } from './onnx.js';
@@ -11,8 +11,8 @@ export type { Engine, EngineInfo, EnginePrecision, FileRowsOps, KnnLists, KnnOpt
 export { checkCrossInput, checkKnnInput, describeEngine } from './types.js';
 export { parseTorchPrecision, TORCH_PRECISIONS, type TorchPrecision } from './torch.js';
 
-export const ENGINE_NAMES = ['auto', 'ref', 'cpu', 'webgpu', 'cuda', 'torch'] as const;
-export type EngineName = (typeof ENGINE_NAMES)[number];
+import { ENGINE_NAMES } from './names.js';
+export { ENGINE_NAMES, type EngineName } from './names.js';
 
 /** Order in which `auto` tries engines: fastest first. */
 export const AUTO_ORDER = ['torch', 'cuda', 'webgpu', 'cpu', 'ref'] as const;
@@ -30,7 +30,7 @@ export type EngineOptions = Pick<TorchEngineOptions, 'device' | 'precision'>;
  */
 export async function createEngine(name: string = 'auto', options: EngineOptions = {}): Promise<Engine> {
   if (name !== 'torch' && name !== 'auto' && (options.device || (options.precision && options.precision !== 'float32'))) {
-    throw new InputError(`--device/--precision: only the torch engine takes them (got --engine ${name})`);
+    throw new ParamError('device', `only the torch engine takes them (device and precision; got engine ${name})`);
   }
   switch (name) {
     case 'ref':
@@ -63,7 +63,7 @@ export async function createEngine(name: string = 'auto', options: EngineOptions
       return new RefEngine();
     }
     default:
-      throw new InputError(`--engine: unknown engine '${name}' (expected one of ${ENGINE_NAMES.join(', ')})`);
+      throw new ParamError('engine', `unknown engine '${name}' (expected one of ${ENGINE_NAMES.join(', ')})`);
   }
 }
 

@@ -3,7 +3,7 @@ import { accessSync, constants, existsSync, statfsSync, unlinkSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { InputError } from '../core/errors.js';
+import { InputError, ParamError } from '../core/errors.js';
 import type { FileRows, Matrix } from '../core/matrix.js';
 import { checkCrossInput, checkKnnInput, type Engine, type EnginePrecision, type FileRowsOps, type KnnLists, type KnnOptions } from './types.js';
 
@@ -336,7 +336,7 @@ function describeDevice(info: TorchWorkerInfo, precision: TorchPrecision): strin
 export function parseTorchPrecision(value: string | undefined): TorchPrecision {
   if (value === undefined || value === 'fp32') return 'float32';
   if ((TORCH_PRECISIONS as readonly string[]).includes(value)) return value as TorchPrecision;
-  throw new InputError(`--precision: unknown value '${value}' (expected float32, tf32 or bf16; tf32/bf16 are the torch engine's fast modes)`);
+  throw new ParamError('precision', `unknown value '${value}' (expected float32, tf32 or bf16; tf32/bf16 are the torch engine's fast modes)`);
 }
 
 export class TorchEngine implements Engine {

@@ -1,6 +1,7 @@
 import { knnProvenance } from '../engine/approx.js';
-import { InputError, ParamError } from '../core/errors.js';
+import { InputError } from '../core/errors.js';
 import type { Features } from './features.js';
+import { checkKBelowN } from './params.js';
 import { countTiedRows } from './knn-mask.js';
 import type { MetricResult } from './result.js';
 import type { MetricSpec } from './spec.js';
@@ -18,8 +19,7 @@ export function checkSpecInputs(spec: MetricSpec, nA: number, nB: number, dA: nu
   }
   if (nA < spec.minN) throw new InputError(`${metric} is undefined for n = ${nA} ≤ ${spec.minN - 1} samples (${spec.minNReason})`);
   if (spec.needsKnn) {
-    if (!Number.isInteger(k) || k < 2) throw new ParamError('k', `k must be an integer ≥ 2, got ${k}`);
-    if (k >= nA) throw new ParamError('k', `k = ${k} must be smaller than n = ${nA}`);
+    checkKBelowN(k, nA);
   }
 }
 

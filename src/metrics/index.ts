@@ -1,5 +1,6 @@
 import { checkSpecInputs, computeSpec } from './compute.js';
 import type { Features } from './features.js';
+import { K } from './params.js';
 import { resolveMetric, type MetricName, type MetricSpec } from './registry.js';
 import type { MetricResult } from './result.js';
 
@@ -22,7 +23,7 @@ export { subMatrix, knnStatistic, recomputedStatistic } from './statistic.js';
 export { preprocess, parsePreprocess, describePreprocess, PREPROCESS_NAMES, type Preprocess } from '../core/preprocess.js';
 export type { MetricResult } from './result.js';
 
-export const DEFAULT_K = 10;
+export const DEFAULT_K = K.default!;
 
 /** Checks the inputs a metric is defined for; messages name both sides' shapes. */
 export function checkMetricInputs(metric: MetricName | MetricSpec, nA: number, nB: number, dA: number, dB: number, k: number, labels = ['A', 'B']): void {
