@@ -12,8 +12,11 @@
  * global image statistics, not from positions. Issue 15 is about reaching "held-out ≫ chance and shuffle hurts".
  *
  * Usage: node --import tsx bench/learning.bench.ts [--seed 0] [--steps N] [--images N] [--width W] [--layers L]
- *          [--heads H] [--batch B] [--lr X] [--warmup N]
+ *          [--heads H] [--batch B] [--lr X] [--warmup N] [--turns N] [--curriculum STEPS] [--curriculum-types colour,shape] [--node NAME]
  *          [--types colour,shape] [--oracle]
+ * --curriculum N asks only --curriculum-types (default colour,shape: single-cell lookups) for the first N steps, then
+ * every type (or --types). --node reads the CLIP stand-in's tokens from another MobileNetV2 block (a finer map is
+ * average-pooled to 7×7), e.g. block_12_project_BN.
  * --types trains on those question types only (the chance row keeps the all-types training draw); --oracle replaces the encoder's features by each patch's true cell
  * content (one-hot): what the LLM learns when the visual input is perfect, the upper bound for the encoder. [--quick] [--features DIR]
  * Features are cached in --features (default: <os tmp>/viral-lens-learning-features), keyed like the demo's cache.
@@ -43,6 +46,10 @@ function options() {
       batch: { type: 'string' },
       lr: { type: 'string' },
       warmup: { type: 'string' },
+      turns: { type: 'string' },
+      curriculum: { type: 'string' },
+      'curriculum-types': { type: 'string' },
+      node: { type: 'string' },
       types: { type: 'string' },
       oracle: { type: 'boolean', default: false },
       quick: { type: 'boolean', default: false },
@@ -59,6 +66,8 @@ function options() {
   if (!(lr > 0)) throw new InputError(`--lr: expected a number > 0, got '${values.lr}'`);
   const types = listOption(values.types);
   for (const t of types) if (!(QUESTION_TYPES as readonly string[]).includes(t)) throw new InputError(`--types: '${t}' is not a question type (${QUESTION_TYPES.join(', ')})`);
+  const curriculumTypes = listOption(values['curriculum-types'] ?? 'colour,shape');
+  for (const t of curriculumTypes) if (!(QUESTION_TYPES as readonly string[]).includes(t)) throw new InputError(`--curriculum-types: '${t}' is not a question type (${QUESTION_TYPES.join(', ')})`);
   return {
     seed: positive('seed', values.seed, 0, 0),
     size: {
@@ -69,11 +78,15 @@ function options() {
       layers: positive('layers', values.layers, base.layers),
       heads: positive('heads', values.heads, base.heads),
       batchSize: positive('batch', values.batch, base.batchSize),
+      turns: positive('turns', values.turns, base.turns),
     },
+    curriculum: positive('curriculum', values.curriculum, 0, 0),
+    curriculumTypes: curriculumTypes as QuestionType[],
     lr,
     warmup: positive('warmup', values.warmup, DEFAULT_TRAIN.warmup, 0),
     questionTypes: types.length ? (types as QuestionType[]) : undefined,
     oracle: values.oracle === true,
+    node: values.node,
     featureDir: values.features!,
   };
 }
@@ -86,12 +99,12 @@ try {
   console.error((err as Error).message);
   process.exit(2);
 }
-const { seed, size, lr, warmup, questionTypes, oracle, featureDir } = parsed;
+const { seed, size, lr, warmup, questionTypes, oracle, featureDir, curriculum, curriculumTypes, node } = parsed;
 
 const backend = await initBackend('auto');
 const scenes = generateScenes(seed, size.images);
 const split = splitByImage(size.images, size.heldoutFraction, seed);
-const encoder = await loadVisionEncoder();
+const encoder = await loadVisionEncoder(node ? { node } : {});
 const teacher = await loadTeacher();
 const tFeat = performance.now();
 const features = await extractSceneFeatures(scenes, encoder, teacher, { sceneSeed: seed, cacheDir: featureDir });
@@ -134,7 +147,7 @@ const model = new MiniLlava(
 );
 console.log(`backend: ${backend.description}; visual input: ${oracle ? 'ORACLE (each patch = its cell\'s true content, one-hot; not an encoder)' : `encoder (stand-in for CLIP): ${features.encoder.spec.description}`}`);
 console.log(`images ${size.images} (train ${split.train.length}, held-out ${split.heldout.length}), features ${featureSeconds.toFixed(1)} s${features.cached ? ' (cache)' : ''}`);
-console.log(`baseline: width ${size.width}, ${size.layers} layers, ${size.heads} heads, ${model.parameterCount()} parameters; ${size.steps} steps × batch ${size.batchSize} × ${size.turns} turns, lr ${lr}, warm-up ${warmup} steps${questionTypes ? `; trained on ${questionTypes.join(', ')} questions only` : ''}`);
+console.log(`baseline: width ${size.width}, ${size.layers} layers, ${size.heads} heads, ${model.parameterCount()} parameters; ${size.steps} steps × batch ${size.batchSize} × ${size.turns} turns, lr ${lr}, warm-up ${warmup} steps${curriculum > 0 ? `; curriculum: ${curriculumTypes.join(', ')} only for the first ${curriculum} steps` : ''}${questionTypes ? `; trained on ${questionTypes.join(', ')} questions only` : ''}`);
 
 const tTrain = performance.now();
 const every = Math.max(1, Math.round(size.steps / 10));
@@ -147,6 +160,7 @@ const summary = await train(model, ds, {
   warmup,
   seed,
   ...(questionTypes ? { questionTypes } : {}),
+  ...(curriculum > 0 ? { curriculum: { steps: curriculum, questionTypes: curriculumTypes } } : {}),
   onStep: (s) => {
     if (s.step % every === 0 || s.step === size.steps) console.log(`  step ${s.step}: answer loss ${s.lm.toFixed(3)}, lr ${s.lr.toExponential(2)}, ${s.ms.toFixed(0)} ms`);
   },

@@ -83,8 +83,11 @@ function imagesToTensor(images: readonly Uint8Array[], scale: number): tf.Tensor
   return tf.tensor4d(data, [images.length, S, S, 3]);
 }
 
+/** The MobileNetV2 node the CLIP stand-in's patch tokens are read from. */
+export const VISION_NODE = 'block_16_project_BN';
+
 /** MobileNetV2 (nsfwjs) as the CLIP stand-in. Input scaling as nsfwjs does it: pixels / 255. */
-export async function loadVisionEncoder(): Promise<FrozenEncoder> {
+export async function loadVisionEncoder(options: { node?: string } = {}): Promise<FrozenEncoder> {
   const dir = join(nsfwjsModelsDir(), 'mobilenet_v2');
   // The bundles are UMD modules whose export is the model JSON / the base64 weight string.
   const modelJson = require(join(dir, 'model.min.js')) as { modelTopology: object; weightsManifest: { weights: tf.io.WeightsManifestEntry[] }[] };
@@ -96,9 +99,12 @@ export async function loadVisionEncoder(): Promise<FrozenEncoder> {
       weightData: toArrayBuffer(Buffer.from(weights, 'base64')),
     }),
   );
-  const node = 'block_16_project_BN';
+  const node = options.node ?? VISION_NODE;
   const sub = tf.model({ inputs: model.inputs, outputs: model.getLayer(node).output as tf.SymbolicTensor });
-  const dim = (sub.outputs[0]!.shape as number[])[3]!;
+  const [, gh, gw, dim] = sub.outputs[0]!.shape as number[];
+  // A finer map (an earlier block) is average-pooled to the 7×7 patch grid, so every encoder gives the same tokens.
+  const pool = gh! / PATCH_GRID[0];
+  if (!Number.isInteger(pool) || gw! / PATCH_GRID[1] !== pool) throw new InputError(`${node}: a ${gh}×${gw} map does not pool to ${PATCH_GRID.join('×')}`);
   const version = installedVersion('nsfwjs');
   const spec: EncoderSpec = {
     role: 'encoder',
@@ -106,14 +112,17 @@ export async function loadVisionEncoder(): Promise<FrozenEncoder> {
     package: 'nsfwjs',
     version,
     node,
-    dim,
+    dim: dim!,
     grid: PATCH_GRID,
-    description: `CLIP stand-in: MobileNetV2 from nsfwjs ${version}, ${node} at ${IMAGE_SIZE}px, ${PATCH_GRID.join('×')}×${dim} patch tokens`,
+    description: `CLIP stand-in: MobileNetV2 from nsfwjs ${version}, ${node}${pool > 1 ? ` (${pool}×${pool} average-pooled)` : ''} at ${IMAGE_SIZE}px, ${PATCH_GRID.join('×')}×${dim} patch tokens`,
   };
   return {
     spec,
     extract(images) {
-      const out = tf.tidy(() => sub.predict(imagesToTensor(images, 1 / 255)) as tf.Tensor);
+      const out = tf.tidy(() => {
+        const y = sub.predict(imagesToTensor(images, 1 / 255)) as tf.Tensor4D;
+        return pool > 1 ? tf.avgPool(y, pool, pool, 'valid') : y;
+      });
       const data = out.dataSync() as Float32Array;
       out.dispose();
       return roundToHalf(new Float32Array(data));

@@ -104,6 +104,11 @@ export interface TrainOptions {
   clipNorm: number;
   /** Train on these question types only (default: all). */
   questionTypes?: readonly QuestionType[];
+  /**
+   * Curriculum: the first `steps` steps ask only these question types (e.g. the single-cell lookups colour and shape),
+   * later steps ask `questionTypes` (or all). Default: none.
+   */
+  curriculum?: { steps: number; questionTypes: readonly QuestionType[] };
   /** Called after every step; awaited, so a slow callback slows training (hooks queue their writes instead). */
   onStep?: (info: StepInfo) => void | Promise<void>;
   signal?: AbortSignal;
@@ -159,17 +164,22 @@ export function batchOrder(train: readonly number[], seed: number): (size: numbe
   };
 }
 
+/** The question types asked at training step `step` (undefined = all). */
+export function stepQuestionTypes(step: number, o: Pick<TrainOptions, 'questionTypes' | 'curriculum'>): readonly QuestionType[] | undefined {
+  return o.curriculum && step < o.curriculum.steps ? o.curriculum.questionTypes : o.questionTypes;
+}
+
 /** The question draw of training step `step` (train() and trainingTurns). */
 function trainStepRng(seed: number, step: number): () => number {
   return mulberry32(mixSeed(seed ^ 0x7a11, step));
 }
 
 /** Every question–answer turn train() draws over `o.steps` steps, in order, without touching the features. */
-export function trainingTurns(scenes: readonly Scene[], trainImages: readonly number[], o: Pick<TrainOptions, 'steps' | 'batchSize' | 'turns' | 'seed' | 'questionTypes'>): Turn[] {
+export function trainingTurns(scenes: readonly Scene[], trainImages: readonly number[], o: Pick<TrainOptions, 'steps' | 'batchSize' | 'turns' | 'seed' | 'questionTypes' | 'curriculum'>): Turn[] {
   const next = batchOrder(trainImages, o.seed);
   const out: Turn[] = [];
   for (let step = 0; step < o.steps; step++) {
-    for (const d of batchDialogues(scenes, next(o.batchSize), trainStepRng(o.seed, step), o.turns, o.questionTypes)) out.push(...d);
+    for (const d of batchDialogues(scenes, next(o.batchSize), trainStepRng(o.seed, step), o.turns, stepQuestionTypes(step, o))) out.push(...d);
   }
   return out;
 }
@@ -220,7 +230,7 @@ export async function train(model: MiniLlava, ds: DemoDataset, options: TrainOpt
       options.signal?.throwIfAborted();
       const t0 = performance.now();
       const rng = trainStepRng(options.seed, step);
-      const batch = makeBatch(ds, next(options.batchSize), rng, options.turns, options.questionTypes);
+      const batch = makeBatch(ds, next(options.batchSize), rng, options.turns, stepQuestionTypes(step, options));
       const lr = learningRate(step, options);
       // tfjs has no schedule API; Adam reads this (protected) field at every update, so setting it is a schedule.
       (optimizer as unknown as { learningRate: number }).learningRate = lr;
