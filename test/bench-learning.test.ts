@@ -8,7 +8,7 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 test('bench:learning: a bad option is one line naming it, exit 2, before any training', () => {
   const cases: [string[], RegExp][] = [
-    [['--types', 'colour,size'], /^--types: 'size' is not a question type \(count, colour, shape, relation\)$/],
+    [['--types', 'colour,size'], /^--types: 'size' is not a question type \(count, colour, shape, position\)$/],
     [['--steps', '1.5'], /^--steps: expected an integer, got '1\.5'$/],
     [['--width', '0'], /^--width: expected an integer ≥ 1, got '0'$/],
     [['--seed=-1'], /^--seed: expected an integer ≥ 0, got '-1'$/],

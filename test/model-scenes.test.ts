@@ -84,7 +84,7 @@ test('render: object pixels carry the palette colour, background is grey, size a
   assert.notDeepEqual(px(Math.round(0.5 * c + 24 * 0.75), Math.round(0.5 * c + 24 * 0.75)), [215, 40, 40]);
 });
 
-test('questions: answers follow from the scene (count, colour/shape at a cell, relations)', () => {
+test('questions: answers follow from the scene (count, colour/shape at a cell, position of a named object)', () => {
   const rng = mulberry32(1);
   const seen = new Map<string, string>();
   for (let i = 0; i < 400; i++) {
@@ -94,27 +94,26 @@ test('questions: answers follow from the scene (count, colour/shape at a cell, r
     }
   }
   const expect: Record<string, string> = {
-    'how many objects ?': '4',
-    'how many circle ?': '2',
-    'how many red ?': '2',
-    'how many yellow ?': '0',
-    'how many triangle ?': '1',
-    'colour at r1c1 ?': 'blue',
-    'colour at r2c0 ?': 'none',
-    'shape at r0c2 ?': 'triangle',
-    'shape at r2c2 ?': 'circle',
+    'how many objects': '4',
+    'how many circle': '2',
+    'how many red': '2',
+    'how many yellow': '0',
+    'how many triangle': '1',
+    'colour at r1c1': 'blue',
+    'colour at r2c0': 'none',
+    'shape at r0c2': 'triangle',
+    'shape at r2c2': 'circle',
     // Only the blue square and the green triangle are nameable (two red circles).
-    'is blue square left green triangle ?': 'yes',
-    'is blue square below green triangle ?': 'yes',
-    'is green triangle left blue square ?': 'no',
-    'is green triangle above blue square ?': 'yes',
+    'where blue square': 'r1c1',
+    'where green triangle': 'r0c2',
   };
   for (const [q, a] of Object.entries(expect)) assert.equal(seen.get(q), a, q);
   for (const q of seen.keys()) assert.ok(!q.includes('red circle'), `ambiguous object named: ${q}`);
-  const yes = [...seen.entries()].filter(([q]) => q.startsWith('is ')).map(([, a]) => a);
-  assert.ok(yes.includes('yes') && yes.includes('no'));
-  // No relation question without two nameable objects.
-  assert.ok(!availableTypes({ ...scene, objects: scene.objects.slice(0, 1) }).includes('relation'));
+  assert.equal([...seen.keys()].filter((q) => q.startsWith('where ')).length, 2);
+  // No position question without a nameable object: two red circles name neither.
+  const twins = { ...scene, objects: [scene.objects[0]!, scene.objects[2]!] };
+  assert.ok(!availableTypes(twins).includes('position'));
+  assert.throws(() => askQuestion(twins, 'position', rng), /position question needs an object with a unique colour and shape/);
 });
 
 test('dialogues: fixed-length turns, answer after the left-padded question, no repeated question', () => {
@@ -124,7 +123,8 @@ test('dialogues: fixed-length turns, answer after the left-padded question, no r
   assert.equal(ids.length, 4 * TURN_LEN);
   d.forEach((turn, t) => {
     assert.equal(ids[t * TURN_LEN + QUESTION_LEN], TOKEN_ID[turn.answer]);
-    assert.equal(ids[t * TURN_LEN + QUESTION_LEN - 1], TOKEN_ID['?']);
+    // The answer is predicted at the question's last word: no '?' or padding between them.
+    assert.equal(ids[t * TURN_LEN + QUESTION_LEN - 1], TOKEN_ID[turn.question.at(-1)!]);
     const words = Array.from(ids.subarray(t * TURN_LEN, t * TURN_LEN + QUESTION_LEN), (i) => VOCAB[i]).filter((w) => w !== '<pad>');
     assert.deepEqual(words, turn.question);
   });
@@ -157,22 +157,22 @@ test('batches: every train image once per epoch, seeded; learning-rate schedule 
 });
 
 test('chance level: majority training answer per type, scored on the held-out questions (hand-counted)', () => {
-  const q = (type: 'count' | 'colour' | 'shape' | 'relation', answer: string) => ({ type, answer });
+  const q = (type: 'count' | 'colour' | 'shape' | 'position', answer: string) => ({ type, answer });
   // Training: count 0,0,1 → "0"; colour red,none,none,red → tie, "red" comes first in the vocabulary; shape square;
-  // relation yes,no,no → "no".
-  const train = [q('count', '0'), q('count', '1'), q('count', '0'), q('colour', 'none'), q('colour', 'red'), q('colour', 'none'), q('colour', 'red'), q('shape', 'square'), q('relation', 'yes'), q('relation', 'no'), q('relation', 'no')];
-  // Held-out: count 0,2,0,0 → 3/4; colour red,none,blue → 1/3; shape circle,square → 1/2; relation yes,yes → 0/2.
-  const heldout = [q('count', '0'), q('count', '2'), q('colour', 'red'), q('shape', 'circle'), q('count', '0'), q('colour', 'none'), q('relation', 'yes'), q('colour', 'blue'), q('shape', 'square'), q('relation', 'yes'), q('count', '0')];
+  // position r0c1,r2c2,r2c2 → "r2c2".
+  const train = [q('count', '0'), q('count', '1'), q('count', '0'), q('colour', 'none'), q('colour', 'red'), q('colour', 'none'), q('colour', 'red'), q('shape', 'square'), q('position', 'r0c1'), q('position', 'r2c2'), q('position', 'r2c2')];
+  // Held-out: count 0,2,0,0 → 3/4; colour red,none,blue → 1/3; shape circle,square → 1/2; position r0c1,r0c1 → 0/2.
+  const heldout = [q('count', '0'), q('count', '2'), q('colour', 'red'), q('shape', 'circle'), q('count', '0'), q('colour', 'none'), q('position', 'r0c1'), q('colour', 'blue'), q('shape', 'square'), q('position', 'r0c1'), q('count', '0')];
   const c = chanceLevels(train, heldout);
   assert.deepEqual(c.count, { answer: '0', correct: 3, total: 4, chance: 3 / 4 });
   assert.deepEqual(c.colour, { answer: 'red', correct: 1, total: 3, chance: 1 / 3 });
   assert.deepEqual(c.shape, { answer: 'square', correct: 1, total: 2, chance: 1 / 2 });
-  assert.deepEqual(c.relation, { answer: 'no', correct: 0, total: 2, chance: 0 });
+  assert.deepEqual(c.position, { answer: 'r2c2', correct: 0, total: 2, chance: 0 });
   // Overall: each question answered with its own type's guess: 3 + 1 + 1 + 0 of 11.
   assert.deepEqual(c.overall, { answer: null, correct: 5, total: 11, chance: 5 / 11 });
   // A held-out type never asked in training has no guess, and then neither has "overall".
-  const none = chanceLevels(train.filter((t) => t.type !== 'relation'), heldout);
-  assert.equal(none.relation.chance, null);
+  const none = chanceLevels(train.filter((t) => t.type !== 'position'), heldout);
+  assert.equal(none.position.chance, null);
   assert.equal(none.overall.chance, null);
   assert.equal(chanceLevels(train, []).count.chance, null);
 });

@@ -347,7 +347,7 @@ export class MiniLlava {
   }
 
   /**
-   * Logits of the answer tokens [B·turns, V]: at each turn, the position holding '?' (one before the answer).
+   * Logits of the answer tokens [B·turns, V]: at each turn, the question's last word (one before the answer).
    * `imageTokens` offset, then turns of `turnLen` tokens whose answer is at offset turnLen − 1.
    */
   answerLogits(last: tf.Tensor3D, turnLen: number): tf.Tensor2D {
