@@ -45,7 +45,7 @@ test('demo --quick: three variants trained, captured, analysed; the run folder i
   const backendLine = /backend: [^\n]*/.exec(stdout)?.[0] ?? '';
   assert.match(backendLine, /backend: tfjs (wasm \(SIMD|wasm \(no SIMD|pure-JS cpu)/);
   assert.doesNotMatch(backendLine, /GPU|gpu/);
-  assert.match(stdout, /\n +overall +count +colour +shape +relation *\n/);
+  assert.match(stdout, /\n +overall +count +colour +shape +position *\n/);
   assert.match(stdout, /\nchance +\d+\.\d +\d+\.\d \(\w+\) /);
   assert.match(stdout, /\nviral shuffled +\d+\.\d +\d+\.\d +\d+\.\d +\d+\.\d +\d+\.\d/);
   assert.match(stderr, /baseline: 30 steps/);
@@ -61,7 +61,7 @@ test('demo --quick: three variants trained, captured, analysed; the run folder i
   assert.equal(final.manifest.model.aligned_layer, 1);
   assert.deepEqual(final.manifest.token_layout.grid, [7, 7]);
   assert.deepEqual(final.targets.map((t) => [t.name, t.dim, t.tokens]), [
-    ['encoder', 320, 49],
+    ['encoder', 160, 49],
     ['teacher', 480, 49],
   ]);
   assert.equal(final.sampleIds.length, 16);

@@ -25,14 +25,14 @@ test('encoder (CLIP stand-in) and teacher (DINOv2 stand-in): aligned 7×7 grids,
   const enc = await loadVisionEncoder();
   const tea = await loadTeacher();
   try {
-    assert.deepEqual([enc.spec.grid, enc.spec.dim, enc.spec.package], [[7, 7], 320, 'nsfwjs']);
+    assert.deepEqual([enc.spec.grid, enc.spec.dim, enc.spec.package], [[7, 7], 160, 'nsfwjs']);
     assert.deepEqual([tea.spec.grid, tea.spec.dim, tea.spec.package], [[7, 7], 480, '@vladmandic/human']);
     assert.match(enc.spec.description, /CLIP stand-in/);
     assert.match(tea.spec.description, /DINOv2 stand-in/);
     const f = await extractSceneFeatures([empty, corner], enc, tea, { sceneSeed: 77, cacheDir: tmp });
     assert.equal(f.cached, false);
     for (const [x, dim] of [
-      [f.encoder.data, 320],
+      [f.encoder.data, 160],
       [f.teacher.data, 480],
     ] as const) {
       assert.equal(x.length, 2 * PATCH_TOKENS * dim);
