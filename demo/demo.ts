@@ -18,7 +18,8 @@ import { Worker } from 'node:worker_threads';
 import { createEngine, describeEngine, type Engine } from '../src/engine/index.js';
 import { InputError, ParamError } from '../src/core/errors.js';
 import { initBackend, type BackendInfo, type BackendName } from './model/backend.js';
-import { extractSceneFeatures, loadTeacher, loadVisionEncoder, type EncoderSpec, type SceneFeatures } from './model/encoders.js';
+import { extractSceneFeatures, featureCachePath, loadTeacher, loadVisionEncoder, PATCH_GRID, PATCH_TOKENS, readFeatureCache, writeFeatureCache, type EncoderSpec, type SceneFeatures } from './model/encoders.js';
+import type { FeatureWorkerInput } from './feature-worker.js';
 import { MODEL_VARIANTS, type ModelVariant } from './model/mini-llava.js';
 import { generateScenes, QUESTION_TYPES, splitByImage, type QuestionType, type Scene } from './model/scenes.js';
 import { CHANCE_DEFINITION, chanceLevels, type ChanceLevel } from './model/chance.js';
@@ -177,8 +178,24 @@ function workerBootstrap(entry: URL): string {
   return `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(entry.href)}); });`;
 }
 
-function runInWorker(input: VariantRunInput, onEvent: (e: VariantRunEvent) => void): Promise<VariantRunResult> {
-  const worker = new Worker(workerBootstrap(new URL(`./train-worker${new URL(import.meta.url).pathname.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url)), { eval: true, workerData: input });
+/** The URL of a sibling worker entry, .ts under tsx and .js when compiled. */
+function workerEntry(name: string): URL {
+  return new URL(`./${name}${new URL(import.meta.url).pathname.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url);
+}
+
+interface WorkerMessage {
+  type: string;
+  message?: string;
+  input?: boolean;
+  stack?: string;
+}
+
+/**
+ * Runs one worker to its `done` message: `onMessage` sees every message and returns the result on `done`; an `error`
+ * message rejects (an InputError stays one, prefixed with `label`), and so does an exit before `done`.
+ */
+function runWorker<R>(entry: URL, data: unknown, label: string, onMessage: (m: WorkerMessage) => R | undefined): Promise<R> {
+  const worker = new Worker(workerBootstrap(entry), { eval: true, workerData: data });
   return new Promise((resolvePromise, reject) => {
     let settled = false;
     const finish = (fn: () => void) => {
@@ -188,16 +205,42 @@ function runInWorker(input: VariantRunInput, onEvent: (e: VariantRunEvent) => vo
       // The worker's wasm heap is only freed when the thread ends.
       void worker.terminate();
     };
-    worker.on('message', (m: { type: string; event?: VariantRunEvent; result?: VariantRunResult; message?: string; input?: boolean; stack?: string }) => {
-      if (m.type === 'event' && m.event) onEvent(m.event);
-      else if (m.type === 'done' && m.result) finish(() => resolvePromise(m.result!));
-      else if (m.type === 'error') {
-        finish(() => reject(m.input ? new InputError(`${input.variant}: ${m.message}`) : Object.assign(new Error(`${input.variant} worker: ${m.message}`), { stack: m.stack })));
+    worker.on('message', (m: WorkerMessage) => {
+      if (m.type === 'error') {
+        finish(() => reject(m.input ? new InputError(`${label}: ${m.message}`) : Object.assign(new Error(`${label} worker: ${m.message}`), { stack: m.stack })));
+        return;
       }
+      const result = onMessage(m);
+      if (m.type === 'done' && result !== undefined) finish(() => resolvePromise(result));
     });
     worker.on('error', (err) => finish(() => reject(err)));
-    worker.on('exit', (code) => finish(() => reject(new Error(`${input.variant} worker exited with code ${code} before finishing`))));
+    worker.on('exit', (code) => finish(() => reject(new Error(`${label} worker exited with code ${code} before finishing`))));
   });
+}
+
+function runInWorker(input: VariantRunInput, onEvent: (e: VariantRunEvent) => void): Promise<VariantRunResult> {
+  return runWorker(workerEntry('train-worker'), input, input.variant, (m: WorkerMessage & { event?: VariantRunEvent; result?: VariantRunResult }) => {
+    if (m.type === 'event' && m.event) onEvent(m.event);
+    return m.type === 'done' ? m.result : undefined;
+  });
+}
+
+/** Both frozen models' features, each extracted in its own worker thread (one per core). */
+async function featuresInWorkers(options: DemoOptions, count: number, onProgress: (done: number, total: number) => void) {
+  const done = { encoder: 0, teacher: 0 };
+  const one = (role: FeatureWorkerInput['role']) => {
+    const input: FeatureWorkerInput = { role, sceneSeed: options.seed, count, backend: options.backend };
+    return runWorker(workerEntry('feature-worker'), input, `${role} features`, (m: WorkerMessage & { done?: number; spec?: EncoderSpec; data?: Float32Array }) => {
+      if (m.type === 'progress' && m.done !== undefined) {
+        done[role] = m.done;
+        // Images through both models, as the one-thread path counts them.
+        onProgress(Math.floor((done.encoder + done.teacher) / 2), count);
+      }
+      return m.type === 'done' && m.spec && m.data ? { spec: m.spec, data: m.data } : undefined;
+    });
+  };
+  const [encoder, teacher] = await Promise.all([one('encoder'), one('teacher')]);
+  return { encoder, teacher };
 }
 
 const pct = (x: number) => Math.round(x * 1e4) / 100;
@@ -239,21 +282,28 @@ export async function clearPreviousDemo(out: string, variants: readonly string[]
 
 type Progress = (p: DemoProgress) => void;
 
-/** Step 1: scenes and frozen features (main thread; the encoders are disposed before training starts). */
+/**
+ * Step 1: scenes and frozen features (the encoders are disposed before training starts). With workers, the encoder
+ * and the teacher run at once in two threads; without, one after the other on this one. Same features either way.
+ */
 async function sceneFeatures(options: DemoOptions, size: DemoSize, out: string, progress: Progress) {
   const t0 = performance.now();
   const backend = await initBackend(options.backend);
   const scenes = generateScenes(options.seed, size.images);
   const split = splitByImage(size.images, size.heldoutFraction, options.seed);
+  const cacheDir = join(out, 'features');
+  const onProgress = (done: number, total: number) => progress({ kind: 'features', done, total, cached: false });
   const encoder = await loadVisionEncoder();
   const teacher = await loadTeacher();
-  let features;
+  let features: SceneFeatures & { cached: boolean; cachePath: string | null };
   try {
-    features = await extractSceneFeatures(scenes, encoder, teacher, {
-      sceneSeed: options.seed,
-      cacheDir: join(out, 'features'),
-      onProgress: (done, total) => progress({ kind: 'features', done, total, cached: false }),
-    });
+    const cached = await readFeatureCache(cacheDir, options.seed, size.images, encoder.spec, teacher.spec);
+    if (cached) features = { ...cached, cached: true, cachePath: featureCachePath(cacheDir, options.seed, size.images, encoder.spec, teacher.spec) };
+    else if (options.workers) {
+      const f = await featuresInWorkers(options, size.images, onProgress);
+      const cachePath = await writeFeatureCache(cacheDir, options.seed, size.images, f.encoder, f.teacher);
+      features = { count: size.images, tokens: PATCH_TOKENS, grid: PATCH_GRID, ...f, cached: false, cachePath };
+    } else features = await extractSceneFeatures(scenes, encoder, teacher, { sceneSeed: options.seed, cacheDir, onProgress });
   } finally {
     encoder.dispose();
     teacher.dispose();

@@ -243,6 +243,39 @@ export async function readFeatureCache(cacheDir: string, sceneSeed: number, coun
   };
 }
 
+/** The cache folder of `count` scenes of `sceneSeed` for these two encoder specs (it may not exist). */
+export function featureCachePath(cacheDir: string, sceneSeed: number, count: number, encoder: EncoderSpec, teacher: EncoderSpec): string {
+  return join(cacheDir, cacheKey(sceneSeed, count, [encoder, teacher]));
+}
+
+/** Writes the float16 cache of two feature sets (see extractSceneFeatures); returns its folder. */
+export async function writeFeatureCache(cacheDir: string, sceneSeed: number, count: number, encoder: { spec: EncoderSpec; data: Float32Array }, teacher: { spec: EncoderSpec; data: Float32Array }): Promise<string> {
+  const folder = featureCachePath(cacheDir, sceneSeed, count, encoder.spec, teacher.spec);
+  await mkdir(folder, { recursive: true });
+  const meta = (s: EncoderSpec) => ({ description: s.description, package: `${s.package}@${s.version}`, node: s.node, scene_seed: String(sceneSeed) });
+  for (const [file, f] of [['encoder.safetensors', encoder], ['teacher.safetensors', teacher]] as const) {
+    await writeSafetensors(join(folder, file), [{ name: 'features', dtype: 'F16', shape: [count, PATCH_TOKENS, f.spec.dim], data: f.data }], meta(f.spec));
+  }
+  return folder;
+}
+
+/**
+ * One frozen model's features of the scenes, [n, tokens, dim], rendered and extracted batch by batch (pixels are not
+ * kept). The demo runs the encoder and the teacher this way in two worker threads at once.
+ */
+export async function extractFeatures(scenes: readonly Scene[], model: FrozenEncoder, options: Pick<ExtractOptions, 'batchSize' | 'onProgress'> = {}): Promise<Float32Array> {
+  const n = scenes.length;
+  const bs = options.batchSize ?? 8;
+  const out = new Float32Array(n * PATCH_TOKENS * model.spec.dim);
+  for (let i = 0; i < n; i += bs) {
+    out.set(model.extract(scenes.slice(i, i + bs).map(renderScene)), i * PATCH_TOKENS * model.spec.dim);
+    options.onProgress?.(Math.min(n, i + bs), n);
+    // Let queued I/O and progress rendering run between batches.
+    await new Promise((r) => setImmediate(r));
+  }
+  return out;
+}
+
 /**
  * Renders the scenes and runs both encoders, batch by batch (pixels are not kept). With `cacheDir`, features are
  * read from / written to `<cacheDir>/<key>/{encoder,teacher}.safetensors`, key = hash of scene seed and count,
@@ -255,28 +288,15 @@ export async function extractSceneFeatures(
   options: ExtractOptions,
 ): Promise<SceneFeatures & { cached: boolean; cachePath: string | null }> {
   const n = scenes.length;
-  const folder = options.cacheDir ? join(options.cacheDir, cacheKey(options.sceneSeed, n, [encoder.spec, teacher.spec])) : null;
   const base = { count: n, tokens: PATCH_TOKENS, grid: PATCH_GRID };
   if (options.cacheDir) {
     const cached = await readFeatureCache(options.cacheDir, options.sceneSeed, n, encoder.spec, teacher.spec);
-    if (cached) return { ...cached, cached: true, cachePath: folder };
+    if (cached) return { ...cached, cached: true, cachePath: featureCachePath(options.cacheDir, options.sceneSeed, n, encoder.spec, teacher.spec) };
   }
-  const bs = options.batchSize ?? 8;
-  const enc = new Float32Array(n * PATCH_TOKENS * encoder.spec.dim);
-  const tea = new Float32Array(n * PATCH_TOKENS * teacher.spec.dim);
-  for (let i = 0; i < n; i += bs) {
-    const batch = scenes.slice(i, i + bs).map(renderScene);
-    enc.set(encoder.extract(batch), i * PATCH_TOKENS * encoder.spec.dim);
-    tea.set(teacher.extract(batch), i * PATCH_TOKENS * teacher.spec.dim);
-    options.onProgress?.(Math.min(n, i + bs), n);
-    // Let queued I/O and progress rendering run between batches.
-    await new Promise((r) => setImmediate(r));
-  }
-  if (folder) {
-    await mkdir(folder, { recursive: true });
-    const meta = (s: EncoderSpec) => ({ description: s.description, package: `${s.package}@${s.version}`, node: s.node, scene_seed: String(options.sceneSeed) });
-    await writeSafetensors(join(folder, 'encoder.safetensors'), [{ name: 'features', dtype: 'F16', shape: [n, PATCH_TOKENS, encoder.spec.dim], data: enc }], meta(encoder.spec));
-    await writeSafetensors(join(folder, 'teacher.safetensors'), [{ name: 'features', dtype: 'F16', shape: [n, PATCH_TOKENS, teacher.spec.dim], data: tea }], meta(teacher.spec));
-  }
-  return { ...base, encoder: { spec: encoder.spec, data: enc }, teacher: { spec: teacher.spec, data: tea }, cached: false, cachePath: folder };
+  // Progress counts images through both models: encoder first, then teacher.
+  const enc = await extractFeatures(scenes, encoder, { batchSize: options.batchSize, onProgress: (done) => options.onProgress?.(Math.floor(done / 2), n) });
+  const tea = await extractFeatures(scenes, teacher, { batchSize: options.batchSize, onProgress: (done) => options.onProgress?.(Math.floor((n + done) / 2), n) });
+  const features = { ...base, encoder: { spec: encoder.spec, data: enc }, teacher: { spec: teacher.spec, data: tea } };
+  const cachePath = options.cacheDir ? await writeFeatureCache(options.cacheDir, options.sceneSeed, n, features.encoder, features.teacher) : null;
+  return { ...features, cached: false, cachePath };
 }
