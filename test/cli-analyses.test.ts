@@ -65,12 +65,12 @@ test('attention: recomputed from the saved weights, equal to the attention.json 
   assert.equal(r.source, 'recomputed');
   assert.equal(r.reason, null);
   assert.match(r.backend, /^tfjs /);
-  assert.match(r.how, /rebuilt from <variant>\/model\.safetensors.*first 4 probe images.*2 answers/);
-  assert.match(r.check, /^matches the stored attention\.json: max \|Δ entropy\| = .* over 12 layer × head cells/);
+  assert.match(r.how, /rebuilt from <variant>\/model\.safetensors.*first 4 probe images.*4 answers/);
+  assert.match(r.check, /^matches the stored attention\.json: max \|Δ entropy\| = .* over 24 layer × head cells/);
   assert.deepEqual(r.results.map((x: { variant: string }) => x.variant), ['baseline', 'residual', 'viral']);
   for (const res of r.results) {
     const s = stored.results.find((x: { variant: string }) => x.variant === res.variant);
-    assert.equal(res.cells.length, 2 * 2, 'quick demo: 2 layers × 2 heads');
+    assert.equal(res.cells.length, 2 * 4, 'quick demo: 2 layers × 4 heads');
     res.cells.forEach((c: { entropy: number; component_entropy: number; image_mass: number }, i: number) => {
       assert.ok(Math.abs(c.entropy - s.cells[i].entropy) < 1e-6, `${res.variant} cell ${i}: ${c.entropy} vs ${s.cells[i].entropy}`);
       assert.ok(Math.abs(c.image_mass - s.cells[i].image_mass) < 1e-6);
@@ -84,7 +84,7 @@ test('attention: recomputed from the saved weights, equal to the attention.json 
   assert.match(text.stdout, /source: recomputed: /);
   assert.match(text.stdout, /definition: Shannon entropy \(bits\) of each query's attention over the 49 image tokens/);
   const first = r.results[0].cells[0];
-  assert.match(text.stdout, new RegExp(`baseline @ step 30 — [^\\n]*4 sample\\(s\\) × 2 query row\\(s\\), grid 7×7 \\(N = 49\\)`));
+  assert.match(text.stdout, new RegExp(`baseline @ step 120 — [^\\n]*4 sample\\(s\\) × 4 query row\\(s\\), grid 7×7 \\(N = 49\\)`));
   assert.match(text.stdout, new RegExp(`\\n +1 +blocks\\.0 +0 +${first.entropy.toFixed(3)} `));
   assert.match(text.stdout, /most focused: layer \d \(blocks\.\d\), head \d/);
 });
@@ -118,7 +118,7 @@ test('shuffle: recomputed rows equal shuffle.json and the accuracy the demo logg
   assert.match(text.stdout, /shuffled with seed\(s\) 1, 2/);
   assert.match(text.stdout, /p: McNemar exact test \(two-sided\) on the paired answers, per seed; "mean" rows average the seeds/);
   assert.match(text.stdout, /\nviral\ntype +seed +n +correct +correct shuf\. +acc % +acc shuf\. % +drop +lost +gained +McNemar p\n/);
-  assert.match(text.stdout, /\nall +mean +48 /);
+  assert.match(text.stdout, /\nall +mean +96 /);
   assert.match(text.stdout, /Between variants: difference of drop rates/);
 });
 
