@@ -12,11 +12,12 @@
  * global image statistics, not from positions. Issue 15 is about reaching "held-out ≫ chance and shuffle hurts".
  *
  * Usage: node --import tsx bench/learning.bench.ts [--seed 0] [--steps N] [--images N] [--width W] [--layers L]
- *          [--heads H] [--batch B] [--lr X] [--warmup N] [--turns N] [--curriculum STEPS] [--curriculum-types colour,shape] [--node NAME]
+ *          [--heads H] [--batch B] [--lr X] [--warmup N] [--turns N] [--curriculum STEPS] [--curriculum-types colour,shape] [--node NAME] [--crops N]
  *          [--types colour,shape] [--oracle]
  * --curriculum N asks only --curriculum-types (default colour,shape: single-cell lookups) for the first N steps, then
  * every type (or --types). --node reads the CLIP stand-in's tokens from another MobileNetV2 block (a finer map is
- * average-pooled to 7×7), e.g. block_12_project_BN.
+ * average-pooled to the patch grid), e.g. block_15_add; --crops 1 encodes the whole image at once instead of one tile
+ * per grid cell.
  * --types trains on those question types only (the chance row keeps the all-types training draw); --oracle replaces the encoder's features by each patch's true cell
  * content (one-hot): what the LLM learns when the visual input is perfect, the upper bound for the encoder. [--quick] [--features DIR]
  * Features are cached in --features (default: <os tmp>/viral-lens-learning-features), keyed like the demo's cache.
@@ -50,6 +51,7 @@ function options() {
       curriculum: { type: 'string' },
       'curriculum-types': { type: 'string' },
       node: { type: 'string' },
+      crops: { type: 'string' },
       types: { type: 'string' },
       oracle: { type: 'boolean', default: false },
       quick: { type: 'boolean', default: false },
@@ -87,6 +89,7 @@ function options() {
     questionTypes: types.length ? (types as QuestionType[]) : undefined,
     oracle: values.oracle === true,
     node: values.node,
+    crops: values.crops === undefined ? undefined : positive('crops', values.crops, 1),
     featureDir: values.features!,
   };
 }
@@ -99,12 +102,12 @@ try {
   console.error((err as Error).message);
   process.exit(2);
 }
-const { seed, size, lr, warmup, questionTypes, oracle, featureDir, curriculum, curriculumTypes, node } = parsed;
+const { seed, size, lr, warmup, questionTypes, oracle, featureDir, curriculum, curriculumTypes, node, crops } = parsed;
 
 const backend = await initBackend('auto');
 const scenes = generateScenes(seed, size.images);
 const split = splitByImage(size.images, size.heldoutFraction, seed);
-const encoder = await loadVisionEncoder(node ? { node } : {});
+const encoder = await loadVisionEncoder({ node, crops });
 const teacher = await loadTeacher();
 const tFeat = performance.now();
 const features = await extractSceneFeatures(scenes, encoder, teacher, { sceneSeed: seed, cacheDir: featureDir });

@@ -74,7 +74,7 @@ test('attention: recomputed from the saved weights, equal to the attention.json 
     res.cells.forEach((c: { entropy: number; component_entropy: number; image_mass: number }, i: number) => {
       assert.ok(Math.abs(c.entropy - s.cells[i].entropy) < 1e-6, `${res.variant} cell ${i}: ${c.entropy} vs ${s.cells[i].entropy}`);
       assert.ok(Math.abs(c.image_mass - s.cells[i].image_mass) < 1e-6);
-      assert.ok(c.entropy > 0 && c.entropy <= Math.log2(49) + 1e-9, 'between 0 and log2 N');
+      assert.ok(c.entropy > 0 && c.entropy <= Math.log2(36) + 1e-9, 'between 0 and log2 N');
     });
     assert.equal(res.overlay.sample, s.overlay.sample);
   }
@@ -82,9 +82,9 @@ test('attention: recomputed from the saved weights, equal to the attention.json 
   assert.equal(text.code, 0, text.stderr);
   assert.match(text.stdout, /^run .* — text→image attention entropy/);
   assert.match(text.stdout, /source: recomputed: /);
-  assert.match(text.stdout, /definition: Shannon entropy \(bits\) of each query's attention over the 49 image tokens/);
+  assert.match(text.stdout, /definition: Shannon entropy \(bits\) of each query's attention over the 36 image tokens/);
   const first = r.results[0].cells[0];
-  assert.match(text.stdout, new RegExp(`baseline @ step 120 — [^\\n]*4 sample\\(s\\) × 4 query row\\(s\\), grid 7×7 \\(N = 49\\)`));
+  assert.match(text.stdout, new RegExp(`baseline @ step 120 — [^\\n]*4 sample\\(s\\) × 4 query row\\(s\\), grid 6×6 \\(N = 36\\)`));
   assert.match(text.stdout, new RegExp(`\\n +1 +blocks\\.0 +0 +${first.entropy.toFixed(3)} `));
   assert.match(text.stdout, /most focused: layer \d \(blocks\.\d\), head \d/);
 });

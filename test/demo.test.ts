@@ -38,7 +38,7 @@ test('demo --quick: three variants trained, captured, analysed; the run folder i
   });
   const seconds = (performance.now() - t0) / 1000;
   // The report says how every number was computed and on what.
-  assert.match(stdout, /Layer-wise CKNNA at step 120 \(A = image-token hidden states of the probe set, B = target; k = 10, preprocess prh\(q=0\.95\), tokens per-token, n = 784, engine /);
+  assert.match(stdout, /Layer-wise CKNNA at step 120 \(A = image-token hidden states of the probe set, B = target; k = 10, preprocess prh\(q=0\.95\), tokens per-token, n = 576, engine /);
   assert.match(stdout, /vs encoder — CLIP stand-in: MobileNetV2 from nsfwjs/);
   assert.match(stdout, /vs teacher — DINOv2 stand-in: CenterNet/);
   // No GPU here: the backend line must say CPU and must not claim a GPU.
@@ -59,10 +59,10 @@ test('demo --quick: three variants trained, captured, analysed; the run folder i
 
   const final = await openCapture(join(out, 'viral', 'step-120'));
   assert.equal(final.manifest.model.aligned_layer, 1);
-  assert.deepEqual(final.manifest.token_layout.grid, [7, 7]);
+  assert.deepEqual(final.manifest.token_layout.grid, [6, 6]);
   assert.deepEqual(final.targets.map((t) => [t.name, t.dim, t.tokens]), [
-    ['encoder', 160, 49],
-    ['teacher', 480, 49],
+    ['encoder', 96, 36],
+    ['teacher', 480, 36],
   ]);
   assert.equal(final.sampleIds.length, 16);
   assert.equal(final.labels.colour_r1c1?.length, 16);

@@ -155,7 +155,7 @@ describe('analyses', () => {
 
   test('per token, a capture of more than 10 000 rows is subsampled to 10 000 unless max_rows says otherwise', () => {
     const capture = (samples: number, tokens: number) => ({ samples, tokens }) as CaptureSummary;
-    assert.equal(curveMaxRows(capture(48, 49), 'per-token', {}), undefined, 'the default demo: 2352 rows, whole');
+    assert.equal(curveMaxRows(capture(48, 36), 'per-token', {}), undefined, 'the default demo: 1728 rows, whole');
     assert.equal(curveMaxRows(capture(500, 576), 'per-token', {}), 10_000);
     assert.equal(curveMaxRows(capture(500, 576), 'mean', {}), undefined);
     assert.equal(curveMaxRows(capture(500, 576), 'per-token', { max_rows: 50_000 }), 50_000);

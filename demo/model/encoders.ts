@@ -2,15 +2,19 @@
  * Frozen, real image encoders whose weights ship inside npm dependencies (nothing is downloaded at run time):
  *
  * - the VISION ENCODER (stand-in for CLIP ViT-L/14 in LLaVA): MobileNetV2 from `nsfwjs` (ImageNet backbone
- *   fine-tuned as an image classifier; weights stored as base64 inside the package's JS bundles). Patch tokens are
- *   the 7×7×160 output of its second-to-last bottleneck block (`block_15_add`) at 224 px, as LLaVA reads CLIP's
- *   second-to-last layer rather than its last. Measured (seed 0, 640 scenes, bench:learning): with the last block
- *   (`block_16_project_BN`, 320-d) the model reached 74 % held-out (colour 83 %); with `block_15_add` 81 % (colour
- *   90 %) in the same 600 steps. Both keep colour and shape of a cell linearly decodable (ridge probe on the
- *   cell-pooled tokens: ≥ 98 %), but the last block spreads colour over more dimensions the projector must find.
+ *   fine-tuned as an image classifier; weights stored as base64 inside the package's JS bundles). It reads each cell
+ *   of the scene's 3×3 object grid as its own 64 px crop; patch tokens are the output of block 12 (`block_12_add`,
+ *   stride 16, 96-d) average-pooled 2×2, so every cell gives 2×2 tokens and the image a 6×6×96 grid.
+ *   Why per-cell crops: on the whole image a CNN's tokens carry their own absolute position (zero padding, receptive
+ *   fields that reach the border): a logistic probe reads an empty patch's slot from its features at 99.7 % (36
+ *   slots, seed 0). A model can then answer "where" from the token content and the patch-shuffle test (which moves
+ *   content between slots) cannot show whether it uses the layout: seed 0 lost 9–15 points on spatial questions.
+ *   With crops only the slot says where a token sits, as in a ViT's patch embedding before position is added, and
+ *   the same model loses 40–56 points. Why block 12: it keeps colour (held-out colour questions 94 % vs 71 % from
+ *   `block_15_add` at the same 600 steps, bench:learning seed 0).
  * - the TEACHER (stand-in for DINOv2 in VIRAL): the MobileNetV3 backbone of CenterNet, a COCO object detector
- *   shipped as `models/centernet.json` + `.bin` in `@vladmandic/human`. Patch tokens are the 7×7×480 output of the
- *   backbone's last layer (`tower_0/extern1`, stride 32) at 224 px, so they align one-to-one with the encoder's
+ *   shipped as `models/centernet.json` + `.bin` in `@vladmandic/human`. Patch tokens are the 6×6×480 output of the
+ *   backbone's last layer (`tower_0/extern1`, stride 32) on the whole 192 px image, so they align one-to-one with the encoder's
  *   tokens (VIRAL resamples DINOv2's positions to the encoder's grid for the same reason). A detector's features
  *   are trained to localise objects, which is what makes it the "vision-centric" teacher here.
  *
@@ -26,15 +30,15 @@ import { InputError } from '../../src/core/errors.js';
 import { floatToHalf, halfToFloat } from '../../src/store/dtype.js';
 import { readTensor, writeSafetensors } from '../../src/store/safetensors.js';
 import { installedVersion } from './backend.js';
-import { IMAGE_SIZE, renderScene, type Scene } from './scenes.js';
+import { IMAGE_SIZE, OBJECT_GRID, renderScene, type Scene } from './scenes.js';
 
 const require = createRequire(import.meta.url);
 
-/** Rows × cols of patch tokens (both encoders at 224 px, stride 32). */
-export const PATCH_GRID: [number, number] = [7, 7];
+/** Rows × cols of patch tokens (both encoders: 192 px, 32 px per token). */
+export const PATCH_GRID: [number, number] = [6, 6];
 export const PATCH_TOKENS = PATCH_GRID[0] * PATCH_GRID[1];
 /** Bump when rendering or feature extraction changes, so stale caches are not reused. */
-const FEATURE_VERSION = 1;
+const FEATURE_VERSION = 2;
 
 export interface EncoderSpec {
   /** Role in the demo: the encoder (CLIP stand-in) or the teacher (DINOv2 stand-in). */
@@ -52,7 +56,7 @@ export interface EncoderSpec {
 
 export interface FrozenEncoder {
   spec: EncoderSpec;
-  /** [n, 224, 224, 3] RGB bytes → [n, tokens, dim] features (float16-rounded), row-major. */
+  /** [n, IMAGE_SIZE, IMAGE_SIZE, 3] RGB bytes → [n, tokens, dim] features (float16-rounded), row-major. */
   extract(images: readonly Uint8Array[]): Float32Array;
   dispose(): void;
 }
@@ -87,44 +91,77 @@ function imagesToTensor(images: readonly Uint8Array[], scale: number): tf.Tensor
 }
 
 /** The MobileNetV2 node the CLIP stand-in's patch tokens are read from. */
-export const VISION_NODE = 'block_15_add';
+export const VISION_NODE = 'block_12_add';
+/** The encoder reads the image as crops × crops tiles, one per object-grid cell (see the module comment). */
+export const VISION_CROPS = OBJECT_GRID;
+
+export interface VisionEncoderOptions {
+  /** MobileNetV2 layer to read (default VISION_NODE); a finer map is average-pooled to the patch grid. */
+  node?: string;
+  /** Tiles per side, each encoded on its own (default VISION_CROPS; 1 = the whole image at once). */
+  crops?: number;
+}
 
 /** MobileNetV2 (nsfwjs) as the CLIP stand-in. Input scaling as nsfwjs does it: pixels / 255. */
-export async function loadVisionEncoder(options: { node?: string } = {}): Promise<FrozenEncoder> {
+export async function loadVisionEncoder(options: VisionEncoderOptions = {}): Promise<FrozenEncoder> {
   const dir = join(nsfwjsModelsDir(), 'mobilenet_v2');
+  const node = options.node ?? VISION_NODE;
+  const crops = options.crops ?? VISION_CROPS;
+  const tile = IMAGE_SIZE / crops;
+  if (!Number.isInteger(crops) || crops < 1 || !Number.isInteger(tile) || PATCH_GRID[0] % crops !== 0) {
+    throw new InputError(`--crops: ${crops} tiles per side do not divide a ${IMAGE_SIZE} px image into ${PATCH_GRID.join('×')} patch tokens`);
+  }
   // The bundles are UMD modules whose export is the model JSON / the base64 weight string.
-  const modelJson = require(join(dir, 'model.min.js')) as { modelTopology: object; weightsManifest: { weights: tf.io.WeightsManifestEntry[] }[] };
+  const modelJson = require(join(dir, 'model.min.js')) as { modelTopology: KerasTopology; weightsManifest: { weights: tf.io.WeightsManifestEntry[] }[] };
   const weights = require(join(dir, 'group1-shard1of1.min.js')) as string;
+  // The Keras graph declares a 224×224 input and ends in a classifier head sized for it. The backbone is fully
+  // convolutional (and MobileNetV2 was trained at several resolutions), so the graph is cut after `node` and its
+  // input declared at the tile size; the head's weights are then unused (strict: false).
+  const topology = structuredClone(modelJson.modelTopology);
+  const graph = topology.model_config.config;
+  const cut = graph.layers.findIndex((l) => l.name === node);
+  if (cut < 0) throw new InputError(`--node: MobileNetV2 has no layer '${node}'`);
+  const input = graph.layers.find((l) => l.class_name === 'InputLayer');
+  if (!input?.config.batch_input_shape) throw new InputError(`${join(dir, 'model.min.js')}: no InputLayer with a batch_input_shape (unexpected nsfwjs version)`);
+  input.config.batch_input_shape = [null, tile, tile, 3];
+  graph.layers = graph.layers.slice(0, cut + 1);
+  graph.output_layers = [[node, 0, 0]];
   const model = await tf.loadLayersModel(
     tf.io.fromMemory({
-      modelTopology: modelJson.modelTopology,
+      modelTopology: topology,
       weightSpecs: modelJson.weightsManifest.flatMap((g) => g.weights),
       weightData: toArrayBuffer(Buffer.from(weights, 'base64')),
     }),
+    { strict: false },
   );
-  const node = options.node ?? VISION_NODE;
-  const sub = tf.model({ inputs: model.inputs, outputs: model.getLayer(node).output as tf.SymbolicTensor });
-  const [, gh, gw, dim] = sub.outputs[0]!.shape as number[];
-  // A finer map (an earlier block) is average-pooled to the 7×7 patch grid, so every encoder gives the same tokens.
-  const pool = gh! / PATCH_GRID[0];
-  if (!Number.isInteger(pool) || gw! / PATCH_GRID[1] !== pool) throw new InputError(`${node}: a ${gh}×${gw} map does not pool to ${PATCH_GRID.join('×')}`);
+  const [, gh, gw, dim] = model.outputs[0]!.shape as number[];
+  const perTile = PATCH_GRID[0] / crops;
+  const pool = gh! / perTile;
+  if (!Number.isInteger(pool) || gw! / perTile !== pool) throw new InputError(`${node}: a ${gh}×${gw} map per ${tile} px tile does not pool to ${perTile}×${perTile}`);
   const version = installedVersion('nsfwjs');
+  const how = crops > 1 ? `each of the ${crops}×${crops} grid cells encoded on its own (${tile} px tiles)` : `the whole ${IMAGE_SIZE} px image`;
   const spec: EncoderSpec = {
     role: 'encoder',
     model: 'MobileNetV2 (nsfwjs image classifier)',
     package: 'nsfwjs',
     version,
-    node,
+    node: crops > 1 ? `${node} (${crops}×${crops} tiles)` : node,
     dim: dim!,
     grid: PATCH_GRID,
-    description: `CLIP stand-in: MobileNetV2 from nsfwjs ${version}, ${node}${pool > 1 ? ` (${pool}×${pool} average-pooled)` : ''} at ${IMAGE_SIZE}px, ${PATCH_GRID.join('×')}×${dim} patch tokens`,
+    description: `CLIP stand-in: MobileNetV2 from nsfwjs ${version}, ${node}${pool > 1 ? ` (${pool}×${pool} average-pooled)` : ''} on ${how}, ${PATCH_GRID.join('×')}×${dim} patch tokens`,
   };
   return {
     spec,
     extract(images) {
       const out = tf.tidy(() => {
-        const y = sub.predict(imagesToTensor(images, 1 / 255)) as tf.Tensor4D;
-        return pool > 1 ? tf.avgPool(y, pool, pool, 'valid') : y;
+        const n = images.length;
+        const x = imagesToTensor(images, 1 / 255);
+        // [n, S, S, 3] → [n·crops², tile, tile, 3], row-major over the tiles.
+        const tiles = crops > 1 ? tf.reshape(tf.transpose(tf.reshape(x, [n, crops, tile, crops, tile, 3]), [0, 1, 3, 2, 4, 5]), [n * crops * crops, tile, tile, 3]) : x;
+        let y = model.predict(tiles) as tf.Tensor4D;
+        if (pool > 1) y = tf.avgPool(y, pool, pool, 'valid');
+        // Tiles back into one [n, rows, cols, dim] map.
+        return crops > 1 ? tf.reshape(tf.transpose(tf.reshape(y, [n, crops, crops, perTile, perTile, dim!]), [0, 1, 3, 2, 4, 5]), [n, PATCH_GRID[0], PATCH_GRID[1], dim!]) : y;
       });
       const data = out.dataSync() as Float32Array;
       out.dispose();
@@ -134,6 +171,11 @@ export async function loadVisionEncoder(options: { node?: string } = {}): Promis
       model.dispose();
     },
   };
+}
+
+/** The part of a Keras model.json that the encoder loader edits. */
+interface KerasTopology {
+  model_config: { config: { layers: { name: string; class_name: string; config: { batch_input_shape?: (number | null)[] } }[]; output_layers: unknown } };
 }
 
 /**

@@ -21,6 +21,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { InputError } from '../../src/core/errors.js';
+import { causalAttention, causalAttentionWeights } from './attention-kernel.js';
 import { linear, matMul2d, rmsNorm, rowCosine, silu } from './ops.js';
 import { mixSeed, mulberry32, shuffled } from './scenes.js';
 
@@ -147,6 +148,9 @@ function nameSeed(seed: number, name: string): number {
   for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 16777619);
   return mixSeed(seed, h >>> 0);
 }
+
+/** Backends whose attention runs in the fused JS kernel (attention-kernel.ts); others use tfjs ops. */
+const FUSED_ATTENTION_BACKENDS = new Set(['wasm', 'cpu']);
 
 /** tanh approximation of GELU (tfjs has no gelu op). */
 function gelu(x: tf.Tensor): tf.Tensor {
@@ -295,15 +299,23 @@ export class MiniLlava {
     const heads = (t: tf.Tensor3D): tf.Tensor3D => tf.reshape(tf.transpose(tf.reshape(t, [B, T, H, hd]), [0, 2, 1, 3]), [B * H, T, hd]);
     const qh = this.applyRope(heads(q), T);
     const kh = this.applyRope(heads(k), T);
-    const scores = tf.add(tf.mul(tf.matMul(qh, kh, false, true), 1 / Math.sqrt(hd)), this.causalMask(T));
-    const p = tf.softmax(scores) as tf.Tensor3D;
-    const ctx = tf.matMul(p, heads(v));
+    const vh = heads(v);
+    const scale = 1 / Math.sqrt(hd);
+    let ctx: tf.Tensor3D;
+    let p: tf.Tensor3D | null = null;
+    if (FUSED_ATTENTION_BACKENDS.has(tf.getBackend())) {
+      ctx = causalAttention(qh, kh, vh, scale);
+      if (options.attention) p = causalAttentionWeights(qh, kh, vh, scale);
+    } else {
+      p = tf.softmax(tf.add(tf.mul(tf.matMul(qh, kh, false, true), scale), this.causalMask(T))) as tf.Tensor3D;
+      ctx = tf.matMul(p, vh);
+    }
     const merged = tf.reshape(tf.transpose(tf.reshape(ctx, [B, H, T, hd]), [0, 2, 1, 3]), [B, T, W]);
     const a = tf.add(h, linear(merged, this.param(`blocks.${i}.attn.o`))) as tf.Tensor3D;
     const y = rmsNorm(a, this.param(`blocks.${i}.norm2`));
     const m = linear(silu(linear(y, this.param(`blocks.${i}.mlp.up`))), this.param(`blocks.${i}.mlp.down`));
     const out = tf.add(a, m) as tf.Tensor3D;
-    return options.attention ? { out, attn: tf.reshape(p, [B, H, T, T]) as tf.Tensor4D } : { out };
+    return options.attention && p ? { out, attn: tf.reshape(p, [B, H, T, T]) as tf.Tensor4D } : { out };
   }
 
   /** VIRAL projector P: image-token states [B, N, W] → teacher space [B, N, Dt]. */

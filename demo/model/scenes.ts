@@ -2,7 +2,7 @@
  * Synthetic scenes with fine-grained visual facts, and the questions asked about them.
  *
  * A scene is 0–6 coloured shapes (circle / square / triangle; red / green / blue / yellow) in distinct cells of a
- * 3×3 grid over a 224×224 RGB image, with seeded jitter in size and position. Every fact a question can ask about is
+ * 3×3 grid over a 192×192 RGB image (64 px cells), with seeded jitter in size and position. Every fact a question can ask about is
  * an attribute of the scene (counts, colour and shape per cell, left/right/above/below between objects), so answers
  * are exact and every attribute can go into a capture manifest as a per-sample label for probes.
  *
@@ -24,7 +24,7 @@ import { encodePngRgb, pngDataUrl } from '../../src/store/png.js';
  */
 export const DEMO_MODEL_NAME = 'viral-lens mini-LLaVA (embedded demo)';
 
-export const IMAGE_SIZE = 224;
+export const IMAGE_SIZE = 192;
 /** Object grid: objects sit in distinct cells of this rows × cols grid. */
 export const OBJECT_GRID = 3;
 export const MAX_OBJECTS = 6;
