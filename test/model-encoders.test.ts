@@ -72,3 +72,8 @@ test('encoder (CLIP stand-in) and teacher (DINOv2 stand-in): aligned 6×6 grids,
     tea.dispose();
   }
 });
+
+test('encoder options: an unknown MobileNetV2 layer or a tiling that does not fit the patch grid is a one-line error', async () => {
+  await assert.rejects(loadVisionEncoder({ node: 'block_99_add' }), /--node: MobileNetV2 has no layer 'block_99_add'/);
+  await assert.rejects(loadVisionEncoder({ crops: 5 }), /--crops: 5 tiles per side do not divide a 192 px image into 6×6 patch tokens/);
+});

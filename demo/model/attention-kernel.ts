@@ -127,7 +127,8 @@ function backwardAnyHead(
 
 /**
  * causalAttentionForward for head size 16, unrolled: the query row and the accumulator live in locals (registers)
- * across the key loop. Measured ≈ 1.5× the generic loop on V8 (bench in the test's comment).
+ * across the key loop. Measured at B·H = 64, T = 64 (medians of 30, same run): forward 8.3 → 4.6 ms, backward
+ * 13.3 → 7.3 ms against forwardAnyHead / backwardAnyHead.
  */
 function forward16(q: Float32Array, k: Float32Array, v: Float32Array, BH: number, T: number, scale: number): { ctx: Float32Array; p: Float32Array } {
   const ctx = new Float32Array(BH * T * 16);
