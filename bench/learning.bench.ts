@@ -64,7 +64,7 @@ function options() {
     return n;
   };
   const base = values.quick ? QUICK_SIZE : DEFAULT_SIZE;
-  const lr = numberOption('lr', values.lr) ?? DEFAULT_TRAIN.lr;
+  const lr = numberOption('lr', values.lr) ?? base.lr;
   if (!(lr > 0)) throw new InputError(`--lr: expected a number > 0, got '${values.lr}'`);
   const types = listOption(values.types);
   for (const t of types) if (!(QUESTION_TYPES as readonly string[]).includes(t)) throw new InputError(`--types: '${t}' is not a question type (${QUESTION_TYPES.join(', ')})`);
@@ -85,7 +85,7 @@ function options() {
     curriculum: positive('curriculum', values.curriculum, 0, 0),
     curriculumTypes: curriculumTypes as QuestionType[],
     lr,
-    warmup: positive('warmup', values.warmup, DEFAULT_TRAIN.warmup, 0),
+    warmup: positive('warmup', values.warmup, base.warmup, 0),
     questionTypes: types.length ? (types as QuestionType[]) : undefined,
     oracle: values.oracle === true,
     node: values.node,
