@@ -21,7 +21,7 @@ import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { demoChance, runDemo, type DemoResult } from '../demo/demo.js';
 import { CHANCE_DEFINITION } from '../demo/model/chance.js';
-import { layerwiseFigure, type CurvePoint, type Series } from '../analysis/figures.js';
+import { layerwiseFigure, trainingFigure, type CurvePoint, type Series } from '../analysis/figures.js';
 import { MODEL_VARIANTS } from '../demo/model/mini-llava.js';
 import { QUESTION_TYPES } from '../demo/model/scenes.js';
 import { meanSd, normalQuantile } from '../src/stats/index.js';
@@ -56,6 +56,10 @@ interface SeedRun {
   result: Pick<DemoResult, 'layerwise' | 'accuracy' | 'size' | 'backend' | 'engine' | 'encoder' | 'teacher' | 'trainSeconds'> & {
     alignLayer: number;
     shuffleDrop: Record<string, number>;
+    /** CKNNA at every capture step (absent in seed files written before it was recorded). */
+    dynamics?: { variant: string; target: string; step: number; layer_index: number; value: number }[];
+    /** Held-out accuracy at every capture step, overall and per question type. */
+    evals?: { variant: string; step: number; accuracy: Record<string, number> }[];
   };
 }
 
@@ -78,6 +82,14 @@ function fromDemo(seed: number, r: DemoResult): SeedRun {
       trainSeconds: r.trainSeconds,
       alignLayer: r.variants[0]!.config.alignLayer,
       shuffleDrop,
+      dynamics: r.dynamics.flatMap((x) => (x.step === null ? [] : [{ variant: x.variant, target: x.target, step: x.step, layer_index: x.layer_index, value: x.value }])),
+      evals: r.variants.flatMap((v) =>
+        v.evals.map((e) => ({
+          variant: v.variant,
+          step: e.step,
+          accuracy: { overall: e.result.overall.accuracy, ...Object.fromEntries(Object.entries(e.result.byType).map(([t, a]) => [t, a.accuracy])) },
+        })),
+      ),
     },
   };
 }
@@ -226,6 +238,54 @@ export function analyse(runs: SeedRun[]) {
     const d = paired((r) => (r.result.accuracy.find((a) => a.variant === v && a.question_type === 'overall')?.accuracy ?? NaN) - (r.result.accuracy.find((a) => a.variant === 'baseline' && a.question_type === 'overall')?.accuracy ?? NaN));
     md.push(`- ${v} − baseline, overall accuracy: ${fmtPct(d)} points → ${verdict(d, 1)}`);
   }
+  // Per-type shuffle: the paper's Table 3 asks which questions need the layout; count needs none.
+  const shuffledAcc = (r: SeedRun, variant: string, type: string) => r.result.accuracy.find((a) => a.variant === variant && a.question_type === type)?.accuracy_shuffled ?? NaN;
+  const origAcc = (r: SeedRun, variant: string, type: string) => r.result.accuracy.find((a) => a.variant === variant && a.question_type === type)?.accuracy ?? NaN;
+  md.push(
+    '',
+    'Held-out accuracy (%) with the image tokens shuffled before the projector, per question type, and the drop (original − shuffled, paired per seed), mean [95% CI]:',
+    '',
+    `| variant | ${types.map((t) => `${t} shuffled`).join(' | ')} | ${types.map((t) => `${t} drop`).join(' | ')} |`,
+    `|---|${types.map(() => '---|---').join('|')}|`,
+  );
+  const shuffleRows: Record<string, unknown>[] = [];
+  for (const v of variants) {
+    const sh = types.map((t) => tInterval(runs.map((r) => shuffledAcc(r, v, t))));
+    const dr = types.map((t) => paired((r) => origAcc(r, v, t) - shuffledAcc(r, v, t)));
+    md.push(`| ${v} | ${sh.map(fmtPct).join(' | ')} | ${dr.map(fmtPct).join(' | ')} |`);
+    types.forEach((t, i) => shuffleRows.push({ variant: v, question_type: t, shuffled: sh[i], drop: dr[i] }));
+  }
+
+  // Over training: does the similarity fall while the model learns to use the image, or before?
+  const withTraining = runs.every((r) => r.result.dynamics?.length && r.result.evals?.length);
+  const trainingRows: Record<string, unknown>[] = [];
+  if (withTraining) {
+    const steps = [...new Set(runs[0]!.result.evals!.map((e) => e.step))].sort((a, b) => a - b);
+    const dyn = (r: SeedRun, v: string, t: string, layer: number, step: number) =>
+      r.result.dynamics!.find((x) => x.variant === v && x.target === t && x.layer_index === layer && x.step === step)?.value ?? NaN;
+    const accAt = (r: SeedRun, v: string, step: number, type: string) => r.result.evals!.find((e) => e.variant === v && e.step === step)?.accuracy[type] ?? NaN;
+    const cols = [...targets.map((t) => `CKNNA ℓ vs ${t}`), ...targets.map((t) => `CKNNA layer ${L} vs ${t}`), ...types.map((t) => `accuracy ${t}`)];
+    md.push(
+      '',
+      `Over training (every capture step; CKNNA as above at ℓ = ${align} and at the last layer ${L}; held-out accuracy in %, the same held-out questions at every step), mean [95% CI] over seeds:`,
+      '',
+      `| variant | step | ${cols.join(' | ')} |`,
+      `|---|---|${cols.map(() => '---').join('|')}|`,
+    );
+    for (const v of variants) {
+      for (const step of steps) {
+        const c = [
+          ...targets.map((t) => tInterval(runs.map((r) => dyn(r, v, t, align, step)))),
+          ...targets.map((t) => tInterval(runs.map((r) => dyn(r, v, t, L, step)))),
+        ];
+        const a = types.map((t) => tInterval(runs.map((r) => accAt(r, v, step, t))));
+        md.push(`| ${v} | ${step} | ${[...c.map(fmtI), ...a.map(fmtPct)].join(' | ')} |`);
+        trainingRows.push({ variant: v, step, cknna: Object.fromEntries(targets.flatMap((t, i) => [[`${t}@${align}`, c[i]], [`${t}@${L}`, c[targets.length + i]]])), accuracy: Object.fromEntries(types.map((t, i) => [t, a[i]])) });
+      }
+    }
+  } else {
+    md.push('', '(Over-training table omitted: a reused seed file predates the per-step records; rerun without --reuse.)');
+  }
   md.push('', `Train time per seed (3 variants in parallel): ${runs.map((r) => `${r.result.trainSeconds.toFixed(0)} s`).join(', ')}.`, '');
 
   // Long-form rows and figures.
@@ -247,13 +307,27 @@ export function analyse(runs: SeedRun[]) {
     ...(variants.includes('residual') ? [{ layer_index: align, label: 'residual re-injected', series: 'residual' }] : []),
   ];
   const fig = layerwiseFigure(points, { metric: 'cknna', colorBy: 'variant', series, marks, provenance, title: `CKNNA per layer, mean and 95% CI over ${runs.length} seeds` });
+  const figures = [{ ...fig, name: 'readout-layerwise' }];
+  if (withTraining) {
+    const tp: CurvePoint[] = [];
+    const steps = [...new Set(runs[0]!.result.dynamics!.map((x) => x.step))].sort((a, b) => a - b);
+    for (const v of variants) {
+      for (const t of targets) {
+        for (const step of steps) {
+          const i = tInterval(runs.map((r) => r.result.dynamics!.find((x) => x.variant === v && x.target === t && x.layer_index === align && x.step === step)?.value ?? NaN));
+          tp.push({ series: v, variant: v, step, target: t, metric: 'cknna', layer: layers.find(([idx]) => idx === align)?.[1] ?? String(align), layer_index: align, value: i.mean, ci_low: i.low, ci_high: i.high, k: x0.k, n: x0.n, preprocess: x0.preprocess, token_mode: x0.token_mode, engine: first.engine });
+        }
+      }
+    }
+    for (const t of targets) figures.push({ ...trainingFigure(tp, { metric: 'cknna', target: t, layer_index: align, series, provenance }), name: `readout-training-${t}` });
+  }
   const keys = Object.keys(rows[0] ?? {});
   const csv = [keys.join(','), ...rows.map((r) => keys.map((k) => String(r[k])).join(','))].join('\n') + '\n';
   return {
     markdown: md.join('\n'),
-    json: { seeds: runs.map((r) => r.seed), size: first.size, backend: first.backend, engine: first.engine, encoder: first.encoder, teacher: first.teacher, align_layer: align, curves: rows, questions: q, accuracy: variants.flatMap((v) => types.map((t) => ({ variant: v, question_type: t, ...acc(v, t) }))), chance: { definition: CHANCE_DEFINITION, by_type: types.map((t) => ({ question_type: t, ...tInterval(runs.map((r) => chanceOf(r, t))) })) } },
+    json: { seeds: runs.map((r) => r.seed), size: first.size, backend: first.backend, engine: first.engine, encoder: first.encoder, teacher: first.teacher, align_layer: align, curves: rows, questions: q, accuracy: variants.flatMap((v) => types.map((t) => ({ variant: v, question_type: t, ...acc(v, t) }))), chance: { definition: CHANCE_DEFINITION, by_type: types.map((t) => ({ question_type: t, ...tInterval(runs.map((r) => chanceOf(r, t))) })) }, shuffle: shuffleRows, training: trainingRows },
     csv,
-    figures: [{ ...fig, name: 'readout-layerwise' }],
+    figures,
   };
 }
 
