@@ -18,6 +18,7 @@ import { DEMO_MODEL_NAME, generateScenes, mixSeed, mulberry32, QUESTION_LEN, QUE
 import { evaluate, makeBatch, train, type DemoDataset, type EvalResult, type TrainOptions } from './model/train.js';
 import { saveWeights } from './model/weights.js';
 import { captureAttention, TrainingCapture } from './hooks/tfjs.js';
+import { ComputeGate } from './compute-gate.js';
 
 export interface VariantRunInput {
   variant: ModelVariant;
@@ -29,7 +30,9 @@ export interface VariantRunInput {
   heldoutFraction: number;
   /** Model size and variant settings (vocabulary, token and feature sizes are filled in). */
   model: Partial<Pick<MiniLlavaConfig, 'width' | 'layers' | 'heads' | 'mlpRatio' | 'alignLayer' | 'viralLambda' | 'viralHidden' | 'rotaryFraction'>>;
-  train: Omit<TrainOptions, 'onStep' | 'signal' | 'seed' | 'questionTypes'>;
+  train: Omit<TrainOptions, 'onStep' | 'signal' | 'seed' | 'questionTypes' | 'gate'>;
+  /** A ComputeGate's buffer shared by the parallel workers (demo/compute-gate.ts): they take turns on the cores. */
+  gate?: SharedArrayBuffer;
   captureEvery: number;
   /** Probe set: the first `probeCount` held-out images. */
   probeCount: number;
@@ -168,10 +171,14 @@ export async function runVariant(input: VariantRunInput, emit: (e: VariantRunEve
     const evalOptions = { turns: input.train.turns, dialogues: input.eval.dialogues, seed: input.eval.seed };
     const evals: VariantRunResult['evals'] = [];
     const capture = probeCapture(model, input, ds, probe, params, backend, emit);
+    const gate = input.gate ? new ComputeGate(input.gate) : undefined;
+    const gated = <T>(fn: () => T): T => (gate ? gate.run(fn) : fn());
     const atCapture = (step: number): void => {
       if (!capture.isCaptureStep(step)) return;
-      capture.capture(step);
-      const r = evaluate(model, ds, heldout, evalOptions);
+      const r = gated(() => {
+        capture.capture(step);
+        return evaluate(model, ds, heldout, evalOptions);
+      });
       evals.push({ step, result: summary(r) });
       emit({ kind: 'eval', variant: input.variant, step, accuracy: r.overall.accuracy });
     };
@@ -179,14 +186,15 @@ export async function runVariant(input: VariantRunInput, emit: (e: VariantRunEve
     const trained = await train(model, ds, {
       ...input.train,
       seed: input.dataSeed,
+      ...(gate ? { gate } : {}),
       onStep: (s) => {
         emit({ kind: 'step', variant: input.variant, step: s.step, total: input.train.steps, loss: s.loss, lm: s.lm, vra: s.vra, ms: s.ms });
         atCapture(s.step);
       },
     });
 
-    const { original, shuffled } = shuffleEvaluations(model, ds, heldout, evalOptions, input.eval.shuffleSeeds);
-    const attention = attentionMaps(model, ds, probe, { turns: input.train.turns, seed: input.eval.seed, samples: input.attentionSamples });
+    const { original, shuffled } = gated(() => shuffleEvaluations(model, ds, heldout, evalOptions, input.eval.shuffleSeeds));
+    const attention = gated(() => attentionMaps(model, ds, probe, { turns: input.train.turns, seed: input.eval.seed, samples: input.attentionSamples }));
     const weightsPath = join(input.runDir, 'model.safetensors');
     await saveWeights(model, weightsPath, { variant: input.variant, steps: String(input.train.steps) });
     const captureDirs = await capture.flush();

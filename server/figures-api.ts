@@ -252,7 +252,7 @@ interface CurveRequest {
 
 /**
  * The similarity defaults of every curve page: the demo readout's settings (analysis/demo-settings.ts), so the page
- * that opens shows the numbers the README and `npm run demo` print (per-token, n = 2352 on the default demo).
+ * that opens shows the numbers the README and `npm run demo` print (per-token, n = 1728 on the default demo).
  */
 export const CURVE_DEFAULTS = Object.fromEntries(['metric', 'k', 'preprocess', 'tokens'].map((name) => [name, paramOf(CURVES, name).default])) as unknown as CurveRequest;
 
@@ -262,7 +262,7 @@ export const PAGE_PARAMS = { curves: describeAnalysis(CURVES), umap: describeAna
 /**
  * Per token, n = samples × tokens grows fast on real models (500 images × 576 tokens = 288 000 rows: minutes of kNN
  * per layer). Without an explicit max_rows, a per-token curve over more rows than this takes a seeded subsample of
- * this many, and the page says so; the demo's 2352 stay whole.
+ * this many, and the page says so; the demo's 1728 stay whole.
  */
 export const PER_TOKEN_DEFAULT_MAX_ROWS = 10_000;
 

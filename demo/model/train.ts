@@ -112,6 +112,8 @@ export interface TrainOptions {
   /** Called after every step; awaited, so a slow callback slows training (hooks queue their writes instead). */
   onStep?: (info: StepInfo) => void | Promise<void>;
   signal?: AbortSignal;
+  /** Runs each optimizer step while holding a share of the cores (demo/compute-gate.ts); default: run it directly. */
+  gate?: { run<T>(fn: () => T): T };
 }
 
 export interface StepInfo {
@@ -234,7 +236,8 @@ export async function train(model: MiniLlava, ds: DemoDataset, options: TrainOpt
       const lr = learningRate(step, options);
       // tfjs has no schedule API; Adam reads this (protected) field at every update, so setting it is a schedule.
       (optimizer as unknown as { learningRate: number }).learningRate = lr;
-      const r = trainStep(model, optimizer, batch, options.clipNorm);
+      const step_ = () => trainStep(model, optimizer, batch, options.clipNorm);
+      const r = options.gate ? options.gate.run(step_) : step_();
       const ms = performance.now() - t0;
       times.push(ms);
       history.push({ step: step + 1, ...r });
