@@ -12,6 +12,7 @@ import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { QUICK_SIZE } from '../demo/demo.js';
 
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
 let tmp = '';
@@ -84,7 +85,7 @@ test('attention: recomputed from the saved weights, equal to the attention.json 
   assert.match(text.stdout, /source: recomputed: /);
   assert.match(text.stdout, /definition: Shannon entropy \(bits\) of each query's attention over the 36 image tokens/);
   const first = r.results[0].cells[0];
-  assert.match(text.stdout, new RegExp(`baseline @ step 120 — [^\\n]*4 sample\\(s\\) × 4 query row\\(s\\), grid 6×6 \\(N = 36\\)`));
+  assert.match(text.stdout, new RegExp(`baseline @ step ${QUICK_SIZE.steps} — [^\\n]*4 sample\\(s\\) × 4 query row\\(s\\), grid 6×6 \\(N = 36\\)`));
   assert.match(text.stdout, new RegExp(`\\n +1 +blocks\\.0 +0 +${first.entropy.toFixed(3)} `));
   assert.match(text.stdout, /most focused: layer \d \(blocks\.\d\), head \d/);
 });

@@ -20,6 +20,9 @@ import { generateScenes, splitByImage, VOCAB } from '../demo/model/scenes.js';
 import { evalTurns, trainingTurns } from '../demo/model/train.js';
 import { listRuns, openCapture, validateCapture } from '../src/store/capture.js';
 
+/** The quick demo's capture steps: 0, every captureEvery, the last. */
+const quickSteps = [0, QUICK_SIZE.captureEvery, QUICK_SIZE.steps];
+
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
 const tmp = await mkdtemp(join(tmpdir(), 'vl-demo-'));
 test.after(() => rm(tmp, { recursive: true, force: true }));
@@ -38,7 +41,7 @@ test('demo --quick: three variants trained, captured, analysed; the run folder i
   });
   const seconds = (performance.now() - t0) / 1000;
   // The report says how every number was computed and on what.
-  assert.match(stdout, /Layer-wise CKNNA at step 120 \(A = image-token hidden states of the probe set, B = target; k = 10, preprocess prh\(q=0\.95\), tokens per-token, n = 576, engine /);
+  assert.match(stdout, new RegExp(`Layer-wise CKNNA at step ${QUICK_SIZE.steps} \\(A = image-token hidden states of the probe set, B = target; k = 10, preprocess prh\\(q=0\\.95\\), tokens per-token, n = 576, engine `));
   assert.match(stdout, /vs encoder — CLIP stand-in: MobileNetV2 from nsfwjs/);
   assert.match(stdout, /vs teacher — DINOv2 stand-in: CenterNet/);
   // No GPU here: the backend line must say CPU and must not claim a GPU.
@@ -48,16 +51,16 @@ test('demo --quick: three variants trained, captured, analysed; the run folder i
   assert.match(stdout, /\n +overall +count +colour +shape +position *\n/);
   assert.match(stdout, /\nchance +\d+\.\d +\d+\.\d \(\w+\) /);
   assert.match(stdout, /\nviral shuffled +\d+\.\d +\d+\.\d +\d+\.\d +\d+\.\d +\d+\.\d/);
-  assert.match(stderr, /baseline: 120 steps/);
+  assert.match(stderr, new RegExp(`baseline: ${QUICK_SIZE.steps} steps`));
 
   const runs = await listRuns(out);
   assert.deepEqual(
     runs.map((r) => `${r.run}@${r.step}:${r.variant}`),
-    ['baseline', 'residual', 'viral'].flatMap((v) => [0, 60, 120].map((s) => `${v}@${s}:${v}`)),
+    ['baseline', 'residual', 'viral'].flatMap((v) => quickSteps.map((s) => `${v}@${s}:${v}`)),
   );
   for (const r of runs) assert.deepEqual(await validateCapture(r.dir, { checkValues: true }), [], r.dir);
 
-  const final = await openCapture(join(out, 'viral', 'step-120'));
+  const final = await openCapture(join(out, 'viral', `step-${QUICK_SIZE.steps}`));
   assert.equal(final.manifest.model.aligned_layer, 1);
   assert.deepEqual(final.manifest.token_layout.grid, [6, 6]);
   assert.deepEqual(final.targets.map((t) => [t.name, t.dim, t.tokens]), [
@@ -68,7 +71,7 @@ test('demo --quick: three variants trained, captured, analysed; the run folder i
   assert.equal(final.labels.colour_r1c1?.length, 16);
   assert.equal((final.manifest.provenance as { backend: { name: string } }).backend.name.length > 0, true);
   // Every variant captured the same probe images with the same targets.
-  const base = await openCapture(join(out, 'baseline', 'step-120'));
+  const base = await openCapture(join(out, 'baseline', `step-${QUICK_SIZE.steps}`));
   assert.deepEqual(base.sampleIds, final.sampleIds);
   assert.deepEqual((await base.readTarget('teacher')).data, (await final.readTarget('teacher')).data);
   // Training changed the states, and VIRAL's differ from the baseline's.
@@ -78,7 +81,7 @@ test('demo --quick: three variants trained, captured, analysed; the run folder i
 
   const engine = await createEngine('ref');
   try {
-    const rows = await runLayerwise(join(out, 'residual', 'step-120'), { engine, metrics: ['cknna'], k: 10, preprocess: 'prh', tokenMode: 'mean' });
+    const rows = await runLayerwise(join(out, 'residual', `step-${QUICK_SIZE.steps}`), { engine, metrics: ['cknna'], k: 10, preprocess: 'prh', tokenMode: 'mean' });
     assert.equal(rows.length, 3 * 2);
     // Finite; CKNNA is not bounded by 1 on 16 mean-pooled rows (the unbiased masked estimator is no cosine).
     for (const r of rows) assert.ok(Number.isFinite(r.value), `${r.layer} vs ${r.target}: ${r.value}`);
@@ -89,7 +92,7 @@ test('demo --quick: three variants trained, captured, analysed; the run folder i
   const layerwise = await readFile(join(out, 'layerwise.csv'), 'utf8');
   assert.equal(layerwise.trim().split('\n').length, 1 + 3 * 3 * 2);
   const results = JSON.parse(await readFile(join(out, 'baseline', 'results.json'), 'utf8')) as { results: { benchmark: string; step: number }[] };
-  assert.deepEqual([...new Set(results.results.map((r) => r.step))], [0, 60, 120]);
+  assert.deepEqual([...new Set(results.results.map((r) => r.step))], quickSteps);
   for (const f of ['demo.json', 'dynamics.csv', 'accuracy.csv', 'shuffle.json', 'attention.json', 'figures/variants.vl.json', 'baseline/model.safetensors']) {
     assert.ok((await stat(join(out, f))).size > 0, f);
   }
