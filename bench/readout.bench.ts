@@ -160,6 +160,7 @@ export function analyse(runs: SeedRun[]) {
   const paired = (f: (r: SeedRun) => number) => tInterval(runs.map(f));
   const L = layers[layers.length - 1]![0];
   const x0 = layerwiseSample(first);
+  const layerName = (index: number) => layers.find(([i]) => i === index)?.[1] ?? String(index);
 
   const md: string[] = [];
   md.push(
@@ -220,7 +221,10 @@ export function analyse(runs: SeedRun[]) {
   md.push('');
 
   const types = ['overall', ...QUESTION_TYPES];
-  const acc = (variant: string, type: string) => tInterval(runs.map((r) => r.result.accuracy.find((a) => a.variant === variant && a.question_type === type)?.accuracy ?? NaN));
+  const cell = (r: SeedRun, variant: string, type: string) => r.result.accuracy.find((a) => a.variant === variant && a.question_type === type);
+  const origAcc = (r: SeedRun, variant: string, type: string) => cell(r, variant, type)?.accuracy ?? NaN;
+  const shuffledAcc = (r: SeedRun, variant: string, type: string) => cell(r, variant, type)?.accuracy_shuffled ?? NaN;
+  const acc = (variant: string, type: string) => tInterval(runs.map((r) => origAcc(r, variant, type)));
   // A seed's chance level depends only on its question sets: recomputed when a reused seed file predates the field.
   const chanceOf = (r: SeedRun, type: string) =>
     r.result.accuracy.find((a) => a.question_type === type)?.chance ?? demoChance(r.seed, r.result.size)[type as keyof ReturnType<typeof demoChance>]?.chance ?? NaN;
@@ -235,12 +239,10 @@ export function analyse(runs: SeedRun[]) {
   }
   md.push('');
   for (const v of variants.filter((x) => x !== 'baseline')) {
-    const d = paired((r) => (r.result.accuracy.find((a) => a.variant === v && a.question_type === 'overall')?.accuracy ?? NaN) - (r.result.accuracy.find((a) => a.variant === 'baseline' && a.question_type === 'overall')?.accuracy ?? NaN));
+    const d = paired((r) => origAcc(r, v, 'overall') - origAcc(r, 'baseline', 'overall'));
     md.push(`- ${v} − baseline, overall accuracy: ${fmtPct(d)} points → ${verdict(d, 1)}`);
   }
   // Per-type shuffle: the paper's Table 3 asks which questions need the layout; count needs none.
-  const shuffledAcc = (r: SeedRun, variant: string, type: string) => r.result.accuracy.find((a) => a.variant === variant && a.question_type === type)?.accuracy_shuffled ?? NaN;
-  const origAcc = (r: SeedRun, variant: string, type: string) => r.result.accuracy.find((a) => a.variant === variant && a.question_type === type)?.accuracy ?? NaN;
   md.push(
     '',
     'Held-out accuracy (%) with the image tokens shuffled before the projector, per question type, and the drop (original − shuffled, paired per seed), mean [95% CI]:',
@@ -259,6 +261,7 @@ export function analyse(runs: SeedRun[]) {
   // Over training: does the similarity fall while the model learns to use the image, or before?
   const withTraining = runs.every((r) => r.result.dynamics?.length && r.result.evals?.length);
   const trainingRows: Record<string, unknown>[] = [];
+  const trainingPoints: CurvePoint[] = [];
   if (withTraining) {
     const steps = [...new Set(runs[0]!.result.evals!.map((e) => e.step))].sort((a, b) => a - b);
     const dyn = (r: SeedRun, v: string, t: string, layer: number, step: number) =>
@@ -280,6 +283,7 @@ export function analyse(runs: SeedRun[]) {
         ];
         const a = types.map((t) => tInterval(runs.map((r) => accAt(r, v, step, t))));
         md.push(`| ${v} | ${step} | ${[...c.map(fmtI), ...a.map(fmtPct)].join(' | ')} |`);
+        targets.forEach((t, i) => trainingPoints.push({ series: v, variant: v, step, target: t, metric: 'cknna', layer: layerName(align), layer_index: align, value: c[i]!.mean, ci_low: c[i]!.low, ci_high: c[i]!.high, k: x0.k, n: x0.n, preprocess: x0.preprocess, token_mode: x0.token_mode, engine: first.engine }));
         trainingRows.push({ variant: v, step, cknna: Object.fromEntries(targets.flatMap((t, i) => [[`${t}@${align}`, c[i]], [`${t}@${L}`, c[targets.length + i]]])), accuracy: Object.fromEntries(types.map((t, i) => [t, a[i]])) });
       }
     }
@@ -308,18 +312,8 @@ export function analyse(runs: SeedRun[]) {
   ];
   const fig = layerwiseFigure(points, { metric: 'cknna', colorBy: 'variant', series, marks, provenance, title: `CKNNA per layer, mean and 95% CI over ${runs.length} seeds` });
   const figures = [{ ...fig, name: 'readout-layerwise' }];
-  if (withTraining) {
-    const tp: CurvePoint[] = [];
-    const steps = [...new Set(runs[0]!.result.dynamics!.map((x) => x.step))].sort((a, b) => a - b);
-    for (const v of variants) {
-      for (const t of targets) {
-        for (const step of steps) {
-          const i = tInterval(runs.map((r) => r.result.dynamics!.find((x) => x.variant === v && x.target === t && x.layer_index === align && x.step === step)?.value ?? NaN));
-          tp.push({ series: v, variant: v, step, target: t, metric: 'cknna', layer: layers.find(([idx]) => idx === align)?.[1] ?? String(align), layer_index: align, value: i.mean, ci_low: i.low, ci_high: i.high, k: x0.k, n: x0.n, preprocess: x0.preprocess, token_mode: x0.token_mode, engine: first.engine });
-        }
-      }
-    }
-    for (const t of targets) figures.push({ ...trainingFigure(tp, { metric: 'cknna', target: t, layer_index: align, series, provenance }), name: `readout-training-${t}` });
+  for (const t of withTraining ? targets : []) {
+    figures.push({ ...trainingFigure(trainingPoints, { metric: 'cknna', target: t, layer_index: align, series, provenance }), name: `readout-training-${t}` });
   }
   const keys = Object.keys(rows[0] ?? {});
   const csv = [keys.join(','), ...rows.map((r) => keys.map((k) => String(r[k])).join(','))].join('\n') + '\n';
