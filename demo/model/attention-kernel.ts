@@ -19,6 +19,17 @@ export function causalAttentionForward(q: Float32Array, k: Float32Array, v: Floa
   return forwardAnyHead(q, k, v, BH, T, hd, scale);
 }
 
+/** p[row .. row+n) ← exp(p − m) in place; returns their sum (the softmax's normaliser). */
+function expShiftedRow(p: Float32Array, row: number, n: number, m: number): number {
+  let z = 0;
+  for (let j = 0; j < n; j++) {
+    const e = Math.exp(p[row + j]! - m);
+    p[row + j] = e;
+    z += e;
+  }
+  return z;
+}
+
 function forwardAnyHead(q: Float32Array, k: Float32Array, v: Float32Array, BH: number, T: number, hd: number, scale: number): { ctx: Float32Array; p: Float32Array } {
   const ctx = new Float32Array(BH * T * hd);
   const p = new Float32Array(BH * T * T);
@@ -37,13 +48,7 @@ function forwardAnyHead(q: Float32Array, k: Float32Array, v: Float32Array, BH: n
         p[row + j] = s;
         if (s > m) m = s;
       }
-      let z = 0;
-      for (let j = 0; j <= i; j++) {
-        const e = Math.exp(p[row + j]! - m);
-        p[row + j] = e;
-        z += e;
-      }
-      const inv = 1 / z;
+      const inv = 1 / expShiftedRow(p, row, i + 1, m);
       acc.fill(0);
       for (let j = 0; j <= i; j++) {
         const w = p[row + j]! * inv;
@@ -176,13 +181,7 @@ function forward16(q: Float32Array, k: Float32Array, v: Float32Array, BH: number
         p[row + j] = s;
         if (s > m) m = s;
       }
-      let z = 0;
-      for (let j = 0; j <= i; j++) {
-        const e = Math.exp(p[row + j]! - m);
-        p[row + j] = e;
-        z += e;
-      }
-      const inv = 1 / z;
+      const inv = 1 / expShiftedRow(p, row, i + 1, m);
       let a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0, a8 = 0, a9 = 0, a10 = 0, a11 = 0, a12 = 0, a13 = 0, a14 = 0, a15 = 0;
       for (let j = 0, vj = o; j <= i; j++, vj += 16) {
         const w = p[row + j]! * inv;
