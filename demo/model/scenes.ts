@@ -299,10 +299,10 @@ export const TOKEN_ID: Readonly<Record<string, number>> = Object.fromEntries(VOC
  * cell, the counted colour or shape, the second object) is then the query itself, a one-step lookup into the image
  * tokens. With a '?' after it, the lookup needs a hop more (copy the word to the '?', then look), and at 600 steps
  * the model never found it (bench:learning, seed 0, oracle features: held-out 62.6 % with '?', 87.5 % without).
+ * 3 = the longest question ("how many red", "colour at r1c2", "where red circle"). It was 6 while a relation
+ * question had six words; dropping the three padding tokens per turn shortened the sequence from 64 to 52 and the
+ * training step from 161 to 108 ms (one model, seed 0, same machine), which buys more steps in the demo's budget.
  */
-// 3 = the longest question ("how many red", "colour at r1c2", "where red circle"). It was 6 while a relation
-// question had six words; dropping the three padding tokens per turn shortened the sequence from 64 to 52 and the
-// training step from 161 to 108 ms (one model, seed 0, same machine), which buys more steps in the demo's budget.
 export const QUESTION_LEN = 3;
 export const TURN_LEN = QUESTION_LEN + 1;
 
